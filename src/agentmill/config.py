@@ -1,0 +1,54 @@
+"""Settings from the environment (``AGENTMILL_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting AgentMill reads; each maps to ``AGENTMILL_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTMILL_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".agentmill"),
+        description="Folder for the embedded SQLite database and local state.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is a SQLite file under `home`. "
+        "`postgresql://…` selects PostgreSQL.",
+    )
+    sqlite_synchronous: str = Field(
+        default="NORMAL",
+        description="SQLite `PRAGMA synchronous` in WAL mode. NORMAL survives a killed process; "
+        "FULL also survives power loss at the price of an fsync per commit.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a worker's claim on a step lasts without a heartbeat.",
+    )
+    worker_concurrency: int = Field(
+        default=1000, gt=0, description="Steps one worker process runs at once."
+    )
+    poll_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between queue polls when no work was signalled."
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``<home>/agentmill.db``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'agentmill.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests replace them with ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,159 @@
+"""Templates: Jinja2 in the immutable sandbox, undefined names are errors (decision 10).
+
+A string that is exactly one ``{{ expression }}`` evaluates to the expression's native value
+(a list for ``over``, a bool for ``when``); any other string renders to text. Values substituted
+into a template are data: they are never rendered again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_MARKERS = ("{{", "{%", "{#")
+_SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+MAX_RENDERED_CHARS = 1_000_000
+
+
+class TemplateError(Exception):
+    """A template failed to compile or render; the message says why."""
+
+
+def _tojson(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _fromjson(value: str) -> Any:
+    return json.loads(value)
+
+
+def _make_env() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env.filters["tojson"] = _tojson
+    env.filters["fromjson"] = _fromjson
+    return env
+
+
+ENV = _make_env()
+GLOBAL_NAMES = frozenset(ENV.globals)
+
+
+def is_template(text: str) -> bool:
+    return any(marker in text for marker in _MARKERS)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled template string."""
+
+    source: str
+    _render: Any  # a jinja2 Template, or a compiled expression for native values
+    native: bool
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        try:
+            if self.native:
+                value = self._render(**context)
+                if isinstance(value, Undefined):
+                    value._fail_with_undefined_error()
+                return value
+            text = self._render.render(context)
+        except UndefinedError as exc:
+            raise TemplateError(f"{exc.message} in {self.source!r}") from None
+        except SecurityError as exc:
+            raise TemplateError(f"not allowed in a template: {exc}") from None
+        except TemplateError:
+            raise
+        except Exception as exc:  # a filter or operator failed on the data
+            raise TemplateError(f"{type(exc).__name__}: {exc} in {self.source!r}") from None
+        if len(text) > MAX_RENDERED_CHARS:
+            raise TemplateError(f"rendered text is longer than {MAX_RENDERED_CHARS} characters")
+        return text
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> Template:
+    """Compile once; raises TemplateError with the syntax problem."""
+    match = _SINGLE_EXPR.match(source)
+    try:
+        if match and not any(m in match.group("expr") for m in ("{{", "}}", "{%")):
+            return Template(
+                source,
+                ENV.compile_expression(match.group("expr").strip(), undefined_to_none=False),
+                True,
+            )
+        return Template(source, ENV.from_string(source), False)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every template string inside a JSON-like value."""
+    if isinstance(value, str):
+        return compile_template(value).render(context) if is_template(value) else value
+    if isinstance(value, list):
+        return [render_value(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: render_value(item, context) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class References:
+    """What a template reads: top-level names and the step ids under ``steps``."""
+
+    names: frozenset[str]
+    steps: frozenset[str]
+    inputs: frozenset[str]
+
+
+def references(source: str) -> References:
+    """Static analysis of a template; raises TemplateError on a syntax error."""
+    match = _SINGLE_EXPR.match(source)
+    text = source
+    if match and not any(m in match.group("expr") for m in ("{{", "}}", "{%")):
+        text = "{{ " + match.group("expr") + " }}"
+    try:
+        tree = ENV.parse(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    names = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"} - assigned
+    return References(
+        names=frozenset(names - GLOBAL_NAMES),
+        steps=frozenset(_attrs_of(tree, "steps")),
+        inputs=frozenset(_attrs_of(tree, "inputs")),
+    )
+
+
+def _attrs_of(tree: nodes.Template, root: str) -> Iterator[str]:
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name == root:
+            if isinstance(node, nodes.Getattr):
+                yield node.attr
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                yield node.arg.value
+
+
+def template_strings(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every template string inside a JSON-like value, with its relative path."""
+    if isinstance(value, str):
+        if is_template(value):
+            yield (), value
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for path, text in template_strings(item):
+                yield (index, *path), text
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            for path, text in template_strings(item):
+                yield (key, *path), text

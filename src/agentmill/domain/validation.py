@@ -1,0 +1,428 @@
+"""Loading and validating workflow specs, with every problem located in its source.
+
+Structure is checked by the Pydantic models in :mod:`spec`; the rules that span fields (needs,
+cycles, template references, schemas, sub-workflow inputs) are checked here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError as PydanticValidationError
+
+from agentmill.domain.source import Path as DocPath
+from agentmill.domain.source import Positions, load_document
+from agentmill.domain.spec import (
+    KNOWN_KEYS,
+    AgentStep,
+    AnyStep,
+    HumanStep,
+    LlmStep,
+    MapAgent,
+    MapLlm,
+    MapStep,
+    MapTemplate,
+    MapWorkflow,
+    TemplateStep,
+    WorkflowSpec,
+    WorkflowStep,
+    step_kind,
+)
+from agentmill.domain.templates import TemplateError, references, template_strings
+from agentmill.errors import Problem, SpecError
+
+RUN_NAMES = frozenset({"inputs", "steps", "run"})
+MAP_NAMES = RUN_NAMES | {"item", "index"}
+KNOWN_TOOLS: frozenset[str] = frozenset()  # tools arrive with the agent tools issue
+_STEP_TAGS = frozenset({"llm", "agent", "template", "human", "map", "workflow"})
+
+
+def load_workflow_file(path: str | Path) -> WorkflowSpec:
+    """Load and validate a workflow file; sub-workflow files are resolved relative to it."""
+    file = Path(path)
+    try:
+        text = file.read_bytes()
+    except OSError as exc:
+        raise SpecError(
+            [Problem(path="", message=f"cannot read file: {exc.strerror}", source=str(path))]
+        ) from None
+    return _load(text, source=str(path), base_dir=file.resolve().parent, chain=(file.resolve(),))
+
+
+def load_workflow_text(
+    text: str | bytes, *, source: str = "<spec>", base_dir: Path | None = None
+) -> WorkflowSpec:
+    """Load and validate a workflow from YAML or JSON text."""
+    return _load(text, source=source, base_dir=base_dir, chain=())
+
+
+def _load(
+    text: str | bytes, *, source: str, base_dir: Path | None, chain: tuple[Path, ...]
+) -> WorkflowSpec:
+    data, positions = load_document(text, source=source)
+    return parse_spec(data, positions, base_dir=base_dir, chain=chain)
+
+
+def parse_spec(
+    data: Any,
+    positions: Positions,
+    *,
+    base_dir: Path | None = None,
+    chain: tuple[Path, ...] = (),
+) -> WorkflowSpec:
+    """Validate a document already parsed to plain values. Raises SpecError with every problem."""
+    if not isinstance(data, dict):
+        raise SpecError([positions.problem((), "a workflow must be a mapping (name, steps, …)")])
+    problems = list(_resolve_subworkflows(data, positions, base_dir, chain))
+    try:
+        spec = WorkflowSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        problems.extend(_pydantic_problems(exc, data, positions))
+        raise SpecError(problems) from None
+    problems.extend(check_spec(spec, positions))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+# ---------------------------------------------------------------- sub-workflow files
+
+
+def _step_dicts(data: dict[str, Any]) -> Iterator[tuple[DocPath, dict[str, Any]]]:
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        yield ("steps", index), step
+        inner = step.get("step")
+        if step_kind(step) == "map" and isinstance(inner, dict):
+            yield ("steps", index, "step"), inner
+
+
+def _resolve_subworkflows(
+    data: dict[str, Any], positions: Positions, base_dir: Path | None, chain: tuple[Path, ...]
+) -> Iterator[Problem]:
+    for path, step in _step_dicts(data):
+        ref = step.get("workflow")
+        if step_kind(step) != "workflow" or not isinstance(ref, str):
+            continue
+        if "spec" in step:
+            yield positions.problem((*path, "spec"), "give either 'workflow' (a file) or 'spec'")
+            continue
+        if base_dir is None:
+            yield positions.problem(
+                (*path, "workflow"),
+                f"sub-workflow file {ref!r} cannot be resolved here; inline it with 'spec:'",
+            )
+            continue
+        file = (base_dir / ref).resolve()
+        if file in chain:
+            names = " -> ".join(p.name for p in (*chain, file))
+            yield positions.problem(
+                (*path, "workflow"), f"sub-workflows include each other: {names}"
+            )
+            continue
+        if not file.is_file():
+            yield positions.problem((*path, "workflow"), f"sub-workflow file {ref!r} not found")
+            continue
+        try:
+            step["spec"] = _load(
+                file.read_bytes(), source=str(file), base_dir=file.parent, chain=(*chain, file)
+            )
+        except SpecError as exc:
+            yield positions.problem((*path, "workflow"), f"sub-workflow {ref!r} is invalid")
+            yield from exc.problems
+
+
+# ---------------------------------------------------------------- structural (pydantic) problems
+
+
+def _pydantic_problems(
+    exc: PydanticValidationError, data: Any, positions: Positions
+) -> Iterator[Problem]:
+    for error in exc.errors(include_url=False):
+        path = _clean_loc(data, error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            key = str(path[-1]) if path else "?"
+            yield positions.problem(path, f"unknown key {key!r}{_did_you_mean(key, KNOWN_KEYS)}")
+        elif kind == "missing":
+            yield positions.problem(path, f"missing required key {path[-1]!r}")
+        elif kind == "string_pattern_mismatch" and path and path[-1] == "id":
+            yield positions.problem(
+                path,
+                f"step id {error['input']!r} must start with a letter or '_' and contain only "
+                "letters, digits and '_' (it is used in templates as steps.<id>)",
+            )
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            yield positions.problem(path, message)
+
+
+def _clean_loc(data: Any, loc: tuple[int | str, ...]) -> DocPath:
+    """Map Pydantic's error location to a document path, dropping union tags."""
+    out: list[str | int] = []
+    current = data
+    for part in loc:
+        at_union = bool(out) and (
+            (isinstance(out[-1], int) and len(out) >= 2 and out[-2] == "steps") or out[-1] == "step"
+        )
+        if (
+            at_union
+            and isinstance(current, dict)
+            and part in _STEP_TAGS
+            and part == step_kind(current)
+        ):
+            continue
+        out.append(part)
+        if (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        ):
+            current = current[part]
+        else:
+            current = None
+    return tuple(out)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------- cross-field rules
+
+
+def check_spec(spec: WorkflowSpec, positions: Positions, prefix: DocPath = ()) -> list[Problem]:
+    """Every rule that spans fields; returns the problems found (empty when valid)."""
+    checker = _Checker(spec, positions, prefix)
+    checker.run()
+    return checker.problems
+
+
+class _Checker:
+    def __init__(self, spec: WorkflowSpec, positions: Positions, prefix: DocPath) -> None:
+        self.spec = spec
+        self.positions = positions
+        self.prefix = prefix
+        self.problems: list[Problem] = []
+        self.index = {step.id: i for i, step in reversed(list(enumerate(spec.steps)))}
+        self.ancestors: dict[str, frozenset[str]] = {}
+
+    def add(self, path: DocPath, message: str) -> None:
+        self.problems.append(self.positions.problem((*self.prefix, *path), message))
+
+    def run(self) -> None:
+        self._inputs()
+        self._ids_and_needs()
+        cyclic = self._cycles()
+        self._compute_ancestors(cyclic)
+        for agent_name, agent in self.spec.agents.items():
+            for tool in agent.tools:
+                if tool not in KNOWN_TOOLS:
+                    self.add(("agents", agent_name, "tools"), f"unknown tool {tool!r}")
+            if agent.system:
+                self._template(
+                    ("agents", agent_name, "system"), agent.system, None, {"inputs", "run"}
+                )
+        for i, step in enumerate(self.spec.steps):
+            self._step(("steps", i), step, step.id, RUN_NAMES)
+            if isinstance(step, MapStep):
+                self._template(("steps", i, "over"), step.over, step.id, RUN_NAMES)
+                self._step(("steps", i, "step"), step.step, step.id, MAP_NAMES)
+        for key, value in self.spec.outputs.items():
+            for rel, text in template_strings(value):
+                self._template(("outputs", key, *rel), text, None, RUN_NAMES)
+
+    def _inputs(self) -> None:
+        for name, spec in self.spec.inputs.items():
+            if not spec.required and spec.default is not None:
+                problem = check_input_value(spec.type, spec.default)
+                if problem:
+                    self.add(("inputs", name, "default"), f"default {problem}")
+
+    def _ids_and_needs(self) -> None:
+        for i, step in enumerate(self.spec.steps):
+            first = self.index[step.id]
+            if first != i:
+                self.add(
+                    ("steps", i, "id"), f"duplicate step id {step.id!r} (first at steps[{first}])"
+                )
+            for k, need in enumerate(step.needs):
+                if need == step.id:
+                    self.add(("steps", i, "needs", k), f"step {step.id!r} needs itself")
+                elif need not in self.index:
+                    hint = _did_you_mean(need, self.index)
+                    self.add(
+                        ("steps", i, "needs", k),
+                        f"step {step.id!r} needs {need!r}, which is not a step{hint}",
+                    )
+
+    def _cycles(self) -> set[str]:
+        graph = {
+            s.id: [n for n in s.needs if n in self.index and n != s.id]
+            for i, s in enumerate(self.spec.steps)
+            if self.index[s.id] == i
+        }
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        stack: list[str] = []
+        cyclic: set[str] = set()
+        reported: set[frozenset[str]] = set()
+
+        def visit(node: str) -> None:
+            state[node] = 1
+            stack.append(node)
+            for need in graph[node]:
+                if state.get(need) == 1:
+                    cycle = stack[stack.index(need) :]
+                    cyclic.update(cycle)
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        # Print in execution order: a -> b means b needs a.
+                        order = [*reversed(cycle), cycle[-1]]
+                        self.add(
+                            ("steps", self.index[order[0]], "needs"), "cycle: " + " -> ".join(order)
+                        )
+                elif need not in state:
+                    visit(need)
+            stack.pop()
+            state[node] = 2
+
+        for step_id in graph:
+            if step_id not in state:
+                visit(step_id)
+        return cyclic
+
+    def _compute_ancestors(self, cyclic: set[str]) -> None:
+        by_id = {s.id: s for s in reversed(self.spec.steps)}
+
+        def ancestors(step_id: str, seen: frozenset[str]) -> frozenset[str]:
+            if step_id in self.ancestors:
+                return self.ancestors[step_id]
+            result: set[str] = set()
+            for need in by_id[step_id].needs:
+                if need in by_id and need not in seen:
+                    result.add(need)
+                    result |= ancestors(need, seen | {need})
+            frozen = frozenset(result)
+            if step_id not in cyclic:
+                self.ancestors[step_id] = frozen
+            return frozen
+
+        for step in self.spec.steps:
+            ancestors(step.id, frozenset({step.id}))
+
+    def _step(self, path: DocPath, step: AnyStep, owner: str, names: frozenset[str]) -> None:
+        def tmpl(field: str, value: Any) -> None:
+            for rel, text in template_strings(value):
+                self._template((*path, field, *rel), text, owner, names)
+
+        if isinstance(step, (LlmStep, MapLlm)):
+            if step.model is None and step.agent is None:
+                self.add(path, f"step {owner!r} needs 'model' or 'agent'")
+            tmpl("prompt", step.prompt)
+            tmpl("system", step.system)
+        if isinstance(step, (LlmStep, MapLlm, AgentStep, MapAgent)) and step.agent is not None:
+            if step.agent not in self.spec.agents:
+                hint = _did_you_mean(step.agent, self.spec.agents)
+                self.add(
+                    (*path, "agent"), f"agent {step.agent!r} is not defined under 'agents'{hint}"
+                )
+        if isinstance(step, (AgentStep, MapAgent)):
+            tmpl("prompt", step.prompt)
+        if isinstance(step, (TemplateStep, MapTemplate)):
+            tmpl("value", step.value)
+        if isinstance(step, HumanStep):
+            tmpl("message", step.message)
+        if isinstance(step, (WorkflowStep, MapWorkflow)):
+            tmpl("inputs", step.inputs)
+            self._subworkflow(path, step)
+        when = getattr(step, "when", None)
+        if isinstance(when, str):
+            tmpl("when", when)
+        if step.output_schema is not None:
+            self._schema((*path, "output_schema"), step.output_schema)
+
+    def _subworkflow(self, path: DocPath, step: WorkflowStep | MapWorkflow) -> None:
+        if step.spec is None:
+            if step.workflow is None:
+                self.add(path, "a workflow step needs 'workflow' (a file) or 'spec' (inline)")
+            return  # the file's own problems were reported when it was loaded
+        declared = step.spec.inputs
+        for name in step.inputs:
+            if name not in declared:
+                hint = _did_you_mean(name, declared)
+                self.add(
+                    (*path, "inputs", name),
+                    f"sub-workflow {step.spec.name!r} has no input {name!r}{hint}",
+                )
+        for name, spec in declared.items():
+            if spec.required and name not in step.inputs:
+                self.add((*path, "inputs"), f"sub-workflow {step.spec.name!r} needs input {name!r}")
+        if step.workflow is None:  # inline: check it here, with positions under this step
+            self.problems.extend(
+                check_spec(step.spec, self.positions, (*self.prefix, *path, "spec"))
+            )
+
+    def _schema(self, path: DocPath, schema: dict[str, Any]) -> None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+            self.add(
+                (*path, *exc.path),
+                f"invalid JSON Schema{(' at ' + where) if where else ''}: {exc.message}",
+            )
+
+    def _template(
+        self, path: DocPath, text: str, owner: str | None, names: frozenset[str] | set[str]
+    ) -> None:
+        try:
+            refs = references(text)
+        except TemplateError as exc:
+            self.add(path, str(exc))
+            return
+        for name in sorted(refs.names - set(names)):
+            available = ", ".join(sorted(names))
+            self.add(path, f"unknown name {name!r} in template (available: {available})")
+        for name in sorted(refs.inputs):
+            if name not in self.spec.inputs:
+                hint = _did_you_mean(name, self.spec.inputs)
+                self.add(path, f"template refers to inputs.{name}, which is not an input{hint}")
+        for ref in sorted(refs.steps):
+            if ref not in self.index:
+                hint = _did_you_mean(ref, self.index)
+                self.add(path, f"template refers to steps.{ref}, which is not a step{hint}")
+            elif owner is not None and ref == owner:
+                self.add(path, f"step {owner!r} refers to its own output")
+            elif owner is not None and owner in self.ancestors and ref not in self.ancestors[owner]:
+                self.add(
+                    path,
+                    f"step {owner!r} refers to steps.{ref}, which is not upstream of it "
+                    f"(add {ref!r} to its needs)",
+                )
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def check_input_value(kind: str, value: Any) -> str | None:
+    """A message if ``value`` is not of the input type ``kind``, else None."""
+    expected = _JSON_TYPES[kind]
+    if isinstance(value, bool) and kind != "boolean":
+        return f"{value!r} is not of type {kind}"
+    if not isinstance(value, expected):
+        return f"{value!r} is not of type {kind}"
+    return None

@@ -1,0 +1,142 @@
+"""The engine as a library: register workflows, start and steer runs, run workers.
+
+The same object backs ``agentmill run`` (in-process, one run), the server's embedded workers and
+``agentmill worker`` processes; nothing here knows which of them it is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from agentmill.config import Settings, get_settings
+from agentmill.domain.inputs import resolve_inputs
+from agentmill.domain.spec import WorkflowSpec
+from agentmill.domain.states import RunStatus
+from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
+from agentmill.engine.transitions import Transitions, spec_loader
+from agentmill.engine.worker import Worker
+from agentmill.gateway import Gateway
+from agentmill.store import queries
+from agentmill.store.db import Database
+from agentmill.store.queries import RunView, StepView
+from agentmill.store.workflows import VersionRef, load_spec, save_version
+
+
+class Engine:
+    def __init__(
+        self, db: Database, *, gateway: Gateway | None = None, settings: Settings | None = None
+    ) -> None:
+        self.db = db
+        self.settings = settings or get_settings()
+        self.gateway = gateway or Gateway()
+        self.registry = WorkflowRegistry()
+        self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
+
+    # ------------------------------------------------------------------ workflows
+
+    async def register(self, spec: WorkflowSpec, source: str | None = None) -> VersionRef:
+        """Store ``spec`` as a new version of its workflow (or reuse an identical latest one)."""
+        return await self.db.write(lambda tx: save_version(tx, spec, source))
+
+    async def compiled(self, version_id: str, spec_path: str = "") -> CompiledWorkflow:
+        cached = self.registry._cache.get((version_id, spec_path))
+        if cached is not None:
+            return cached
+        return await self.db.read(lambda tx: self.registry.get(version_id, spec_path, spec_loader(tx)))
+
+    # ------------------------------------------------------------------ runs
+
+    async def start_run(self, version: VersionRef, inputs: dict[str, Any] | None = None) -> str:
+        """Validate ``inputs`` and start a run (its first steps are queued). Returns the run id."""
+        spec = await self.db.read(lambda tx: load_spec(tx, version.version_id))
+        resolved = resolve_inputs(spec, inputs or {})
+        created = await self.db.write(
+            lambda tx: self.transitions.create_run(
+                tx, workflow_id=version.workflow_id, version_id=version.version_id, inputs=resolved
+            )
+        )
+        return created.run_id
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> RunStatus:
+        return await self.db.write(lambda tx: self.transitions.cancel_run(tx, run_id, reason))
+
+    async def decide(
+        self,
+        run_id: str,
+        step_key: str,
+        *,
+        approved: bool,
+        by: str | None = None,
+        comment: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Approve or reject the human step ``step_key`` of a waiting run."""
+        await self.db.write(
+            lambda tx: self.transitions.decide(
+                tx, run_id=run_id, step_key=step_key, approved=approved, by=by, comment=comment, payload=payload
+            )
+        )
+
+    async def get_run(self, run_id: str) -> RunView:
+        return await self.db.read(lambda tx: queries.get_run(tx, run_id))
+
+    async def steps(self, run_id: str) -> list[StepView]:
+        return await self.db.read(lambda tx: queries.list_steps(tx, run_id))
+
+    async def events(
+        self, *, run_id: str | None = None, root_run_id: str | None = None, after: int = 0
+    ) -> list[dict[str, Any]]:
+        return await self.db.read(
+            lambda tx: queries.list_events(tx, run_id=run_id, root_run_id=root_run_id, after=after)
+        )
+
+    # ------------------------------------------------------------------ workers
+
+    def worker(self, **options: Any) -> Worker:
+        options.setdefault("concurrency", self.settings.worker_concurrency)
+        options.setdefault("poll_interval", self.settings.poll_interval)
+        return Worker(self, **options)
+
+    async def run_until_settled(
+        self,
+        run_id: str,
+        *,
+        on_waiting: Callable[[RunView], Any] | None = None,
+        worker_options: dict[str, Any] | None = None,
+    ) -> RunView:
+        """Work on ``run_id`` (and its sub-runs) in this process until it ends, or until it waits
+        for a person and ``on_waiting`` is None. ``on_waiting`` may decide and return."""
+        settled = asyncio.Event()
+        stop = asyncio.Event()
+
+        def watch(events: list[dict[str, Any]]) -> None:
+            for event in events:
+                if event["run_id"] == run_id and event["type"].startswith("run."):
+                    settled.set()
+
+        unsubscribe = self.db.subscribe(watch)
+        worker = self.worker(root_run_id=run_id, **(worker_options or {}))
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            while True:
+                run = await self.get_run(run_id)
+                if run.status.is_final:
+                    return run
+                if run.status == RunStatus.WAITING:
+                    if on_waiting is None:
+                        return run
+                    result = on_waiting(run)
+                    if asyncio.iscoroutine(result):
+                        await result
+                settled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), timeout=1.0)
+                if task.done():
+                    task.result()
+        finally:
+            unsubscribe()
+            stop.set()
+            await task

@@ -1,0 +1,90 @@
+"""Executes one attempt of a claimed step and reports what happened; never raises for the step's
+own failures (those become a :class:`Failed` outcome that the transitions classify)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import structlog
+
+from agentmill.domain.spec import MapStep
+from agentmill.domain.templates import TemplateError, compile_template
+from agentmill.engine.claims import Claim
+from agentmill.engine.compiled import CompiledWorkflow
+from agentmill.engine.context import StepContext
+from agentmill.engine.nodes import NODES
+from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport
+from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
+from agentmill.gateway import Gateway
+
+log = structlog.get_logger("agentmill.executor")
+
+
+class _RunDeadline(Exception):
+    pass
+
+
+async def execute(claim: Claim, compiled: CompiledWorkflow, gateway: Gateway) -> StepReport:
+    started = time.perf_counter()
+    spec = compiled.steps[claim.spec_id]
+    step = spec.step if isinstance(spec, MapStep) and claim.map_index is not None else spec
+    ctx = StepContext(claim=claim, compiled=compiled, step=step, gateway=gateway)
+    outcome: Outcome
+    try:
+        when = getattr(step, "when", None)
+        if when is not None and claim.map_index is None and not _truthy(ctx, when):
+            outcome = Skipped(reason=f"'when' was false: {when!r}")
+        else:
+            kind = "map" if claim.map_index is None and isinstance(spec, MapStep) else step.type
+            outcome = await _with_timeouts(ctx, claim, step.timeout, kind)
+    except _RunDeadline:
+        outcome = Failed(error="the run's timeout ran out while this step ran", retryable=False)
+    except TimeoutError:
+        outcome = Failed(error=f"timed out after {step.timeout:g}s", retryable=True)
+    except RetryableError as exc:
+        outcome = Failed(error=str(exc), retryable=True, retry_after=exc.retry_after)
+    except BudgetExceeded as exc:
+        outcome = Failed(error=str(exc), retryable=False, budget=True)
+    except (StepFailed, ConfigError) as exc:
+        outcome = Failed(error=str(exc), retryable=False)
+    except TemplateError as exc:
+        outcome = Failed(error=f"template error: {exc}", retryable=False)
+    except Exception as exc:  # a bug in a node: fail the step, keep the worker alive
+        log.exception("step raised unexpectedly", step=claim.step_key, run_id=claim.run_id)
+        outcome = Failed(error=f"internal error: {type(exc).__name__}: {exc}", retryable=False)
+    return StepReport(
+        outcome=outcome,
+        calls=tuple(ctx.calls),
+        logs=tuple(ctx.logs),
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+async def _with_timeouts(ctx: StepContext, claim: Claim, timeout: float | None, kind: str) -> Outcome:
+    run_left = None
+    if claim.deadline_at is not None:
+        run_left = (claim.deadline_at - datetime.now(UTC)).total_seconds()
+        if run_left <= 0:
+            raise _RunDeadline
+    node = NODES[kind]
+    if timeout is None and run_left is None:
+        return await node(ctx)
+    limit = min(t for t in (timeout, run_left) if t is not None)
+    try:
+        async with asyncio.timeout(limit):
+            return await node(ctx)
+    except TimeoutError:
+        if run_left is not None and (timeout is None or run_left < timeout):
+            raise _RunDeadline from None
+        raise
+
+
+def _truthy(ctx: StepContext, when: str | bool) -> bool:
+    if isinstance(when, bool):
+        return when
+    value = compile_template(when).render(ctx.template_context)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
+    return bool(value)

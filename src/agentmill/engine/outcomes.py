@@ -1,0 +1,81 @@
+"""What executing a step produced; the transitions turn each into one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmill.gateway.types import Usage
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallRecord:
+    """One model call made by a step, successful or not."""
+
+    provider: str
+    model: str
+    turn: int
+    usage: Usage
+    latency_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogLine:
+    message: str
+    level: str = "info"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Succeeded:
+    output: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skipped:
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed:
+    error: str
+    retryable: bool
+    retry_after: float | None = None
+    budget: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitForHuman:
+    message: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanOut:
+    items: list[Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartChildRun:
+    spec_path: str
+    inputs: dict[str, Any]
+
+
+Outcome = Succeeded | Skipped | Failed | WaitForHuman | FanOut | StartChildRun
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepReport:
+    """An outcome plus what the step used on the way (calls, logs, time)."""
+
+    outcome: Outcome
+    calls: tuple[CallRecord, ...] = ()
+    logs: tuple[LogLine, ...] = ()
+    duration_ms: float = 0.0
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for call in self.calls:
+            total += call.usage
+        return total

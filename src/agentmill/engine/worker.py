@@ -1,0 +1,177 @@
+"""The worker loop: claim ready steps, run them concurrently on asyncio, record their results.
+
+One worker runs up to ``concurrency`` steps at once. It wakes when a transaction in this process
+made a step ready, when one of its steps finishes, when a retry falls due, and otherwise every
+``poll_interval`` (for work made ready by other processes and for expired leases). A heartbeat
+extends its leases and cancels steps that were cancelled or taken over elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agentmill.engine.claims import Claim, StaleClaim, worker_identity
+from agentmill.engine.executor import execute
+
+if TYPE_CHECKING:
+    from agentmill.engine.engine import Engine
+
+log = structlog.get_logger("agentmill.worker")
+_DEADLINE_SWEEP_SECONDS = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str | None = None,
+        concurrency: int = 1000,
+        root_run_id: str | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.owner = worker_identity(name)
+        self.concurrency = concurrency
+        self.root_run_id = root_run_id
+        self.poll_interval = poll_interval
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._claims: dict[str, Claim] = {}
+        self._lost: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then cancel what still runs and give its leases back."""
+        self._unsubscribe = self.engine.db.subscribe(self._on_events)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        transitions = self.engine.transitions
+        root = self.root_run_id
+        try:
+            await self.engine.db.write(lambda tx: transitions.release_dead_leases(tx, root))
+            next_sweep = 0.0
+            while not stop.is_set():
+                self._wake.clear()
+                free = self.concurrency - len(self._tasks)
+                if free > 0:
+                    claims = await self.engine.db.write(
+                        lambda tx, free=free: transitions.claim(tx, owner=self.owner, limit=free, root_run_id=root)
+                    )
+                    for claim in claims:
+                        self._spawn(claim)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
+                    await self.engine.db.write(lambda tx: transitions.expire_runs(tx, root))
+                stop_wait = asyncio.ensure_future(stop.wait())
+                wake_wait = asyncio.ensure_future(self._wake.wait())
+                timeout = min(self.poll_interval, _DEADLINE_SWEEP_SECONDS)
+                await asyncio.wait({stop_wait, wake_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                wake_wait.cancel()
+        finally:
+            self._stopping = True
+            heartbeat.cancel()
+            for timer in self._timers:
+                timer.cancel()
+            if self._unsubscribe:
+                self._unsubscribe()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        running = list(self._tasks.items())
+        for _, task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+            ids = [step_id for step_id, _ in running]
+            with contextlib.suppress(Exception):
+                await self.engine.db.write(
+                    lambda tx: self.engine.transitions.release(tx, owner=self.owner, step_ids=ids)
+                )
+
+    def _spawn(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._execute(claim), name=f"step:{claim.step_key}")
+        self._tasks[claim.step_id] = task
+        self._claims[claim.step_id] = claim
+
+        def done(_: asyncio.Task[None], step_id: str = claim.step_id) -> None:
+            self._tasks.pop(step_id, None)
+            self._claims.pop(step_id, None)
+            self._lost.discard(step_id)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _execute(self, claim: Claim) -> None:
+        engine = self.engine
+        compiled = await engine.compiled(claim.version_id, claim.spec_path)
+        report = await execute(claim, compiled, engine.gateway)
+        if claim.step_id in self._lost:
+            return
+        capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
+        try:
+            claims = await engine.db.write(
+                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity)
+            )
+        except StaleClaim as exc:
+            log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
+            return
+        for next_claim in claims:
+            self._spawn(next_claim)
+
+    async def _heartbeat(self) -> None:
+        interval = self.engine.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._tasks)
+            if not ids:
+                continue
+            try:
+                lost = await self.engine.db.write(
+                    lambda tx, ids=ids: self.engine.transitions.heartbeat(tx, owner=self.owner, step_ids=ids)
+                )
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+                continue
+            for step_id in lost:
+                task = self._tasks.get(step_id)
+                if task is not None:
+                    self._lost.add(step_id)
+                    task.cancel()
+
+    def _on_events(self, events: list[dict[str, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        for event in events:
+            kind = event["type"]
+            if kind == "step.queued":
+                self._wake.set()
+            elif kind == "step.retrying":
+                delay = float(event["data"].get("delay", 0))
+                self._timers = [t for t in self._timers if not t.cancelled()]
+                self._timers.append(loop.call_later(delay + 0.001, self._wake.set))
+            elif kind == "step.cancelled":
+                self._cancel_local(event["run_id"], event["step_key"])
+
+    def _cancel_local(self, run_id: str, step_key: str) -> None:
+        """A step we are running was cancelled (its run ended): stop it now."""
+        for step_id, claim in list(self._claims.items()):
+            if claim.run_id == run_id and claim.step_key == step_key:
+                self._lost.add(step_id)
+                task = self._tasks.get(step_id)
+                if task is not None:
+                    task.cancel()

@@ -1,0 +1,1 @@
+"""Model providers, one module each; :class:`agentmill.gateway.Gateway` registers them."""

@@ -1,0 +1,154 @@
+"""The offline ``scripted`` provider: deterministic answers without a network.
+
+Options (an agent's or step's ``options``):
+
+``latency``        seconds to wait before answering (a float; default 0)
+``reply``          the answer, a template over ``prompt``, ``system``, ``attempt``, ``turn``;
+                   a mapping or list is sent as JSON
+``replies``        a list of answers, one per model turn of the step (the last one repeats)
+``fail_attempts``  the first N attempts of a step fail with ``fail_with``
+``fail_with``      server_error (503) | rate_limit (429) | timeout | connection (retryable);
+                   bad_request (400) | auth (401) (not retryable)
+``price``          ``{input: USD, output: USD}`` per million tokens, to exercise cost accounting
+
+Without ``reply`` it echoes the prompt, saying plainly that no model was called; with a response
+schema it answers a JSON value that satisfies the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from agentmill.domain.templates import compile_template
+from agentmill.errors import RetryableError, StepFailed
+from agentmill.gateway.types import ChatRequest, ChatResponse, Usage
+
+_RETRYABLE = {
+    "server_error": "503 Service Unavailable (scripted failure)",
+    "rate_limit": "429 Too Many Requests (scripted failure)",
+    "timeout": "request timed out (scripted failure)",
+    "connection": "connection reset by peer (scripted failure)",
+}
+_TERMINAL = {
+    "bad_request": "400 Bad Request (scripted failure)",
+    "auth": "401 Unauthorized (scripted failure)",
+}
+_MILLION = Decimal(1_000_000)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, never zero for non-empty text."""
+    return (len(text) + 3) // 4
+
+
+class ScriptedProvider:
+    """Answers from its options; see the module docstring."""
+
+    name = "scripted"
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        options = request.options
+        latency = float(options.get("latency", 0) or 0)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        self._maybe_fail(request, options)
+        prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        system = next((m.content for m in request.messages if m.role == "system"), "")
+        content = self._answer(request, options, prompt, system)
+        usage = Usage(
+            input_tokens=sum(estimate_tokens(m.content) for m in request.messages),
+            output_tokens=estimate_tokens(content),
+        )
+        price = options.get("price")
+        if isinstance(price, Mapping):
+            cost = (
+                Decimal(str(price.get("input", 0))) * usage.input_tokens
+                + Decimal(str(price.get("output", 0))) * usage.output_tokens
+            ) / _MILLION
+            usage = Usage(
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=cost
+            )
+        return ChatResponse(content=content, model=request.model, usage=usage)
+
+    @staticmethod
+    def _maybe_fail(request: ChatRequest, options: Mapping[str, Any]) -> None:
+        failing = int(options.get("fail_attempts", 0) or 0)
+        if request.context.attempt > failing:
+            return
+        kind = str(options.get("fail_with", "server_error"))
+        if kind in _RETRYABLE:
+            retry_after = 0.0 if kind == "rate_limit" else None
+            raise RetryableError(_RETRYABLE[kind], retry_after=retry_after)
+        if kind in _TERMINAL:
+            raise StepFailed(_TERMINAL[kind])
+        raise StepFailed(
+            f"unknown scripted failure {kind!r} (use one of {sorted(_RETRYABLE | _TERMINAL)})"
+        )
+
+    def _answer(
+        self, request: ChatRequest, options: Mapping[str, Any], prompt: str, system: str
+    ) -> str:
+        reply: Any = None
+        if "replies" in options and isinstance(options["replies"], list) and options["replies"]:
+            replies = options["replies"]
+            reply = replies[min(request.context.turn, len(replies) - 1)]
+        elif "reply" in options:
+            reply = options["reply"]
+        if reply is None:
+            if request.response_schema is not None:
+                return json.dumps(example_for_schema(request.response_schema))
+            excerpt = " ".join(prompt.split())
+            excerpt = excerpt if len(excerpt) <= 300 else excerpt[:297] + "..."
+            return f"[offline: {request.model} is scripted, no model was called] {excerpt}"
+        if isinstance(reply, (dict, list)):
+            return json.dumps(reply)
+        text = str(reply)
+        context = {
+            "prompt": prompt,
+            "system": system,
+            "attempt": request.context.attempt,
+            "turn": request.context.turn,
+        }
+        rendered = compile_template(text).render(context) if "{" in text else text
+        return rendered if isinstance(rendered, str) else json.dumps(rendered)
+
+
+def example_for_schema(schema: Mapping[str, Any], name: str = "item") -> Any:
+    """A deterministic value that satisfies common JSON Schemas (used for offline demos)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_for_schema(schema[key][0], name)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {key: example_for_schema(sub, key) for key, sub in props.items()}
+    if kind == "array":
+        low = int(schema.get("minItems", 3))
+        high = int(schema.get("maxItems", max(low, 3)))
+        count = max(low, min(3, high))
+        items = schema.get("items", {"type": "string"})
+        singular = name[:-1] if name.endswith("s") else name
+        if items.get("type", "string") == "string" and "enum" not in items:
+            return [f"{singular} {i + 1}" for i in range(count)]
+        return [example_for_schema(items, singular) for _ in range(count)]
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.0))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    text = f"{name} (scripted)"
+    min_length = int(schema.get("minLength", 0))
+    return text.ljust(min_length, ".")

@@ -1,0 +1,291 @@
+"""Running transactions: one place that knows SQLite from PostgreSQL.
+
+Transactions are plain functions ``fn(tx) -> T`` written against a synchronous SQLAlchemy
+``Connection``; the same function runs on both engines:
+
+* **SQLite**: a dedicated writer thread owns the write connection and *group-commits*: every
+  transaction queued while the previous commit ran goes into the next one, each inside its own
+  SAVEPOINT (so one failing transaction rolls back alone). SQLite has one writer anyway; this
+  turns N concurrent step completions into one commit and costs one thread hop per transaction.
+  Reads run on a small thread pool with their own connections (WAL lets them run beside writes).
+* **PostgreSQL**: asyncpg through SQLAlchemy's async engine; ``AsyncConnection.run_sync`` runs the
+  same function. Deadlocks and serialization failures are retried.
+
+Events a transaction appends are handed to subscribers only after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from agentmill.errors import ConfigError
+
+T = TypeVar("T")
+EventListener = Callable[[list[dict[str, Any]]], None]
+_BATCH_LIMIT = 512
+
+
+@dataclass
+class Tx:
+    """What a transaction function gets: the connection, the time it started, and an outbox of
+    events to publish once it commits."""
+
+    conn: Connection
+    dialect: str
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    published: list[dict[str, Any]] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` and ``sqlite:///`` URLs; pick the drivers we use."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError("an in-memory SQLite database cannot be shared; use a file path")
+        return parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False)
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://…")
+
+
+class Database:
+    """The process's database: transactions, reads, and post-commit event delivery."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+        self.url = normalize_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        self._sqlite_synchronous = sqlite_synchronous
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync_write: Engine | None = None
+        self._sync_read: Engine | None = None
+        self._async: AsyncEngine | None = None
+        self._writer: _SqliteWriter | None = None
+        self._readers: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            assert path is not None
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._sync_write = self._sqlite_engine(immediate=True)
+            self._sync_read = self._sqlite_engine(immediate=False)
+            self._writer = _SqliteWriter(self._sync_write, self)
+            self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmill-read")
+        else:
+            self._async = create_async_engine(
+                self.url, pool_size=10, max_overflow=20, pool_pre_ping=True
+            )
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        for engine in (self._sync_write, self._sync_read):
+            if engine is not None:
+                engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+            self._async = None
+
+    def sync_engine(self) -> Engine:
+        """A synchronous engine for migrations and tools (not for the hot path)."""
+        if self.dialect == "sqlite":
+            return self._sqlite_engine(immediate=True)
+        url = make_url(self.url).set(drivername="postgresql+asyncpg")
+        raise ConfigError(f"no synchronous engine for {url.drivername}; use run_sync")
+
+    def _sqlite_engine(self, *, immediate: bool) -> Engine:
+        engine = create_engine(
+            self.url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=NullPool if not immediate else None,
+        )
+        synchronous = self._sqlite_synchronous
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # IMMEDIATE takes the write lock up front, so concurrent writers wait on the busy
+            # timeout instead of failing with SQLITE_BUSY on a lock upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` (on the event loop) with the events of every committed transaction."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _publish(self, tx: Tx) -> None:
+        for callback in tx.after_commit:
+            callback()
+        if tx.published:
+            for listener in list(self._listeners):
+                listener(tx.published)
+
+    # ------------------------------------------------------------------ transactions
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` as one transaction; its events are published after the commit."""
+        if self._writer is not None:
+            future: asyncio.Future[tuple[T, Tx]] = asyncio.get_running_loop().create_future()
+            self._writer.submit(fn, future)
+            result, tx = await future
+            self._publish(tx)
+            return result
+        assert self._async is not None, "Database.start() was not awaited"
+        for attempt in range(8):
+            try:
+                async with self._async.begin() as conn:
+                    tx_holder: list[Tx] = []
+
+                    def run(sync_conn: Connection) -> T:
+                        tx = Tx(sync_conn, self.dialect)
+                        tx_holder.append(tx)
+                        return fn(tx)
+
+                    result = await conn.run_sync(run)
+                self._publish(tx_holder[0])
+                return result
+            except DBAPIError as exc:
+                if attempt < 7 and _is_transient(exc):
+                    await asyncio.sleep(0.005 * (2**attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a read-only snapshot."""
+        if self._readers is not None:
+            assert self._sync_read is not None
+            engine = self._sync_read
+
+            def run() -> T:
+                with engine.connect() as conn, conn.begin():
+                    return fn(Tx(conn, self.dialect))
+
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        assert self._async is not None, "Database.start() was not awaited"
+        async with self._async.connect() as conn:
+            return await conn.run_sync(lambda c: fn(Tx(c, self.dialect)))
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+class _SqliteWriter:
+    """The single writer thread with group commit (see the module docstring)."""
+
+    def __init__(self, engine: Engine, db: Database) -> None:
+        self._engine = engine
+        self._db = db
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name="agentmill-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
+        self._queue.put((fn, future, future.get_loop()))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _main(self) -> None:
+        conn = self._engine.connect()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                batch = [item]
+                stop = False
+                while len(batch) < _BATCH_LIMIT:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._run_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: Connection, batch: list[Any]) -> None:
+        outcomes: list[tuple[bool, Any, Tx | None]] = []
+        try:
+            with conn.begin():
+                now = datetime.now(UTC)
+                for fn, _future, _loop in batch:
+                    tx = Tx(conn, "sqlite", now=now)
+                    if len(batch) == 1:
+                        outcomes.append((True, fn(tx), tx))
+                        continue
+                    savepoint = conn.begin_nested()
+                    try:
+                        result = fn(tx)
+                    except BaseException as exc:
+                        savepoint.rollback()
+                        outcomes.append((False, exc, None))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((True, result, tx))
+        except BaseException as exc:
+            if len(batch) == 1 and not outcomes:
+                outcomes = [(False, exc, None)]
+            else:
+                outcomes = [(False, exc, None)] * len(batch)
+        for (ok, value, tx), (_fn, future, loop) in zip(outcomes, batch, strict=True):
+            loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
+
+
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any, tx: Tx | None) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result((value, tx))
+    else:
+        future.set_exception(value)

@@ -1,0 +1,178 @@
+"""Tables. Runs, steps and events are written by the engine's transitions (Core statements);
+the declarative classes give them names, types and indexes in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from agentmill.store.types import JsonValue, Money, UtcDateTime
+
+Id = String(40)
+EventId = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER PRIMARY KEY = rowid on SQLite
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WorkflowVersion(Base):
+    __tablename__ = "workflow_versions"
+    __table_args__ = (UniqueConstraint("workflow_id", "version"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(Id, ForeignKey("workflows.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(64), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    source: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_status_created", "status", "created_at"),
+        Index("ix_runs_root", "root_run_id"),
+        Index(
+            "ix_runs_deadline",
+            "deadline_at",
+            sqlite_where=text("deadline_at IS NOT NULL"),
+            postgresql_where=text("deadline_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(Id, ForeignKey("workflows.id", ondelete="CASCADE"))
+    version_id: Mapped[str] = mapped_column(Id, ForeignKey("workflow_versions.id"))
+    spec_path: Mapped[str] = mapped_column(String(255), default="")
+    root_run_id: Mapped[str] = mapped_column(Id)
+    parent_run_id: Mapped[str | None] = mapped_column(Id)
+    parent_step_id: Mapped[str | None] = mapped_column(Id)
+    status: Mapped[str] = mapped_column(String(16))
+    inputs: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
+    error: Mapped[str | None] = mapped_column(Text)
+    pending_steps: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_key"),
+        Index(
+            "ix_steps_ready",
+            "available_at",
+            sqlite_where=text("status IN ('QUEUED', 'RETRYING')"),
+            postgresql_where=text("status IN ('QUEUED', 'RETRYING')"),
+        ),
+        Index(
+            "ix_steps_leased",
+            "lease_expires_at",
+            sqlite_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
+            postgresql_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
+        ),
+        Index("ix_steps_root", "root_run_id", "status"),
+        Index("ix_steps_parent", "parent_step_id", "map_index"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[str] = mapped_column(Id, ForeignKey("runs.id", ondelete="CASCADE"))
+    root_run_id: Mapped[str] = mapped_column(Id)
+    step_key: Mapped[str] = mapped_column(String(96))
+    spec_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    parent_step_id: Mapped[str | None] = mapped_column(Id)
+    map_index: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    available_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    input: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    output: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    child_count: Mapped[int | None] = mapped_column(Integer)
+    children_started: Mapped[int | None] = mapped_column(Integer)
+    children_done: Mapped[int | None] = mapped_column(Integer)
+    child_run_id: Mapped[str | None] = mapped_column(Id)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    duration_ms: Mapped[float | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Event(Base):
+    """The append-only log of a run: transitions, logs, model calls (decision 8)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_run", "run_id", "id"),
+        Index("ix_events_root", "root_run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(Id)
+    root_run_id: Mapped[str] = mapped_column(Id)
+    step_key: Mapped[str | None] = mapped_column(String(96))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str] = mapped_column(String(8))
+    ts: Mapped[datetime] = mapped_column(UtcDateTime)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+
+
+class LlmCall(Base):
+    """One model call: who made it, what it used and cost, how long it took, how it failed."""
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (Index("ix_llm_calls_run", "run_id"),)
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(Id)
+    step_id: Mapped[str] = mapped_column(Id)
+    attempt: Mapped[int] = mapped_column(Integer)
+    turn: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(160))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[Decimal] = mapped_column(Money)
+    latency_ms: Mapped[float] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+workflows = Workflow.__table__
+workflow_versions = WorkflowVersion.__table__
+runs = Run.__table__
+steps = Step.__table__
+events = Event.__table__
+llm_calls = LlmCall.__table__

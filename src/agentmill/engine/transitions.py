@@ -44,8 +44,9 @@ from agentmill.engine.outcomes import (
 )
 from agentmill.errors import Conflict, NotFound
 from agentmill.ids import new_id
+from agentmill.store import statements as sql
 from agentmill.store.db import Tx
-from agentmill.store.models import events, llm_calls, runs, steps, workflow_versions
+from agentmill.store.models import runs, steps, workflow_versions
 
 DONE_FOR_NEEDS = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED})
 LOST_LEASES_ALLOWED = 3
@@ -73,6 +74,23 @@ class RunState:
 
 
 @dataclass(frozen=True, kw_only=True)
+class _RunInfo:
+    """The part of a run row that never changes after it is created."""
+
+    root_run_id: str
+    parent_run_id: str | None
+    parent_step_id: str | None
+    version_id: str
+    spec_path: str
+    inputs: dict[str, Any]
+    deadline_at: datetime | None
+    compiled: CompiledWorkflow
+
+
+_RUN_CACHE_SIZE = 20_000
+
+
+@dataclass(frozen=True, kw_only=True)
 class NewRun:
     run_id: str
     claims: list[Claim]
@@ -85,6 +103,7 @@ class Transitions:
     def __init__(self, registry: WorkflowRegistry, *, lease_seconds: float) -> None:
         self.registry = registry
         self.lease = timedelta(seconds=lease_seconds)
+        self._run_cache: dict[str, _RunInfo] = {}  # used by the one writer thread, or under the GIL
 
     # ================================================================ runs
 
@@ -286,8 +305,7 @@ class Transitions:
         if isinstance(outcome, Succeeded | Skipped):
             status = StepStatus.SUCCEEDED if isinstance(outcome, Succeeded) else StepStatus.SKIPPED
             output = outcome.output if isinstance(outcome, Succeeded) else None
-            self._own(tx, claim, status=status, output=output, error=None, finished_at=tx.now,
-                      lease_owner=None, lease_expires_at=None, **values)
+            self._finish_attempt(tx, claim, report, status, output=output)
             self._usage(tx, state, claim, report)
             if isinstance(outcome, Skipped):
                 self._event(tx, state, "step.skipped", claim.step_key, claim.attempt, reason=outcome.reason)
@@ -296,9 +314,9 @@ class Transitions:
                             **_usage_data(report), output=_preview(output))
             self._step_final(tx, state, claim.step_key, claim.parent_step_id, status, claim.owner, budget, claims)
         elif isinstance(outcome, Failed):
-            self._failed(tx, state, claim, report, outcome, values, budget, claims)
+            self._failed(tx, state, claim, report, outcome, budget, claims)
         elif isinstance(outcome, WaitForHuman):
-            self._own(tx, claim, status=StepStatus.WAITING, lease_owner=None, lease_expires_at=None, **values)
+            self._finish_attempt(tx, claim, report, StepStatus.WAITING, finished=False)
             self._usage(tx, state, claim, report)
             self._event(tx, state, "step.waiting", claim.step_key, claim.attempt, message=outcome.message)
             if state.status == RunStatus.RUNNING:
@@ -377,6 +395,31 @@ class Transitions:
 
     # ================================================================ internals: steps
 
+    def _finish_attempt(
+        self,
+        tx: Tx,
+        claim: Claim,
+        report: StepReport,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: str | None = None,
+        failures: int | None = None,
+        available_at: datetime | None = None,
+        finished: bool = True,
+    ) -> None:
+        """Record an attempt's end: only if that attempt still holds a running step."""
+        usage = report.usage
+        count = sql.FINISH_ATTEMPT.run(tx.conn, {
+            "b_id": claim.step_id, "b_attempt": claim.attempt, "b_status": status, "b_output": output,
+            "b_error": error, "b_failures": claim.failures if failures is None else failures,
+            "b_available_at": available_at or tx.now, "b_finished_at": tx.now if finished else None,
+            "b_input_tokens": usage.input_tokens, "b_output_tokens": usage.output_tokens, "b_cost": usage.cost,
+            "b_duration_ms": report.duration_ms,
+        })
+        if count != 1:
+            raise StaleClaim(f"step {claim.step_key!r} attempt {claim.attempt} no longer holds its lease")
+
     def _own(self, tx: Tx, claim: Claim, **values: Any) -> None:
         """The conditional write of decision 1: only our attempt of a running step."""
         result = tx.conn.execute(
@@ -398,23 +441,20 @@ class Transitions:
         claim: Claim,
         report: StepReport,
         outcome: Failed,
-        values: dict[str, Any],
         budget: list[int],
         claims: list[Claim],
     ) -> None:
         failures = claim.failures + 1
         if outcome.retryable and failures < claim.max_attempts:
             delay = self._backoff(state.compiled, claim, failures, outcome.retry_after)
-            self._own(tx, claim, status=StepStatus.RETRYING, failures=failures, error=outcome.error,
-                      available_at=tx.now + timedelta(seconds=delay), lease_owner=None,
-                      lease_expires_at=None, **values)
+            self._finish_attempt(tx, claim, report, StepStatus.RETRYING, error=outcome.error, failures=failures,
+                                 available_at=tx.now + timedelta(seconds=delay), finished=False)
             self._usage(tx, state, claim, report)
             self._event(tx, state, "step.retrying", claim.step_key, claim.attempt, level="warning",
                         error=outcome.error, delay=round(delay, 3), next_attempt=claim.attempt + 1,
                         **_usage_data(report))
             return
-        self._own(tx, claim, status=StepStatus.FAILED, failures=failures, error=outcome.error,
-                  finished_at=tx.now, lease_owner=None, lease_expires_at=None, **values)
+        self._finish_attempt(tx, claim, report, StepStatus.FAILED, error=outcome.error, failures=failures)
         self._usage(tx, state, claim, report)
         attempts = f" after {claim.attempt} attempts" if claim.attempt > 1 else ""
         self._event(tx, state, "step.failed", claim.step_key, claim.attempt, level="error",
@@ -564,11 +604,7 @@ class Transitions:
             if others:
                 statuses.update(
                     (row.step_key, StepStatus(row.status))
-                    for row in tx.conn.execute(
-                        select(steps.c.step_key, steps.c.status).where(
-                            steps.c.run_id == state.id, steps.c.step_key.in_(others)
-                        )
-                    )
+                    for row in tx.conn.execute(sql.NEED_STATUSES, {"b_run": state.id, "b_keys": list(others)})
                 )
             for dependent in dependents:
                 needs = compiled.steps[dependent].needs
@@ -621,16 +657,17 @@ class Transitions:
         step_id = new_id("stp")
         claim_now = owner is not None and budget[0] > 0
         max_attempts = _attempts(retry)
-        tx.conn.execute(insert(steps).values(
-            id=step_id, run_id=state.id, root_run_id=state.root_run_id, step_key=step_key, spec_id=spec_id,
-            kind=kind, parent_step_id=parent_step_id, map_index=map_index,
-            status=StepStatus.RUNNING if claim_now else StepStatus.QUEUED,
-            attempt=1 if claim_now else 0, failures=0, max_attempts=max_attempts,
-            lease_owner=owner if claim_now else None,
-            lease_expires_at=tx.now + self.lease if claim_now else None,
-            available_at=tx.now, input=input, created_at=tx.now,
-            started_at=tx.now if claim_now else None, input_tokens=0, output_tokens=0, cost=Decimal(0),
-        ))
+        sql.INSERT_STEP.run(tx.conn, {
+            "id": step_id, "run_id": state.id, "root_run_id": state.root_run_id, "step_key": step_key,
+            "spec_id": spec_id, "kind": kind, "parent_step_id": parent_step_id, "map_index": map_index,
+            "status": StepStatus.RUNNING if claim_now else StepStatus.QUEUED,
+            "attempt": 1 if claim_now else 0, "failures": 0, "max_attempts": max_attempts,
+            "lease_owner": owner if claim_now else None,
+            "lease_expires_at": tx.now + self.lease if claim_now else None,
+            "available_at": tx.now, "input": input, "output": None, "created_at": tx.now,
+            "started_at": tx.now if claim_now else None, "input_tokens": 0, "output_tokens": 0,
+            "cost": Decimal(0),
+        })
         if not claim_now:
             self._event(tx, state, "step.queued", step_key, 0)
             return
@@ -815,7 +852,7 @@ class Transitions:
         state.output_tokens += usage.output_tokens
         state.cost += usage.cost
         if report.calls:
-            tx.conn.execute(insert(llm_calls), [
+            sql.INSERT_LLM_CALLS.run_many(tx.conn, [
                 {
                     "run_id": claim.run_id, "step_id": claim.step_id, "attempt": claim.attempt, "turn": call.turn,
                     "provider": call.provider, "model": call.model, "input_tokens": call.usage.input_tokens,
@@ -835,6 +872,15 @@ class Transitions:
                         message=line.message, **line.data)
 
     def _flush(self, tx: Tx, state: RunState) -> None:
+        if state.changes.keys() == {"pending_steps"}:  # the common case, prebuilt
+            sql.RUN_PROGRESS.run(tx.conn, {
+                "b_id": state.id, "b_pending": state.pending_steps, "b_input_tokens": state.input_tokens,
+                "b_output_tokens": state.output_tokens, "b_cost": state.cost,
+            })
+            state.changes.clear()
+            state.input_tokens = state.output_tokens = 0
+            state.cost = Decimal(0)
+            return
         values = dict(state.changes)
         if state.input_tokens or state.output_tokens or state.cost:
             values["input_tokens"] = runs.c.input_tokens + state.input_tokens
@@ -851,20 +897,29 @@ class Transitions:
         return state
 
     def _load_run(self, tx: Tx, run_id: str, *, lock: bool = False) -> RunState:
-        query = select(
-            runs.c.root_run_id, runs.c.parent_run_id, runs.c.parent_step_id, runs.c.version_id,
-            runs.c.spec_path, runs.c.status, runs.c.pending_steps, runs.c.inputs, runs.c.deadline_at,
-        ).where(runs.c.id == run_id)
-        if lock and tx.is_postgres:
-            query = query.with_for_update()
-        row = tx.conn.execute(query).first()
-        if row is None:
+        fixed = self._run_cache.get(run_id)
+        if fixed is None:
+            row = next(iter(sql.LOAD_RUN.rows(tx.conn, {"b_id": run_id})), None)
+            if row is None:
+                raise NotFound(f"run {run_id!r} not found")
+            fixed = _RunInfo(
+                root_run_id=row.root_run_id, parent_run_id=row.parent_run_id,
+                parent_step_id=row.parent_step_id, version_id=row.version_id, spec_path=row.spec_path,
+                inputs=row.inputs, deadline_at=row.deadline_at,
+                compiled=self._compiled(tx, row.version_id, row.spec_path),
+            )
+            if len(self._run_cache) >= _RUN_CACHE_SIZE:
+                self._run_cache.pop(next(iter(self._run_cache)))
+            self._run_cache[run_id] = fixed
+        query = sql.LOCK_RUN_STATUS if lock and tx.is_postgres else sql.RUN_STATUS
+        current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
+        if current is None:
             raise NotFound(f"run {run_id!r} not found")
         return RunState(
-            id=run_id, root_run_id=row.root_run_id, parent_run_id=row.parent_run_id,
-            parent_step_id=row.parent_step_id, version_id=row.version_id, spec_path=row.spec_path,
-            status=RunStatus(row.status), pending_steps=row.pending_steps, inputs=row.inputs,
-            deadline_at=row.deadline_at, compiled=self._compiled(tx, row.version_id, row.spec_path),
+            id=run_id, root_run_id=fixed.root_run_id, parent_run_id=fixed.parent_run_id,
+            parent_step_id=fixed.parent_step_id, version_id=fixed.version_id, spec_path=fixed.spec_path,
+            status=RunStatus(current.status), pending_steps=current.pending_steps, inputs=fixed.inputs,
+            deadline_at=fixed.deadline_at, compiled=fixed.compiled,
         )
 
     def _compiled(self, tx: Tx, version_id: str, spec_path: str) -> CompiledWorkflow:
@@ -873,11 +928,7 @@ class Transitions:
     def _upstream(self, tx: Tx, run_id: str, keys: frozenset[str]) -> dict[str, dict[str, Any]]:
         if not keys:
             return {}
-        rows = tx.conn.execute(
-            select(steps.c.step_key, steps.c.status, steps.c.output, steps.c.error).where(
-                steps.c.run_id == run_id, steps.c.step_key.in_(keys)
-            )
-        )
+        rows = tx.conn.execute(sql.UPSTREAM, {"b_run": run_id, "b_keys": list(keys)})
         return {r.step_key: {"output": r.output, "status": r.status, "error": r.error} for r in rows}
 
     def _backoff(self, compiled: CompiledWorkflow, claim: Claim, failures: int, retry_after: float | None) -> float:
@@ -911,14 +962,12 @@ class Transitions:
         })
 
     def _write_events(self, tx: Tx) -> None:
-        fresh = [e for e in tx.published if "id" not in e]
-        if not fresh:
-            return
-        ids = tx.conn.scalars(
-            insert(events).returning(events.c.id, sort_by_parameter_order=True), fresh
-        ).all()
-        for event, event_id in zip(fresh, ids, strict=True):
-            event["id"] = event_id
+        # Listeners in this process get the events after commit; readers of the log (streams,
+        # replay) read them back with their ids, so the insert need not return them.
+        fresh = tx.published[tx.written_events:]
+        if fresh:
+            sql.INSERT_EVENTS.run_many(tx.conn, fresh)
+            tx.written_events = len(tx.published)
 
 
 def _attempts(retry: RetrySpec | None) -> int:

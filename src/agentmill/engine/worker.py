@@ -48,6 +48,7 @@ class Worker:
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._saturated = False  # the last claim filled every free slot: more may be waiting
 
     @property
     def in_flight(self) -> int:
@@ -72,6 +73,7 @@ class Worker:
                     claims = await self.engine.db.write(
                         lambda tx, free=free: transitions.claim(tx, owner=self.owner, limit=free, root_run_id=root)
                     )
+                    self._saturated = len(claims) == free
                     for claim in claims:
                         self._spawn(claim)
                 if time.monotonic() >= next_sweep:
@@ -113,7 +115,8 @@ class Worker:
             self._tasks.pop(step_id, None)
             self._claims.pop(step_id, None)
             self._lost.discard(step_id)
-            self._wake.set()
+            if self._saturated:  # a slot opened while work may be queued
+                self._wake.set()
 
         task.add_done_callback(done)
 

@@ -49,6 +49,7 @@ class Tx:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     published: list[dict[str, Any]] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    written_events: int = 0
 
     @property
     def is_postgres(self) -> bool:
@@ -82,6 +83,7 @@ class Database:
         self._async: AsyncEngine | None = None
         self._writer: _SqliteWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,6 +96,7 @@ class Database:
             self._sync_write = self._sqlite_engine(immediate=True)
             self._sync_read = self._sqlite_engine(immediate=False)
             self._writer = _SqliteWriter(self._sync_write, self)
+            self._checkpointer = _Checkpointer(self._sync_read)
             self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmill-read")
         else:
             self._async = create_async_engine(
@@ -104,6 +107,9 @@ class Database:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
             self._writer = None
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
+            self._checkpointer = None
         if self._readers is not None:
             self._readers.shutdown(wait=True)
             self._readers = None
@@ -137,6 +143,9 @@ class Database:
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            if immediate:
+                # Checkpoints fsync; a background thread runs them so commits never wait on one.
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -289,3 +298,37 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any, tx: Tx | None) -
         future.set_result((value, tx))
     else:
         future.set_exception(value)
+
+
+class _Checkpointer:
+    """Copies the SQLite WAL back into the database file every second, off the commit path.
+
+    PASSIVE checkpoints never block readers or the writer; the final one at shutdown truncates
+    the WAL so a stopped database is a single file again."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="agentmill-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self._checkpoint("PASSIVE")
+        self._checkpoint("TRUNCATE")
+
+    def _checkpoint(self, mode: str) -> None:
+        try:
+            raw = self._engine.raw_connection()
+            try:
+                raw.driver_connection.execute(f"PRAGMA wal_checkpoint({mode})")  # type: ignore[union-attr]
+            finally:
+                raw.close()
+        except Exception:  # a busy database just waits for the next round
+            return

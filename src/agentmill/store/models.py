@@ -94,7 +94,6 @@ class Step(Base):
             sqlite_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
             postgresql_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
         ),
-        Index("ix_steps_root", "root_run_id", "status"),
         Index("ix_steps_parent", "parent_step_id", "map_index"),
     )
 

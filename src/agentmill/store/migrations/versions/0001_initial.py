@@ -209,12 +209,10 @@ def upgrade() -> None:
             sqlite_where=sa.text("status IN ('QUEUED', 'RETRYING')"),
             postgresql_where=sa.text("status IN ('QUEUED', 'RETRYING')"),
         )
-        batch_op.create_index("ix_steps_root", ["root_run_id", "status"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("steps", schema=None) as batch_op:
-        batch_op.drop_index("ix_steps_root")
         batch_op.drop_index(
             "ix_steps_ready",
             sqlite_where=sa.text("status IN ('QUEUED', 'RETRYING')"),

@@ -1,0 +1,106 @@
+"""Statements compiled once and, on SQLite, run straight on the DBAPI cursor.
+
+SQLAlchemy's execution path costs tens of microseconds per statement; the engine's hot path
+runs eight statements per step and its target is 0.3 ms per step. A :class:`Prepared` statement
+is compiled by SQLAlchemy once (so the SQL and the type conversions are SQLAlchemy's own), then
+executed on the raw SQLite cursor inside the same transaction. On other dialects it runs through
+``Connection.execute`` unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.base import Executable
+
+_Processor = Callable[[Any], Any] | None
+
+
+class _Compiled:
+    def __init__(self, statement: Any, dialect: Dialect, keys: Sequence[str] | None) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
+        names: Sequence[str] = compiled.positiontup or ()
+        self.sql: str = compiled.string
+        self.names = list(names)
+        self.fixed = {n: compiled.binds[n].effective_value for n in names}
+        self.processors: list[_Processor] = [
+            compiled.binds[n].type._cached_bind_processor(dialect) for n in names
+        ]
+        self.row: Any = None
+        self.result_processors: list[_Processor] = []
+        if isinstance(statement, Select):
+            columns = list(statement.selected_columns)
+            self.row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
+            self.result_processors = [c.type._cached_result_processor(dialect, None) for c in columns]
+
+    def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        values = []
+        for name, processor in zip(self.names, self.processors, strict=True):
+            value = params[name] if name in params else self.fixed[name]
+            values.append(processor(value) if processor is not None and value is not None else value)
+        return tuple(values)
+
+
+class Prepared:
+    """One statement, compiled per (dialect, parameter keys) on first use."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled: dict[tuple[str, tuple[str, ...] | None], _Compiled] = {}
+
+    def _get(self, dialect: Dialect, keys: tuple[str, ...] | None) -> _Compiled:
+        found = self._compiled.get((dialect.name, keys))
+        if found is None:
+            found = self._compiled[(dialect.name, keys)] = _Compiled(self.statement, dialect, keys)
+        return found
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Run a SELECT and return its rows (attribute access by column name)."""
+        if conn.dialect.name != "sqlite":
+            return list(conn.execute(self.statement, dict(params)))
+        compiled = self._get(conn.dialect, None)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, compiled.bind(params))
+            raw = cursor.fetchall()
+        finally:
+            cursor.close()
+        processors = compiled.result_processors
+        make = compiled.row._make
+        return [
+            make(p(v) if p is not None else v for p, v in zip(processors, row, strict=True)) for row in raw
+        ]
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run an INSERT/UPDATE/DELETE; returns the row count."""
+        if conn.dialect.name != "sqlite":
+            return int(conn.execute(self.statement, dict(params)).rowcount)
+        compiled = self._get(conn.dialect, self._keys(params))
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, compiled.bind(params))
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run an INSERT for many rows that all have the same keys."""
+        if not rows:
+            return
+        if conn.dialect.name != "sqlite":
+            conn.execute(self.statement, [dict(r) for r in rows])
+            return
+        compiled = self._get(conn.dialect, self._keys(rows[0]))
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(compiled.sql, [compiled.bind(r) for r in rows])
+        finally:
+            cursor.close()
+
+    def _keys(self, params: Mapping[str, Any]) -> tuple[str, ...] | None:
+        # INSERTs compile to the columns given; UPDATEs use named bindparams.
+        return tuple(params) if self.statement.is_insert else None  # type: ignore[attr-defined]

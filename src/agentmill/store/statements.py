@@ -1,0 +1,77 @@
+"""Prebuilt statements for the engine's hot path.
+
+SQLAlchemy builds and caches a statement's compiled form by its cache key; building the same
+``update(...).where(...).values(...)`` anew for every step costs more than running it. These are
+built once and executed with parameters.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, insert, select, update
+
+from agentmill.domain.states import StepStatus
+from agentmill.store.models import events, llm_calls, runs, steps
+from agentmill.store.prepared import Prepared
+
+# The result of one attempt, conditional on the attempt still holding the step (decision 1).
+FINISH_ATTEMPT = Prepared(
+    update(steps)
+    .where(
+        steps.c.id == bindparam("b_id"),
+        steps.c.attempt == bindparam("b_attempt"),
+        steps.c.status == StepStatus.RUNNING,
+    )
+    .values(
+        status=bindparam("b_status"),
+        output=bindparam("b_output"),
+        error=bindparam("b_error"),
+        failures=bindparam("b_failures"),
+        available_at=bindparam("b_available_at"),
+        finished_at=bindparam("b_finished_at"),
+        lease_owner=None,
+        lease_expires_at=None,
+        input_tokens=steps.c.input_tokens + bindparam("b_input_tokens"),
+        output_tokens=steps.c.output_tokens + bindparam("b_output_tokens"),
+        cost=steps.c.cost + bindparam("b_cost", type_=steps.c.cost.type),
+        duration_ms=bindparam("b_duration_ms"),
+    )
+)
+
+INSERT_STEP = Prepared(insert(steps))
+INSERT_EVENTS = Prepared(insert(events))
+INSERT_LLM_CALLS = Prepared(insert(llm_calls))
+
+_RUN_COLUMNS = (
+    runs.c.root_run_id,
+    runs.c.parent_run_id,
+    runs.c.parent_step_id,
+    runs.c.version_id,
+    runs.c.spec_path,
+    runs.c.status,
+    runs.c.pending_steps,
+    runs.c.inputs,
+    runs.c.deadline_at,
+)
+LOAD_RUN = Prepared(select(*_RUN_COLUMNS).where(runs.c.id == bindparam("b_id")))
+# What changes during a run; the rest of the row is immutable and cached per process.
+_RUN_STATUS = select(runs.c.status, runs.c.pending_steps).where(runs.c.id == bindparam("b_id"))
+RUN_STATUS = Prepared(_RUN_STATUS)
+LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
+
+RUN_PROGRESS = Prepared(
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"))
+    .values(
+        pending_steps=bindparam("b_pending"),
+        input_tokens=runs.c.input_tokens + bindparam("b_input_tokens"),
+        output_tokens=runs.c.output_tokens + bindparam("b_output_tokens"),
+        cost=runs.c.cost + bindparam("b_cost", type_=runs.c.cost.type),
+    )
+)
+
+UPSTREAM = select(steps.c.step_key, steps.c.status, steps.c.output, steps.c.error).where(
+    steps.c.run_id == bindparam("b_run"), steps.c.step_key.in_(bindparam("b_keys", expanding=True))
+)
+NEED_STATUSES = select(steps.c.step_key, steps.c.status).where(
+    steps.c.run_id == bindparam("b_run"), steps.c.step_key.in_(bindparam("b_keys", expanding=True))
+)

@@ -90,9 +90,6 @@ class Database:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.dialect == "sqlite":
-            path = make_url(self.url).database
-            assert path is not None
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._sync_write = self._sqlite_engine(immediate=True)
             self._sync_read = self._sqlite_engine(immediate=False)
             self._writer = _SqliteWriter(self._sync_write, self)
@@ -128,6 +125,9 @@ class Database:
         raise ConfigError(f"no synchronous engine for {url.drivername}; use run_sync")
 
     def _sqlite_engine(self, *, immediate: bool) -> Engine:
+        path = make_url(self.url).database
+        assert path is not None
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             self.url,
             connect_args={"check_same_thread": False, "timeout": 30},

@@ -1,0 +1,134 @@
+"""``agentmill``: run, validate and manage workflows from the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from agentmill.errors import SpecError
+
+app = typer.Typer(
+    name="agentmill",
+    help="AgentMill: durable multi-agent AI workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True, highlight=False)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", envvar="AGENTMILL_DATABASE_URL", help="Database URL (default: .agentmill/agentmill.db)."),
+]
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Workflow files (YAML or JSON).", show_default=False)],
+) -> None:
+    """Check workflow files and print every problem with its line and column."""
+    from agentmill.domain.validation import load_workflow_file
+
+    failed = False
+    for file in files:
+        try:
+            spec = load_workflow_file(file)
+        except SpecError as exc:
+            failed = True
+            count = len(exc.problems)
+            err.print(f"[red]✗[/] {file}: {count} problem{'s' if count != 1 else ''}")
+            for problem in exc.problems:
+                err.print(f"  {problem}", markup=False)
+            continue
+        err.print(f"[green]✓[/] {file}: workflow {spec.name!r} is valid ({len(spec.steps)} steps)")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def run(
+    file: Annotated[Path | None, typer.Argument(help="Workflow file to run.", show_default=False)] = None,
+    input_: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="An input as key=value (JSON for non-string inputs). Repeatable."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result; no live view.")] = False,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve every human step.")] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue an unfinished run by its id.", show_default=False)
+    ] = None,
+    db: DbOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
+) -> None:
+    """Run a workflow in this process and show its progress; exit 0 when it completes.
+
+    Exit codes: 0 completed, 1 failed or cancelled, 2 invalid workflow or inputs,
+    3 waiting for a human decision, 130 interrupted (the run is cancelled).
+    """
+    from agentmill.cli.runner import RunOptions, run_command
+    from agentmill.observability.logging import configure_logging
+
+    configure_logging("INFO" if verbose else "WARNING")
+    if file is None and resume is None:
+        err.print("[red]error:[/] give a workflow FILE, or --resume RUN_ID")
+        raise typer.Exit(2)
+    options = RunOptions(
+        file=file,
+        inputs=input_ or [],
+        json_output=json_output,
+        auto_approve=auto_approve,
+        resume=resume,
+        database_url=db,
+    )
+    raise typer.Exit(asyncio.run(run_command(options)))
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db: DbOption = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create or migrate the database schema."""
+    from agentmill.config import get_settings
+    from agentmill.store.db import Database
+    from agentmill.store.migrate import upgrade
+
+    url = db or get_settings().resolved_database_url
+
+    async def main() -> None:
+        await upgrade(Database(url), revision)
+
+    asyncio.run(main())
+    err.print(f"[green]✓[/] database at {_redact(url)} is at revision {revision}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Entry point: run the app; report errors in one line, never as a traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from agentmill.errors import AgentMillError
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except AgentMillError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True)
+        sys.exit(2)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        err.print(f"[red]error:[/] database unavailable: {reason}")
+        sys.exit(1)

@@ -1,0 +1,254 @@
+"""``agentmill run``: validate, run in-process on the local database, show progress, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.prompt import Confirm, Prompt
+from rich.text import Text
+
+from agentmill.cli.progress import Progress
+from agentmill.config import get_settings
+from agentmill.domain.inputs import InvalidInputs, parse_cli_value
+from agentmill.domain.spec import WorkflowSpec
+from agentmill.domain.states import RunStatus, StepStatus
+from agentmill.domain.validation import load_workflow_file
+from agentmill.engine.engine import Engine
+from agentmill.errors import NotFound, SpecError
+from agentmill.store.db import Database
+from agentmill.store.migrate import upgrade
+from agentmill.store.queries import RunView
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    file: Path | None
+    inputs: list[str]
+    json_output: bool
+    auto_approve: bool
+    resume: str | None
+    database_url: str | None
+
+
+async def run_command(options: RunOptions) -> int:
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    spec: WorkflowSpec | None = None
+    given: dict[str, Any] = {}
+    if options.file is not None and options.resume is None:
+        try:
+            spec = load_workflow_file(options.file)
+        except SpecError as exc:
+            err.print(f"[red]✗[/] {options.file} is not a valid workflow:")
+            for problem in exc.problems:
+                err.print(f"  {problem}", markup=False)
+            return EXIT_INVALID
+        try:
+            given = _parse_inputs(spec, options.inputs)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            return EXIT_INVALID
+
+    db = Database(options.database_url or get_settings().resolved_database_url)
+    await upgrade(db)
+    await db.start()
+    engine = Engine(db)
+    try:
+        if options.resume:
+            try:
+                run = await engine.get_run(options.resume)
+            except NotFound:
+                err.print(f"[red]error:[/] no run {options.resume!r} in this database")
+                return EXIT_INVALID
+            run_id = run.id
+        else:
+            assert spec is not None
+            version = await engine.register(spec, source=_read_source(options.file))
+            try:
+                run_id = await engine.start_run(version, given)
+            except InvalidInputs as exc:
+                err.print("[red]error:[/] invalid inputs:")
+                for problem in exc.problems:
+                    err.print(f"  {problem}", markup=False)
+                return EXIT_INVALID
+        return await _drive(engine, run_id, options, out, err)
+    finally:
+        await db.close()
+
+
+async def _drive(engine: Engine, run_id: str, options: RunOptions, out: Console, err: Console) -> int:
+    run = await engine.get_run(run_id)
+    started = time.monotonic()
+    progress = Progress(err, run_id, f"{run.workflow} · {run_id}")
+    if options.resume:
+        prefixes, steps = await _stored_state(engine, run_id)
+        progress.seed(prefixes, steps)
+    if not options.json_output:
+        verb = "resuming" if options.resume else "running"
+        err.print(f"▶ {verb} [bold]{run.workflow}[/] · run {run_id}")
+    unsubscribe = engine.db.subscribe(progress.on_events) if not options.json_output else None
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+
+    async def on_waiting(run: RunView) -> None:
+        await _decide(engine, run, options, progress, err)
+
+    waiting_possible = options.auto_approve or sys.stdin.isatty()
+    try:
+        with progress if not options.json_output else _nullcontext():
+            work = asyncio.create_task(
+                engine.run_until_settled(run_id, on_waiting=on_waiting if waiting_possible else None)
+            )
+            stop = asyncio.create_task(interrupted.wait())
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                await engine.cancel(run_id, "cancelled from the terminal (interrupt)")
+                err.print(f"\n[yellow]interrupted:[/] run {run_id} cancelled")
+                return EXIT_INTERRUPTED
+            stop.cancel()
+            run = work.result()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if unsubscribe:
+            unsubscribe()
+    return await _report(engine, run, options, out, err, time.monotonic() - started)
+
+
+async def _decide(engine: Engine, run: RunView, options: RunOptions, progress: Progress, err: Console) -> None:
+    for step in await _waiting_steps(engine, run.id):
+        if options.auto_approve:
+            await engine.decide(step.run_id, step.key, approved=True, by="auto-approve")
+            err.print(f"  [magenta]⏸[/] {step.key}: approved automatically (--auto-approve)")
+            continue
+        progress.pause()
+        message = await _waiting_message(engine, step.run_id, step.key)
+        err.print(Panel(message or "(no message)", title=f"approval needed: {step.key}", expand=False))
+        approved = await asyncio.to_thread(Confirm.ask, "Approve?", console=err, default=True)
+        comment = await asyncio.to_thread(Prompt.ask, "Comment (optional)", console=err, default="")
+        await engine.decide(step.run_id, step.key, approved=approved, by="terminal", comment=comment or None)
+        progress.resume()
+
+
+async def _waiting_steps(engine: Engine, root_run_id: str) -> list[Any]:
+    prefixes, steps = await _stored_state(engine, root_run_id)
+    return [s for s in steps if s.status == StepStatus.WAITING]
+
+
+async def _waiting_message(engine: Engine, run_id: str, step_key: str) -> str | None:
+    for event in reversed(await engine.events(run_id=run_id)):
+        if event["type"] == "step.waiting" and event["step_key"] == step_key:
+            message = event["data"].get("message")
+            return str(message) if message is not None else None
+    return None
+
+
+async def _stored_state(engine: Engine, root_run_id: str) -> tuple[dict[str, str], list[Any]]:
+    """Steps of a run and of its sub-runs, with display prefixes for the sub-runs."""
+    prefixes = {root_run_id: ""}
+    pending = [root_run_id]
+    all_steps = []
+    while pending:
+        run_id = pending.pop()
+        steps = await engine.steps(run_id)
+        for step in steps:
+            if step.child_run_id:
+                prefixes[step.child_run_id] = prefixes[run_id] + f"{step.key} › "
+                pending.append(step.child_run_id)
+        all_steps.extend(steps)
+    return prefixes, all_steps
+
+
+async def _report(
+    engine: Engine, run: RunView, options: RunOptions, out: Console, err: Console, elapsed: float
+) -> int:
+    code = {RunStatus.COMPLETED: EXIT_OK, RunStatus.WAITING: EXIT_WAITING}.get(run.status, EXIT_FAILED)
+    if options.json_output:
+        steps = await engine.steps(run.id)
+        payload = {
+            "run_id": run.id,
+            "workflow": run.workflow,
+            "status": run.status,
+            "outputs": run.outputs,
+            "error": run.error,
+            "usage": {
+                "input_tokens": run.input_tokens,
+                "output_tokens": run.output_tokens,
+                "cost": str(run.cost),
+            },
+            "steps": [
+                {
+                    "key": s.key,
+                    "status": s.status,
+                    "attempt": s.attempt,
+                    "duration_ms": s.duration_ms,
+                    "error": s.error,
+                }
+                for s in steps
+            ],
+        }
+        out.print_json(json.dumps(payload, default=str))
+        return code
+    if run.status == RunStatus.COMPLETED and run.outputs:
+        err.print("[bold]outputs[/]")
+        for key, value in run.outputs.items():
+            text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+            out.print(Text.assemble((f"{key}: ", "bold cyan"), text))
+    usage = f"{run.input_tokens + run.output_tokens} tokens, ${_money(run.cost)}"
+    style = {EXIT_OK: "green", EXIT_WAITING: "magenta"}.get(code, "red")
+    err.print(f"[{style}]{run.status.lower()}[/] in {elapsed:.2f}s · {usage} · run {run.id}")
+    if run.error:
+        err.print(f"[red]error:[/] {run.error}", markup=True)
+    if run.status == RunStatus.WAITING:
+        err.print(
+            f"waiting for a decision: approve on a terminal with "
+            f"[bold]agentmill run --resume {run.id}[/], or pass --auto-approve"
+        )
+    return code
+
+
+def _parse_inputs(spec: WorkflowSpec, pairs: list[str]) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input {pair!r} is not of the form key=value")
+        given[key.strip()] = parse_cli_value(spec.inputs.get(key.strip()), value)
+    return given
+
+
+def _read_source(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.6f}" if value else "0"
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Logs (structlog), metrics and traces."""

@@ -26,7 +26,12 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1/test"
 
 
 def chain_spec(length: int) -> str:
-    lines = ["name: bench-chain", "agents:", "  m: {model: scripted/bench, options: {reply: ok}}", "steps:"]
+    lines = [
+        "name: bench-chain",
+        "agents:",
+        "  m: {model: scripted/bench, options: {reply: ok}}",
+        "steps:",
+    ]
     for i in range(length):
         needs = f"\n    needs: [s{i - 1}]" if i else ""
         lines.append(f"  - id: s{i}{needs}\n    agent: m\n    prompt: step {i}")
@@ -34,11 +39,20 @@ def chain_spec(length: int) -> str:
 
 
 def fanout_spec(width: int) -> str:
-    lines = ["name: bench-fanout", "agents:", "  m: {model: scripted/bench, options: {reply: ok}}", "steps:"]
+    lines = [
+        "name: bench-fanout",
+        "agents:",
+        "  m: {model: scripted/bench, options: {reply: ok}}",
+        "steps:",
+    ]
     lines.append("  - id: start\n    value: go")
     for i in range(width):
         lines.append(f"  - id: f{i}\n    needs: [start]\n    agent: m\n    prompt: item {i}")
-    lines.append("  - id: join\n    needs: [" + ", ".join(f"f{i}" for i in range(width)) + "]\n    value: done")
+    lines.append(
+        "  - id: join\n    needs: ["
+        + ", ".join(f"f{i}" for i in range(width))
+        + "]\n    value: done"
+    )
     return "\n".join(lines)
 
 
@@ -101,23 +115,34 @@ async def main() -> None:
             else:
                 name = await pg_database()
                 try:
-                    per_step = await measure(f"postgresql://postgres@127.0.0.1/{name}", text, steps, args.repeat)
+                    per_step = await measure(
+                        f"postgresql://postgres@127.0.0.1/{name}", text, steps, args.repeat
+                    )
                 finally:
                     await drop_pg(name)
             median = statistics.median(per_step)
-            rows.append({
-                "backend": backend, "workflow": label, "ms_per_step_median": round(median, 4),
-                "ms_per_step_best": round(min(per_step), 4), "steps_per_s": round(1000 / median),
-                "target_ms": target if backend == "sqlite" else None,
-            })
+            rows.append(
+                {
+                    "backend": backend,
+                    "workflow": label,
+                    "ms_per_step_median": round(median, 4),
+                    "ms_per_step_best": round(min(per_step), 4),
+                    "steps_per_s": round(1000 / median),
+                    "target_ms": target if backend == "sqlite" else None,
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'backend':<11} {'workflow':<13} {'ms/step (median)':>17} {'best':>8} {'steps/s':>8} {'target':>8}")
+    print(
+        f"{'backend':<11} {'workflow':<13} {'ms/step (median)':>17} {'best':>8} {'steps/s':>8} {'target':>8}"
+    )
     for r in rows:
         target = f"≤{r['target_ms']}" if r["target_ms"] else "-"
-        print(f"{r['backend']:<11} {r['workflow']:<13} {r['ms_per_step_median']:>17.3f} "
-              f"{r['ms_per_step_best']:>8.3f} {r['steps_per_s']:>8} {target:>8}")
+        print(
+            f"{r['backend']:<11} {r['workflow']:<13} {r['ms_per_step_median']:>17.3f} "
+            f"{r['ms_per_step_best']:>8.3f} {r['steps_per_s']:>8} {target:>8}"
+        )
 
 
 if __name__ == "__main__":

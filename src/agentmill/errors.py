@@ -60,7 +60,10 @@ class SpecError(AgentMillError):
     """A workflow spec is invalid. ``problems`` lists every problem found, in source order."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.path))
+        order = {source: i for i, source in enumerate(dict.fromkeys(p.source for p in problems))}
+        self.problems = sorted(
+            problems, key=lambda p: (order[p.source], p.line or 0, p.column or 0, p.path)
+        )
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} in workflow spec"
         super().__init__(head + "\n" + "\n".join(f"  {p}" for p in self.problems))

@@ -26,13 +26,19 @@ err = Console(stderr=True, highlight=False)
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", envvar="AGENTMILL_DATABASE_URL", help="Database URL (default: .agentmill/agentmill.db)."),
+    typer.Option(
+        "--db",
+        envvar="AGENTMILL_DATABASE_URL",
+        help="Database URL (default: .agentmill/agentmill.db).",
+    ),
 ]
 
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Workflow files (YAML or JSON).", show_default=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="Workflow files (YAML or JSON).", show_default=False)
+    ],
 ) -> None:
     """Check workflow files and print every problem with its line and column."""
     from agentmill.domain.validation import load_workflow_file
@@ -54,15 +60,24 @@ def validate(
 
 @app.command()
 def run(
-    file: Annotated[Path | None, typer.Argument(help="Workflow file to run.", show_default=False)] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Workflow file to run.", show_default=False)
+    ] = None,
     input_: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="An input as key=value (JSON for non-string inputs). Repeatable."),
+        typer.Option(
+            "--input", "-i", help="An input as key=value (JSON for non-string inputs). Repeatable."
+        ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result; no live view.")] = False,
-    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve every human step.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON result; no live view.")
+    ] = False,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Approve every human step.")
+    ] = False,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="Continue an unfinished run by its id.", show_default=False)
+        str | None,
+        typer.Option("--resume", help="Continue an unfinished run by its id.", show_default=False),
     ] = None,
     db: DbOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,

@@ -76,7 +76,9 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.interactive:
-            self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
+            self.live = Live(
+                self._render(), console=self.console, refresh_per_second=8, transient=False
+            )
             self.live.__enter__()
         return self
 
@@ -196,7 +198,9 @@ class Progress:
                 Text(f"{_ICON[line.status]} {line.status.lower()}", style=_STYLE[line.status]),
                 str(line.attempt) if line.attempt else "",
                 f"{duration:.2f}s" if duration is not None else "",
-                str(line.input_tokens + line.output_tokens) if line.input_tokens or line.output_tokens else "",
+                str(line.input_tokens + line.output_tokens)
+                if line.input_tokens or line.output_tokens
+                else "",
                 f"${line.cost:.4f}" if line.cost else "",
                 Text(line.note, style="dim"),
             )

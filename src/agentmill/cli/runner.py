@@ -80,15 +80,17 @@ async def run_command(options: RunOptions) -> int:
                 run_id = await engine.start_run(version, given)
             except InvalidInputs as exc:
                 err.print("[red]error:[/] invalid inputs:")
-                for problem in exc.problems:
-                    err.print(f"  {problem}", markup=False)
+                for message in exc.problems:
+                    err.print(f"  {message}", markup=False)
                 return EXIT_INVALID
         return await _drive(engine, run_id, options, out, err)
     finally:
         await db.close()
 
 
-async def _drive(engine: Engine, run_id: str, options: RunOptions, out: Console, err: Console) -> int:
+async def _drive(
+    engine: Engine, run_id: str, options: RunOptions, out: Console, err: Console
+) -> int:
     run = await engine.get_run(run_id)
     started = time.monotonic()
     progress = Progress(err, run_id, f"{run.workflow} · {run_id}")
@@ -111,7 +113,9 @@ async def _drive(engine: Engine, run_id: str, options: RunOptions, out: Console,
     try:
         with progress if not options.json_output else _nullcontext():
             work = asyncio.create_task(
-                engine.run_until_settled(run_id, on_waiting=on_waiting if waiting_possible else None)
+                engine.run_until_settled(
+                    run_id, on_waiting=on_waiting if waiting_possible else None
+                )
             )
             stop = asyncio.create_task(interrupted.wait())
             await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,7 +135,9 @@ async def _drive(engine: Engine, run_id: str, options: RunOptions, out: Console,
     return await _report(engine, run, options, out, err, time.monotonic() - started)
 
 
-async def _decide(engine: Engine, run: RunView, options: RunOptions, progress: Progress, err: Console) -> None:
+async def _decide(
+    engine: Engine, run: RunView, options: RunOptions, progress: Progress, err: Console
+) -> None:
     for step in await _waiting_steps(engine, run.id):
         if options.auto_approve:
             await engine.decide(step.run_id, step.key, approved=True, by="auto-approve")
@@ -139,15 +145,19 @@ async def _decide(engine: Engine, run: RunView, options: RunOptions, progress: P
             continue
         progress.pause()
         message = await _waiting_message(engine, step.run_id, step.key)
-        err.print(Panel(message or "(no message)", title=f"approval needed: {step.key}", expand=False))
+        err.print(
+            Panel(message or "(no message)", title=f"approval needed: {step.key}", expand=False)
+        )
         approved = await asyncio.to_thread(Confirm.ask, "Approve?", console=err, default=True)
         comment = await asyncio.to_thread(Prompt.ask, "Comment (optional)", console=err, default="")
-        await engine.decide(step.run_id, step.key, approved=approved, by="terminal", comment=comment or None)
+        await engine.decide(
+            step.run_id, step.key, approved=approved, by="terminal", comment=comment or None
+        )
         progress.resume()
 
 
 async def _waiting_steps(engine: Engine, root_run_id: str) -> list[Any]:
-    prefixes, steps = await _stored_state(engine, root_run_id)
+    _prefixes, steps = await _stored_state(engine, root_run_id)
     return [s for s in steps if s.status == StepStatus.WAITING]
 
 
@@ -178,7 +188,9 @@ async def _stored_state(engine: Engine, root_run_id: str) -> tuple[dict[str, str
 async def _report(
     engine: Engine, run: RunView, options: RunOptions, out: Console, err: Console, elapsed: float
 ) -> int:
-    code = {RunStatus.COMPLETED: EXIT_OK, RunStatus.WAITING: EXIT_WAITING}.get(run.status, EXIT_FAILED)
+    code = {RunStatus.COMPLETED: EXIT_OK, RunStatus.WAITING: EXIT_WAITING}.get(
+        run.status, EXIT_FAILED
+    )
     if options.json_output:
         steps = await engine.steps(run.id)
         payload = {
@@ -208,7 +220,9 @@ async def _report(
     if run.status == RunStatus.COMPLETED and run.outputs:
         err.print("[bold]outputs[/]")
         for key, value in run.outputs.items():
-            text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+            text = (
+                value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+            )
             out.print(Text.assemble((f"{key}: ", "bold cyan"), text))
     usage = f"{run.input_tokens + run.output_tokens} tokens, ${_money(run.cost)}"
     style = {EXIT_OK: "green", EXIT_WAITING: "magenta"}.get(code, "red")

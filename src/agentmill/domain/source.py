@@ -85,8 +85,16 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                self.problems.append(
+                    self.positions.problem(path, f"YAML tag {node.tag!r} is not allowed")
+                )
+                return None
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":
             return str(node.value)  # dates stay text; templates and JSON have no date type
         if node.tag not in _SCALAR_TAGS:
@@ -94,7 +102,14 @@ class _Builder:
                 self.positions.problem(path, f"YAML tag {node.tag!r} is not allowed")
             )
             return None
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except (ValueError, KeyError, yaml.YAMLError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.problems.append(
+                self.positions.problem(path, f"{node.value!r} is not a valid {kind}")
+            )
+            return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[str, Any]:
         if node.tag != "tag:yaml.org,2002:map":
@@ -109,8 +124,22 @@ class _Builder:
                     self.positions.problem(path, "mapping keys must be plain strings")
                 )
                 continue
-            key = str(self._constructor.construct_object(key_node))
             line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.positions.marks.setdefault(
+                    (*path, "<<"), (line, key_node.start_mark.column + 1)
+                )
+                self.problems.append(
+                    self.positions.problem(
+                        (*path, "<<"),
+                        "YAML merge keys ('<<') are not supported; write the keys out",
+                    )
+                )
+                continue
+            key_value = self._scalar(key_node, (*path, str(key_node.value)))
+            if key_value is None and key_node.tag not in _SCALAR_TAGS:
+                continue
+            key = str(key_value)
             if key in first_seen:
                 self.positions.marks[(*path, key)] = (line, key_node.start_mark.column + 1)
                 self.problems.append(

@@ -10,7 +10,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MODEL_NAME_RE = re.compile(r"^(?P<provider>[a-z0-9][a-z0-9_.-]*)/(?P<model>[^\s/][^\s]*)$")
@@ -57,7 +65,6 @@ class AgentSpec(_Strict):
 
     model: str
     system: str | None = None
-    fallbacks: list[str] = Field(default_factory=list)
     tools: list[str] = Field(default_factory=list)
     max_turns: int = Field(default=8, ge=1, le=100)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -69,10 +76,7 @@ class AgentSpec(_Strict):
 
     _model = field_validator("model")(check_model_name)
 
-    @field_validator("fallbacks")
-    @classmethod
-    def _fallbacks(cls, value: list[str]) -> list[str]:
-        return [check_model_name(v) for v in value]
+    fallbacks: list[Annotated[str, AfterValidator(check_model_name)]] = Field(default_factory=list)
 
 
 class RetrySpec(_Strict):
@@ -187,7 +191,7 @@ class MapWorkflow(_WorkflowFields, _Execution):
     type: Literal["workflow"] = "workflow"
 
 
-_KIND_KEYS = (("agent", "agent"), ("model", "llm"), ("value", "template"), ("over", "map"))
+_KIND_KEYS = (("model", "llm"), ("agent", "agent"), ("value", "template"), ("over", "map"))
 
 
 def step_kind(value: Any) -> str | None:

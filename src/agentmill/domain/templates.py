@@ -35,15 +35,31 @@ def _fromjson(value: str) -> Any:
     return json.loads(value)
 
 
+class _Undefined(StrictUndefined):
+    """Strict everywhere, including ``repr`` (so ``{{ [missing] }}`` fails instead of printing)."""
+
+    __repr__ = StrictUndefined._fail_with_undefined_error
+
+
+class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
+    """``x.items`` means the key ``items`` when ``x`` is a mapping that has it, not the dict
+    method: workflow data is JSON, and keys like items, keys or values are common."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 def _make_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env = _DataFirstEnvironment(undefined=_Undefined, autoescape=False)
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = _fromjson
     return env
 
 
 ENV = _make_env()
-GLOBAL_NAMES = frozenset(ENV.globals)
+GLOBAL_NAMES = frozenset(ENV.globals) | {"loop"}  # `loop` exists inside for blocks
 
 
 def is_template(text: str) -> bool:
@@ -62,8 +78,11 @@ class Template:
         try:
             if self.native:
                 value = self._render(**context)
-                if isinstance(value, Undefined):
-                    value._fail_with_undefined_error()
+                _reject_undefined(value)
+                if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
+                    raise TemplateError(
+                        f"rendered text is longer than {MAX_RENDERED_CHARS} characters"
+                    )
                 return value
             text = self._render.render(context)
         except UndefinedError as exc:
@@ -77,6 +96,17 @@ class Template:
         if len(text) > MAX_RENDERED_CHARS:
             raise TemplateError(f"rendered text is longer than {MAX_RENDERED_CHARS} characters")
         return text
+
+
+def _reject_undefined(value: Any) -> None:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_undefined(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _reject_undefined(item)
 
 
 @lru_cache(maxsize=4096)
@@ -135,13 +165,15 @@ def references(source: str) -> References:
 
 
 def _attrs_of(tree: nodes.Template, root: str) -> Iterator[str]:
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if isinstance(target, nodes.Name) and target.name == root:
-            if isinstance(node, nodes.Getattr):
-                yield node.attr
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                yield node.arg.value
+    for attr in tree.find_all(nodes.Getattr):
+        assert isinstance(attr, nodes.Getattr)
+        if isinstance(attr.node, nodes.Name) and attr.node.name == root:
+            yield attr.attr
+    for item in tree.find_all(nodes.Getitem):
+        assert isinstance(item, nodes.Getitem)
+        is_root = isinstance(item.node, nodes.Name) and item.node.name == root
+        if is_root and isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str):
+            yield item.arg.value
 
 
 def template_strings(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:

@@ -181,17 +181,20 @@ def _clean_loc(data: Any, loc: tuple[int | str, ...]) -> DocPath:
         ):
             continue
         out.append(part)
-        if (isinstance(current, dict) and part in current) or (
-            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
-        ):
-            current = current[part]
-        else:
-            current = None
+        current = _child(current, part)
     return tuple(out)
 
 
+def _child(value: Any, part: int | str) -> Any:
+    if isinstance(value, dict):
+        return value.get(part)
+    if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+        return value[part]
+    return None
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(word, [c for c in choices if c != word], n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -245,6 +248,11 @@ class _Checker:
                 problem = check_input_value(spec.type, spec.default)
                 if problem:
                     self.add(("inputs", name, "default"), f"default {problem}")
+                elif spec.enum is not None and spec.default not in spec.enum:
+                    self.add(
+                        ("inputs", name, "default"),
+                        f"default {spec.default!r} is not one of {spec.enum!r}",
+                    )
 
     def _ids_and_needs(self) -> None:
         for i, step in enumerate(self.spec.steps):
@@ -327,12 +335,13 @@ class _Checker:
                 self.add(path, f"step {owner!r} needs 'model' or 'agent'")
             tmpl("prompt", step.prompt)
             tmpl("system", step.system)
-        if isinstance(step, (LlmStep, MapLlm, AgentStep, MapAgent)) and step.agent is not None:
-            if step.agent not in self.spec.agents:
-                hint = _did_you_mean(step.agent, self.spec.agents)
-                self.add(
-                    (*path, "agent"), f"agent {step.agent!r} is not defined under 'agents'{hint}"
-                )
+        if (
+            isinstance(step, (LlmStep, MapLlm, AgentStep, MapAgent))
+            and step.agent is not None
+            and step.agent not in self.spec.agents
+        ):
+            hint = _did_you_mean(step.agent, self.spec.agents)
+            self.add((*path, "agent"), f"agent {step.agent!r} is not defined under 'agents'{hint}")
         if isinstance(step, (AgentStep, MapAgent)):
             tmpl("prompt", step.prompt)
         if isinstance(step, (TemplateStep, MapTemplate)):

@@ -60,7 +60,8 @@ class CompiledWorkflow:
         step: Any = spec.step(step_id)
         if rest == "step":
             step = step.step
-        assert isinstance(step, (WorkflowStep, MapWorkflow)) and step.spec is not None
+        assert isinstance(step, (WorkflowStep, MapWorkflow))
+        assert step.spec is not None
         return step.spec
 
 

@@ -50,7 +50,10 @@ class StepContext:
 
     def call_context(self, turn: int) -> CallContext:
         return CallContext(
-            run_id=self.claim.run_id, step_key=self.claim.step_key, attempt=self.claim.attempt, turn=turn
+            run_id=self.claim.run_id,
+            step_key=self.claim.step_key,
+            attempt=self.claim.attempt,
+            turn=turn,
         )
 
     async def chat(self, request: ChatRequest) -> ChatResponse:

@@ -45,7 +45,9 @@ class Engine:
         cached = self.registry._cache.get((version_id, spec_path))
         if cached is not None:
             return cached
-        return await self.db.read(lambda tx: self.registry.get(version_id, spec_path, spec_loader(tx)))
+        return await self.db.read(
+            lambda tx: self.registry.get(version_id, spec_path, spec_loader(tx))
+        )
 
     # ------------------------------------------------------------------ runs
 
@@ -76,7 +78,13 @@ class Engine:
         """Approve or reject the human step ``step_key`` of a waiting run."""
         await self.db.write(
             lambda tx: self.transitions.decide(
-                tx, run_id=run_id, step_key=step_key, approved=approved, by=by, comment=comment, payload=payload
+                tx,
+                run_id=run_id,
+                step_key=step_key,
+                approved=approved,
+                by=by,
+                comment=comment,
+                payload=payload,
             )
         )
 

@@ -4,6 +4,7 @@ own failures (those become a :class:`Failed` outcome that the transitions classi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.context import StepContext
 from agentmill.engine.nodes import NODES
-from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport
+from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import Gateway
 
@@ -39,6 +40,8 @@ async def execute(claim: Claim, compiled: CompiledWorkflow, gateway: Gateway) ->
         else:
             kind = "map" if claim.map_index is None and isinstance(spec, MapStep) else step.type
             outcome = await _with_timeouts(ctx, claim, step.timeout, kind)
+            if isinstance(outcome, Succeeded):
+                _check_json(outcome.output)
     except _RunDeadline:
         outcome = Failed(error="the run's timeout ran out while this step ran", retryable=False)
     except TimeoutError:
@@ -62,23 +65,35 @@ async def execute(claim: Claim, compiled: CompiledWorkflow, gateway: Gateway) ->
     )
 
 
-async def _with_timeouts(ctx: StepContext, claim: Claim, timeout: float | None, kind: str) -> Outcome:
+async def _with_timeouts(
+    ctx: StepContext, claim: Claim, step_timeout: float | None, kind: str
+) -> Outcome:
     run_left = None
     if claim.deadline_at is not None:
         run_left = (claim.deadline_at - datetime.now(UTC)).total_seconds()
         if run_left <= 0:
             raise _RunDeadline
     node = NODES[kind]
-    if timeout is None and run_left is None:
+    if step_timeout is None and run_left is None:
         return await node(ctx)
-    limit = min(t for t in (timeout, run_left) if t is not None)
+    limit = min(t for t in (step_timeout, run_left) if t is not None)
     try:
         async with asyncio.timeout(limit):
             return await node(ctx)
     except TimeoutError:
-        if run_left is not None and (timeout is None or run_left < timeout):
+        if run_left is not None and (step_timeout is None or run_left < step_timeout):
             raise _RunDeadline from None
         raise
+
+
+def _check_json(value: object) -> None:
+    """Outputs are stored as JSON; say so clearly when a value is not."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StepFailed(f"output is not JSON-serializable: {exc}") from None
 
 
 def _truthy(ctx: StepContext, when: str | bool) -> bool:

@@ -18,6 +18,8 @@ import structlog
 
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
+from agentmill.engine.outcomes import Failed, StepReport
+from agentmill.store.db import Tx
 
 if TYPE_CHECKING:
     from agentmill.engine.engine import Engine
@@ -70,9 +72,7 @@ class Worker:
                 self._wake.clear()
                 free = self.concurrency - len(self._tasks)
                 if free > 0:
-                    claims = await self.engine.db.write(
-                        lambda tx, free=free: transitions.claim(tx, owner=self.owner, limit=free, root_run_id=root)
-                    )
+                    claims = await self._claim(free)
                     self._saturated = len(claims) == free
                     for claim in claims:
                         self._spawn(claim)
@@ -82,7 +82,9 @@ class Worker:
                 stop_wait = asyncio.ensure_future(stop.wait())
                 wake_wait = asyncio.ensure_future(self._wake.wait())
                 timeout = min(self.poll_interval, _DEADLINE_SWEEP_SECONDS)
-                await asyncio.wait({stop_wait, wake_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {stop_wait, wake_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 stop_wait.cancel()
                 wake_wait.cancel()
         finally:
@@ -90,7 +92,7 @@ class Worker:
             heartbeat.cancel()
             for timer in self._timers:
                 timer.cancel()
-            if self._unsubscribe:
+            if self._unsubscribe is not None:
                 self._unsubscribe()
             await self._shutdown()
 
@@ -128,14 +130,61 @@ class Worker:
             return
         capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
         try:
-            claims = await engine.db.write(
-                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity)
-            )
+            claims = await self._record(claim, report, capacity)
         except StaleClaim as exc:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
             return
         for next_claim in claims:
             self._spawn(next_claim)
+
+    async def _record(self, claim: Claim, report: StepReport, capacity: int) -> list[Claim]:
+        """Record a result. If that fails for a reason other than a lost lease (a bug, a value the
+        database refuses), record the step as failed with the reason rather than leave it
+        running until its lease expires; if even that fails, the lease expiry recovers it."""
+        engine = self.engine
+        try:
+            return await engine.db.write(
+                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity)
+            )
+        except StaleClaim:
+            raise
+        except Exception as exc:
+            log.exception(
+                "could not record a step result", step=claim.step_key, run_id=claim.run_id
+            )
+            failed = StepReport(
+                outcome=Failed(
+                    error=f"internal error recording the result: {type(exc).__name__}: {exc}",
+                    retryable=False,
+                ),
+                duration_ms=report.duration_ms,
+            )
+            try:
+                return await engine.db.write(
+                    lambda tx: engine.transitions.record(tx, claim, failed)
+                )
+            except StaleClaim:
+                raise
+            except Exception:
+                log.exception(
+                    "could not record the failure either; the lease will expire",
+                    step=claim.step_key,
+                )
+                return []
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        def claim(tx: Tx) -> list[Claim]:
+            return self.engine.transitions.claim(
+                tx, owner=self.owner, limit=limit, root_run_id=self.root_run_id
+            )
+
+        return await self.engine.db.write(claim)
+
+    async def _extend(self, step_ids: list[str]) -> set[str]:
+        def extend(tx: Tx) -> set[str]:
+            return self.engine.transitions.heartbeat(tx, owner=self.owner, step_ids=step_ids)
+
+        return await self.engine.db.write(extend)
 
     async def _heartbeat(self) -> None:
         interval = self.engine.settings.lease_seconds / 3
@@ -145,9 +194,7 @@ class Worker:
             if not ids:
                 continue
             try:
-                lost = await self.engine.db.write(
-                    lambda tx, ids=ids: self.engine.transitions.heartbeat(tx, owner=self.owner, step_ids=ids)
-                )
+                lost = await self._extend(ids)
             except Exception:
                 log.exception("heartbeat failed; will retry")
                 continue

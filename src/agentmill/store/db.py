@@ -183,23 +183,25 @@ class Database:
         assert self._async is not None, "Database.start() was not awaited"
         for attempt in range(8):
             try:
-                async with self._async.begin() as conn:
-                    tx_holder: list[Tx] = []
-
-                    def run(sync_conn: Connection) -> T:
-                        tx = Tx(sync_conn, self.dialect)
-                        tx_holder.append(tx)
-                        return fn(tx)
-
-                    result = await conn.run_sync(run)
-                self._publish(tx_holder[0])
-                return result
+                result, tx = await self._write_async(fn)
             except DBAPIError as exc:
                 if attempt < 7 and _is_transient(exc):
                     await asyncio.sleep(0.005 * (2**attempt))
                     continue
                 raise
+            self._publish(tx)
+            return result
         raise AssertionError("unreachable")
+
+    async def _write_async(self, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
+        assert self._async is not None
+        async with self._async.begin() as conn:
+
+            def run(sync_conn: Connection) -> tuple[T, Tx]:
+                tx = Tx(sync_conn, self.dialect)
+                return fn(tx), tx
+
+            return await conn.run_sync(run)
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in a read-only snapshot."""
@@ -265,6 +267,7 @@ class _SqliteWriter:
 
     def _run_batch(self, conn: Connection, batch: list[Any]) -> None:
         outcomes: list[tuple[bool, Any, Tx | None]] = []
+        tx: Tx | None
         try:
             with conn.begin():
                 now = datetime.now(UTC)

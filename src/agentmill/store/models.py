@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agentmill.store.types import JsonValue, Money, UtcDateTime
@@ -169,9 +179,10 @@ class LlmCall(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-workflows = Workflow.__table__
-workflow_versions = WorkflowVersion.__table__
-runs = Run.__table__
-steps = Step.__table__
-events = Event.__table__
-llm_calls = LlmCall.__table__
+# The tables themselves, for Core statements (the engine's hot path uses Core, not the ORM).
+workflows = cast(Table, Workflow.__table__)
+workflow_versions = cast(Table, WorkflowVersion.__table__)
+runs = cast(Table, Run.__table__)
+steps = cast(Table, Step.__table__)
+events = cast(Table, Event.__table__)
+llm_calls = cast(Table, LlmCall.__table__)

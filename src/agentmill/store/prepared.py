@@ -35,13 +35,17 @@ class _Compiled:
         if isinstance(statement, Select):
             columns = list(statement.selected_columns)
             self.row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
-            self.result_processors = [c.type._cached_result_processor(dialect, None) for c in columns]
+            self.result_processors = [
+                c.type._cached_result_processor(dialect, None) for c in columns
+            ]
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         values = []
         for name, processor in zip(self.names, self.processors, strict=True):
             value = params[name] if name in params else self.fixed[name]
-            values.append(processor(value) if processor is not None and value is not None else value)
+            values.append(
+                processor(value) if processor is not None and value is not None else value
+            )
         return tuple(values)
 
 
@@ -72,7 +76,8 @@ class Prepared:
         processors = compiled.result_processors
         make = compiled.row._make
         return [
-            make(p(v) if p is not None else v for p, v in zip(processors, row, strict=True)) for row in raw
+            make(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+            for row in raw
         ]
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
@@ -103,4 +108,4 @@ class Prepared:
 
     def _keys(self, params: Mapping[str, Any]) -> tuple[str, ...] | None:
         # INSERTs compile to the columns given; UPDATEs use named bindparams.
-        return tuple(params) if self.statement.is_insert else None  # type: ignore[attr-defined]
+        return tuple(params) if getattr(self.statement, "is_insert", False) else None

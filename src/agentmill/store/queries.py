@@ -89,7 +89,9 @@ def get_run(tx: Tx, run_id: str) -> RunView:
 
 
 def list_steps(tx: Tx, run_id: str) -> list[StepView]:
-    rows = tx.conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.created_at, steps.c.id))
+    rows = tx.conn.execute(
+        select(steps).where(steps.c.run_id == run_id).order_by(steps.c.created_at, steps.c.id)
+    )
     return [
         StepView(
             id=r.id,
@@ -114,7 +116,12 @@ def list_steps(tx: Tx, run_id: str) -> list[StepView]:
 
 
 def list_events(
-    tx: Tx, *, run_id: str | None = None, root_run_id: str | None = None, after: int = 0, limit: int = 1000
+    tx: Tx,
+    *,
+    run_id: str | None = None,
+    root_run_id: str | None = None,
+    after: int = 0,
+    limit: int = 1000,
 ) -> list[dict[str, Any]]:
     query = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
     if run_id is not None:

@@ -58,7 +58,9 @@ def save_version(tx: Tx, spec: WorkflowSpec, source: str | None = None) -> Versi
             )
         ).first()
         if same is not None:
-            return VersionRef(workflow_id=workflow_id, version_id=same.id, version=latest, created=False)
+            return VersionRef(
+                workflow_id=workflow_id, version_id=same.id, version=latest, created=False
+            )
     version_id = new_id("wfv")
     tx.conn.execute(
         insert(workflow_versions).values(
@@ -76,11 +78,15 @@ def save_version(tx: Tx, spec: WorkflowSpec, source: str | None = None) -> Versi
         .where(workflows.c.id == workflow_id)
         .values(latest_version=latest + 1, description=spec.description, updated_at=tx.now)
     )
-    return VersionRef(workflow_id=workflow_id, version_id=version_id, version=latest + 1, created=True)
+    return VersionRef(
+        workflow_id=workflow_id, version_id=version_id, version=latest + 1, created=True
+    )
 
 
 def load_spec(tx: Tx, version_id: str) -> WorkflowSpec:
-    document = tx.conn.scalar(select(workflow_versions.c.spec).where(workflow_versions.c.id == version_id))
+    document = tx.conn.scalar(
+        select(workflow_versions.c.spec).where(workflow_versions.c.id == version_id)
+    )
     if document is None:
         from agentmill.errors import NotFound
 

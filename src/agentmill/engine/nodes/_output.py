@@ -11,7 +11,7 @@ import jsonschema
 
 from agentmill.errors import RetryableError
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*)\n\s*```\s*$", re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?[ \t]*\n(?P<body>.*?)\n[ \t]*```", re.DOTALL)
 
 
 def parse_output(text: str, schema: Mapping[str, Any] | None) -> Any:
@@ -20,13 +20,17 @@ def parse_output(text: str, schema: Mapping[str, Any] | None) -> Any:
     A model that answers off-schema may do better on the next attempt, so it is retryable."""
     if schema is None:
         return text
-    fenced = _FENCE.match(text)
+    fenced = None if text.lstrip().startswith(("{", "[")) else _FENCE.search(text)
     body = fenced.group("body") if fenced else text
     try:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
-        raise RetryableError(f"output is not JSON ({exc.msg} at line {exc.lineno}): {text[:200]!r}") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        raise RetryableError(
+            f"output is not JSON ({exc.msg} at line {exc.lineno}): {text[:200]!r}"
+        ) from None
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(value)
+    )
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise RetryableError(f"output does not match output_schema at {where}: {error.message}")

@@ -33,7 +33,13 @@ async def run_agent(ctx: StepContext) -> Outcome:
         )
         if not response.tool_calls:
             return Succeeded(output=parse_output(response.content, step.output_schema))
-        messages.append(Message(role="assistant", content=response.content, tool_calls=response.tool_calls))
+        messages.append(
+            Message(role="assistant", content=response.content, tool_calls=response.tool_calls)
+        )
         for call in response.tool_calls:
-            raise StepFailed(f"agent {step.agent!r} asked for tool {call.name!r}, but no tools are available")
-    raise StepFailed(f"agent {step.agent!r} gave no final answer within max_turns={agent.max_turns}")
+            raise StepFailed(
+                f"agent {step.agent!r} asked for tool {call.name!r}, but no tools are available"
+            )
+    raise StepFailed(
+        f"agent {step.agent!r} gave no final answer within max_turns={agent.max_turns}"
+    )

@@ -15,7 +15,9 @@ async def run_map(ctx: StepContext) -> Outcome:
     assert isinstance(step, MapStep)
     items = ctx.render(step.over)
     if not isinstance(items, list):
-        raise StepFailed(f"'over' must give a list, but {step.over!r} gave {type(items).__name__}: {items!r:.200}")
+        raise StepFailed(
+            f"'over' must give a list, but {step.over!r} gave {type(items).__name__}: {items!r:.200}"
+        )
     if len(items) > MAX_ITEMS:
         raise StepFailed(f"'over' gave {len(items)} items; a map takes at most {MAX_ITEMS}")
     return FanOut(items=items)

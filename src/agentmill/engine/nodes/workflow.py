@@ -11,7 +11,8 @@ from agentmill.errors import StepFailed
 
 async def run_workflow(ctx: StepContext) -> Outcome:
     step = ctx.step
-    assert isinstance(step, WorkflowStep | MapWorkflow) and step.spec is not None
+    assert isinstance(step, WorkflowStep | MapWorkflow)
+    assert step.spec is not None
     given = ctx.render(step.inputs)
     try:
         inputs = resolve_inputs(step.spec, given)

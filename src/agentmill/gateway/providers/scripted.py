@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from agentmill.domain.templates import compile_template
+from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.errors import RetryableError, StepFailed
 from agentmill.gateway.types import ChatRequest, ChatResponse, Usage
 
@@ -113,7 +113,10 @@ class ScriptedProvider:
             "attempt": request.context.attempt,
             "turn": request.context.turn,
         }
-        rendered = compile_template(text).render(context) if "{" in text else text
+        try:
+            rendered = compile_template(text).render(context) if "{" in text else text
+        except TemplateError as exc:
+            raise StepFailed(f"scripted reply template: {exc}") from None
         return rendered if isinstance(rendered, str) else json.dumps(rendered)
 
 
@@ -133,22 +136,26 @@ def example_for_schema(schema: Mapping[str, Any], name: str = "item") -> Any:
         props = schema.get("properties", {})
         return {key: example_for_schema(sub, key) for key, sub in props.items()}
     if kind == "array":
-        low = int(schema.get("minItems", 3))
+        low = int(schema.get("minItems", 0))
         high = int(schema.get("maxItems", max(low, 3)))
-        count = max(low, min(3, high))
+        count = min(max(low, 3), high)
         items = schema.get("items", {"type": "string"})
         singular = name[:-1] if name.endswith("s") else name
         if items.get("type", "string") == "string" and "enum" not in items:
             return [f"{singular} {i + 1}" for i in range(count)]
         return [example_for_schema(items, singular) for _ in range(count)]
-    if kind == "integer":
-        return int(schema.get("minimum", 1))
-    if kind == "number":
-        return float(schema.get("minimum", 1.0))
+    if kind in ("integer", "number"):
+        value: float = 1
+        if "minimum" in schema:
+            value = schema["minimum"]
+        if "exclusiveMinimum" in schema:
+            value = schema["exclusiveMinimum"] + 1
+        if "maximum" in schema:
+            value = min(value, schema["maximum"])
+        return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
         return True
     if kind == "null":
         return None
-    text = f"{name} (scripted)"
-    min_length = int(schema.get("minLength", 0))
-    return text.ljust(min_length, ".")
+    text = f"{name} (scripted)".ljust(int(schema.get("minLength", 0)), ".")
+    return text[: int(schema["maxLength"])] if "maxLength" in schema else text

@@ -1,0 +1,95 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL database (never mocks).
+
+PostgreSQL is required: ``AGENTMILL_TEST_PG_ADMIN_URL`` (default: the machine's local server)
+must be reachable, or the PostgreSQL-parametrized tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agentmill.config import Settings
+from agentmill.engine.engine import Engine
+from agentmill.store.db import Database
+from agentmill.store.migrate import upgrade, upgrade_sync
+
+PG_ADMIN_URL = os.environ.get(
+    "AGENTMILL_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_url(database: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    name = f"agentmill_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _pg_url(name)
+    await upgrade(Database(url))
+    yield url
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'agentmill.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that uses it runs twice: on a SQLite file and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'agentmill.db'}"
+        upgrade_sync(url)
+        return url
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(lease_seconds=30, poll_interval=0.05)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.start()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def engine(db: Database, settings: Settings) -> Engine:
+    return Engine(db, settings=settings)
+
+
+@pytest.fixture
+def examples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A clean working directory (the default database lives in ./.agentmill/)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

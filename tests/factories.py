@@ -1,0 +1,35 @@
+"""Helpers that arrange and run workflows through the public engine API."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from agentmill.domain.validation import load_workflow_text
+from agentmill.engine.engine import Engine
+from agentmill.store.queries import RunView, StepView
+
+
+async def start(engine: Engine, yaml_text: str, inputs: dict[str, Any] | None = None) -> str:
+    spec = load_workflow_text(textwrap.dedent(yaml_text))
+    version = await engine.register(spec)
+    return await engine.start_run(version, inputs or {})
+
+
+async def run_workflow(
+    engine: Engine, yaml_text: str, inputs: dict[str, Any] | None = None, **options: Any
+) -> RunView:
+    run_id = await start(engine, yaml_text, inputs)
+    return await engine.run_until_settled(run_id, **options)
+
+
+async def steps_by_key(engine: Engine, run_id: str) -> dict[str, StepView]:
+    return {step.key: step for step in await engine.steps(run_id)}
+
+
+async def event_types(engine: Engine, run_id: str, step_key: str | None = None) -> list[str]:
+    return [
+        e["type"]
+        for e in await engine.events(run_id=run_id)
+        if step_key is None or e["step_key"] == step_key
+    ]

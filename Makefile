@@ -1,0 +1,41 @@
+# AgentMill — the two commands: `make up` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXAMPLES := examples/research-brief.yaml examples/planner-map.yaml examples/approval.yaml examples/sub-workflow.yaml
+
+.PHONY: install up test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install AgentMill with its dev tools
+
+up: install ## Run every example workflow end to end, offline, on the local SQLite database
+	@for f in $(EXAMPLES); do \
+		echo; echo "=== agentmill run $$f"; \
+		$(BIN)/agentmill run $$f --auto-approve || exit $$?; \
+	done
+	@echo; echo "Done. Runs are stored in .agentmill/agentmill.db; try: $(BIN)/agentmill run examples/approval.yaml"
+
+test: install lint typecheck pytest ## ruff, mypy and the whole test suite (needs PostgreSQL)
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest
+
+bench: install ## Engine benchmarks (SQLite and PostgreSQL)
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

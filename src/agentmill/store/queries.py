@@ -89,9 +89,9 @@ def get_run(tx: Tx, run_id: str) -> RunView:
 
 
 def list_steps(tx: Tx, run_id: str) -> list[StepView]:
-    rows = tx.conn.execute(
-        select(steps).where(steps.c.run_id == run_id).order_by(steps.c.created_at, steps.c.id)
-    )
+    # Creation order; map items created together sort by their index.
+    order = (steps.c.created_at, steps.c.map_index.nulls_first(), steps.c.id)
+    rows = tx.conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(*order))
     return [
         StepView(
             id=r.id,

@@ -1,0 +1,136 @@
+"""The store on both engines: migrations, exact money and time, group commit isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from agentmill.errors import ConfigError
+from agentmill.ids import new_id
+from agentmill.store.db import Database, Tx, normalize_url
+from agentmill.store.migrate import upgrade
+from agentmill.store.models import llm_calls
+
+TABLES = {
+    "workflows",
+    "workflow_versions",
+    "runs",
+    "steps",
+    "events",
+    "llm_calls",
+    "alembic_version",
+}
+
+
+async def test_migrations_create_every_table_and_are_idempotent(database_url: str) -> None:
+    await upgrade(Database(database_url))  # a second upgrade is a no-op
+    db = Database(database_url)
+    await db.start()
+    try:
+        names = await db.read(lambda tx: set(inspect(tx.conn).get_table_names()))
+        version = await db.read(
+            lambda tx: tx.conn.execute(text("select version_num from alembic_version")).scalar()
+        )
+    finally:
+        await db.close()
+    assert names >= TABLES
+    assert version == "0001"
+
+
+def call_row(cost: Decimal, when: datetime, run_id: str = "r") -> dict[str, object]:
+    return {
+        "run_id": run_id,
+        "step_id": "s",
+        "attempt": 1,
+        "turn": 0,
+        "provider": "p",
+        "model": "p/m",
+        "input_tokens": 1,
+        "output_tokens": 2,
+        "cost": cost,
+        "latency_ms": 1.5,
+        "error": None,
+        "created_at": when,
+    }
+
+
+async def test_money_and_times_round_trip_exactly(db: Database) -> None:
+    cost = Decimal("0.000123456")
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    run_id = new_id("run")
+    rows = [call_row(cost, when, run_id)] * 3
+    await db.write(lambda tx: tx.conn.execute(llm_calls.insert(), rows))
+
+    mine = llm_calls.c.run_id == run_id
+    query = select(llm_calls.c.cost, llm_calls.c.created_at).where(mine)
+    row = await db.read(lambda tx: tx.conn.execute(query).first())
+    total = await db.read(
+        lambda tx: tx.conn.execute(select(func.sum(llm_calls.c.cost)).where(mine)).scalar()
+    )
+
+    assert row.cost == cost
+    assert row.created_at == when
+    assert total == cost * 3  # sums in SQL stay exact
+
+
+async def test_a_failing_transaction_rolls_back_alone_when_commits_are_grouped(
+    db: Database,
+) -> None:
+    when = datetime.now(UTC)
+    run_id = new_id("run")
+
+    def good(n: int):  # type: ignore[no-untyped-def]
+        def fn(tx: Tx) -> int:
+            tx.conn.execute(llm_calls.insert(), [call_row(Decimal(n), when, run_id)])
+            return n
+
+        return fn
+
+    def bad(tx: Tx) -> None:
+        tx.conn.execute(llm_calls.insert(), [call_row(Decimal(99), when, run_id)])
+        raise ValueError("no")
+
+    results = await asyncio.gather(
+        *(db.write(good(n)) for n in range(5)),
+        db.write(bad),
+        *(db.write(good(n)) for n in range(5, 10)),
+        return_exceptions=True,
+    )
+
+    assert results[:5] == [0, 1, 2, 3, 4]
+    assert isinstance(results[5], ValueError)
+    assert results[6:] == [5, 6, 7, 8, 9]
+    query = select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)
+    costs = await db.read(lambda tx: sorted(tx.conn.execute(query).scalars()))
+    assert costs == [Decimal(n) for n in range(10)]
+
+
+async def test_committed_events_reach_subscribers_and_rolled_back_ones_do_not(db: Database) -> None:
+    seen: list[list[dict[str, object]]] = []
+    db.subscribe(seen.append)
+
+    def ok(tx: Tx) -> None:
+        tx.published.append({"type": "ok"})
+
+    def fails(tx: Tx) -> None:
+        tx.published.append({"type": "lost"})
+        raise RuntimeError("rolled back")
+
+    await db.write(ok)
+    with pytest.raises(RuntimeError):
+        await db.write(fails)
+
+    assert seen == [[{"type": "ok"}]]
+
+
+def test_database_urls_are_normalized_and_bad_ones_explained() -> None:
+    assert normalize_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite+pysqlite:///x.db"
+    with pytest.raises(ConfigError, match="in-memory SQLite"):
+        normalize_url("sqlite://")
+    with pytest.raises(ConfigError, match="unsupported database 'mysql'"):
+        normalize_url("mysql://h/db")

@@ -1383,3 +1383,15 @@ def test_the_stored_document_keeps_only_what_the_author_wrote() -> None:
     again = roundtrip(spec)
     assert again.inputs["topic"].required is True
     assert again.inputs["n"].required is False
+
+
+def test_a_need_listed_twice_is_reported() -> None:
+    assert problems("""\
+        name: x
+        steps:
+          - id: a
+            value: 1
+          - id: b
+            needs: [a, a]
+            value: 2
+        """) == [("steps[1].needs[1]", "step 'b' lists 'a' twice in needs", 6, 16)]

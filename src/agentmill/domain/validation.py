@@ -262,7 +262,11 @@ class _Checker:
                     ("steps", i, "id"), f"duplicate step id {step.id!r} (first at steps[{first}])"
                 )
             for k, need in enumerate(step.needs):
-                if need == step.id:
+                if need in step.needs[:k]:
+                    self.add(
+                        ("steps", i, "needs", k), f"step {step.id!r} lists {need!r} twice in needs"
+                    )
+                elif need == step.id:
                     self.add(("steps", i, "needs", k), f"step {step.id!r} needs itself")
                 elif need not in self.index:
                     hint = _did_you_mean(need, self.index)

@@ -48,7 +48,6 @@ from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps, workflow_versions
 
-DONE_FOR_NEEDS = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED})
 LOST_LEASES_ALLOWED = 3
 
 
@@ -797,23 +796,26 @@ class Transitions:
         state.changes["pending_steps"] = state.pending_steps
         compiled = state.compiled
         dependents = compiled.dependents[step_key]
-        if dependents:
-            others = {n for d in dependents for n in compiled.steps[d].needs if n != step_key}
-            statuses = {step_key: status}
-            if others:
-                statuses.update(
-                    (row.step_key, StepStatus(row.status))
-                    for row in tx.conn.execute(
-                        sql.NEED_STATUSES, {"b_run": state.id, "b_keys": list(others)}
-                    )
-                )
-            for dependent in dependents:
-                needs = compiled.steps[dependent].needs
-                if all(statuses.get(n) in DONE_FOR_NEEDS for n in needs):
-                    if all(statuses[n] == StepStatus.SKIPPED for n in needs):
-                        self._skip(tx, state, dependent, owner, budget, claims)
-                    else:
-                        self._make_ready(tx, state, dependent, owner, budget, claims)
+        for dependent in dependents:
+            needs = compiled.steps[dependent].needs
+            ran = 0 if status == StepStatus.SKIPPED else 1
+            if len(needs) > 1:
+                remaining, ran = tx.conn.execute(
+                    sql.JOIN_NEED_DONE[tx.dialect],
+                    {
+                        "b_run": state.id,
+                        "b_key": dependent,
+                        "b_remaining": len(needs) - 1,
+                        "b_ran": ran,
+                    },
+                ).one()
+                if remaining > 0:
+                    continue
+                tx.conn.execute(sql.JOIN_READY, {"b_run": state.id, "b_key": dependent})
+            if ran == 0:  # every step it needs was skipped
+                self._skip(tx, state, dependent, owner, budget, claims)
+            else:
+                self._make_ready(tx, state, dependent, owner, budget, claims)
         if state.pending_steps == 0 and not state.status.is_final:
             self._complete_run(tx, state)
 

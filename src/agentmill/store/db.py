@@ -266,32 +266,31 @@ class _SqliteWriter:
             conn.close()
 
     def _run_batch(self, conn: Connection, batch: list[Any]) -> None:
+        """One commit for the whole batch. Transactions rarely fail (a stale result, a conflict),
+        so the batch runs without savepoints; if one raises, the batch is rolled back and each
+        transaction is run again on its own, so a failure never affects the others."""
+        outcomes = self._attempt(conn, batch) if len(batch) > 1 else None
+        if outcomes is None:
+            outcomes = [self._attempt(conn, [item])[0] for item in batch]  # type: ignore[index]
+        for (ok, value, tx), (_fn, future, loop) in zip(outcomes, batch, strict=True):
+            loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
+
+    def _attempt(
+        self, conn: Connection, batch: list[Any]
+    ) -> list[tuple[bool, Any, Tx | None]] | None:
+        """Run ``batch`` in one transaction. Returns None if a multi-item batch had a failure."""
         outcomes: list[tuple[bool, Any, Tx | None]] = []
-        tx: Tx | None
         try:
             with conn.begin():
                 now = datetime.now(UTC)
                 for fn, _future, _loop in batch:
                     tx = Tx(conn, "sqlite", now=now)
-                    if len(batch) == 1:
-                        outcomes.append((True, fn(tx), tx))
-                        continue
-                    savepoint = conn.begin_nested()
-                    try:
-                        result = fn(tx)
-                    except BaseException as exc:
-                        savepoint.rollback()
-                        outcomes.append((False, exc, None))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((True, result, tx))
+                    outcomes.append((True, fn(tx), tx))
         except BaseException as exc:
-            if len(batch) == 1 and not outcomes:
-                outcomes = [(False, exc, None)]
-            else:
-                outcomes = [(False, exc, None)] * len(batch)
-        for (ok, value, tx), (_fn, future, loop) in zip(outcomes, batch, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
+            if len(batch) > 1:
+                return None
+            return [(False, exc, None)]
+        return outcomes
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any, tx: Tx | None) -> None:

@@ -138,6 +138,20 @@ class Step(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class StepJoin(Base):
+    """How many needs a not-yet-ready join step still waits for. One row per join in flight,
+    decremented as each need finishes (O(1), instead of re-reading every need's status)."""
+
+    __tablename__ = "step_joins"
+
+    run_id: Mapped[str] = mapped_column(
+        Id, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_key: Mapped[str] = mapped_column(String(96), primary_key=True)
+    remaining: Mapped[int] = mapped_column(Integer)
+    ran: Mapped[int] = mapped_column(Integer)  # needs that finished without being skipped
+
+
 class Event(Base):
     """The append-only log of a run: transitions, logs, model calls (decision 8)."""
 
@@ -185,4 +199,5 @@ workflow_versions = cast(Table, WorkflowVersion.__table__)
 runs = cast(Table, Run.__table__)
 steps = cast(Table, Step.__table__)
 events = cast(Table, Event.__table__)
+step_joins = cast(Table, StepJoin.__table__)
 llm_calls = cast(Table, LlmCall.__table__)

@@ -7,10 +7,13 @@ built once and executed with parameters.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmill.domain.states import StepStatus
-from agentmill.store.models import events, llm_calls, runs, steps
+from agentmill.store.models import events, llm_calls, runs, step_joins, steps
 from agentmill.store.prepared import Prepared
 
 # The result of one attempt, conditional on the attempt still holding the step (decision 1).
@@ -72,6 +75,29 @@ RUN_PROGRESS = Prepared(
 UPSTREAM = select(steps.c.step_key, steps.c.status, steps.c.output, steps.c.error).where(
     steps.c.run_id == bindparam("b_run"), steps.c.step_key.in_(bindparam("b_keys", expanding=True))
 )
-NEED_STATUSES = select(steps.c.step_key, steps.c.status).where(
-    steps.c.run_id == bindparam("b_run"), steps.c.step_key.in_(bindparam("b_keys", expanding=True))
+
+
+def _join_upsert(dialect_insert: Any) -> Any:
+    stmt = dialect_insert(step_joins).values(
+        run_id=bindparam("b_run"),
+        step_key=bindparam("b_key"),
+        remaining=bindparam("b_remaining"),
+        ran=bindparam("b_ran"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[step_joins.c.run_id, step_joins.c.step_key],
+        set_={
+            "remaining": step_joins.c.remaining - 1,
+            "ran": step_joins.c.ran + stmt.excluded.ran,
+        },
+    ).returning(step_joins.c.remaining, step_joins.c.ran)
+
+
+# One need of a join finished: count it down (the first need to finish creates the row).
+JOIN_NEED_DONE = {
+    "sqlite": _join_upsert(sqlite.insert),
+    "postgresql": _join_upsert(postgresql.insert),
+}
+JOIN_READY = delete(step_joins).where(
+    step_joins.c.run_id == bindparam("b_run"), step_joins.c.step_key == bindparam("b_key")
 )

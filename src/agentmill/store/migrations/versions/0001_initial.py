@@ -151,6 +151,15 @@ def upgrade() -> None:
         batch_op.create_index("ix_runs_status_created", ["status", "created_at"], unique=False)
 
     op.create_table(
+        "step_joins",
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("step_key", sa.String(length=96), nullable=False),
+        sa.Column("remaining", sa.Integer(), nullable=False),
+        sa.Column("ran", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("run_id", "step_key"),
+    )
+    op.create_table(
         "steps",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("run_id", sa.String(length=40), nullable=False),
@@ -212,6 +221,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("step_joins")
     with op.batch_alter_table("steps", schema=None) as batch_op:
         batch_op.drop_index(
             "ix_steps_ready",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from agentmill.gateway.types import Usage
@@ -64,7 +65,7 @@ class StartChildRun:
 Outcome = Succeeded | Skipped | Failed | WaitForHuman | FanOut | StartChildRun
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class StepReport:
     """An outcome plus what the step used on the way (calls, logs, time)."""
 
@@ -73,7 +74,7 @@ class StepReport:
     logs: tuple[LogLine, ...] = ()
     duration_ms: float = 0.0
 
-    @property
+    @cached_property
     def usage(self) -> Usage:
         total = Usage()
         for call in self.calls:

@@ -307,12 +307,6 @@ class Transitions:
         claims: list[Claim] = []
         budget = [capacity]
         outcome = report.outcome
-        values: dict[str, Any] = {
-            "input_tokens": steps.c.input_tokens + report.usage.input_tokens,
-            "output_tokens": steps.c.output_tokens + report.usage.output_tokens,
-            "cost": steps.c.cost + report.usage.cost,
-            "duration_ms": report.duration_ms,
-        }
         if isinstance(outcome, Succeeded | Skipped):
             status = StepStatus.SUCCEEDED if isinstance(outcome, Succeeded) else StepStatus.SKIPPED
             output = outcome.output if isinstance(outcome, Succeeded) else None
@@ -346,11 +340,16 @@ class Transitions:
             if state.status == RunStatus.RUNNING:
                 self._set_status(tx, state, RunStatus.WAITING, step=claim.step_key)
         elif isinstance(outcome, FanOut):
-            self._fan_out(tx, state, claim, report, outcome, values, budget, claims)
+            self._fan_out(tx, state, claim, report, outcome, _attempt_usage(report), budget, claims)
         elif isinstance(outcome, StartChildRun):
             child_id = new_id("run")
             self._own(
-                tx, claim, lease_owner=None, lease_expires_at=None, child_run_id=child_id, **values
+                tx,
+                claim,
+                lease_owner=None,
+                lease_expires_at=None,
+                child_run_id=child_id,
+                **_attempt_usage(report),
             )
             self._usage(tx, state, claim, report)
             self._event(
@@ -1417,6 +1416,17 @@ class Transitions:
         if fresh:
             sql.INSERT_EVENTS.run_many(tx.conn, fresh)
             tx.written_events = len(tx.published)
+
+
+def _attempt_usage(report: StepReport) -> dict[str, Any]:
+    """Column updates adding an attempt's usage to its step (for the less common outcomes)."""
+    usage = report.usage
+    return {
+        "input_tokens": steps.c.input_tokens + usage.input_tokens,
+        "output_tokens": steps.c.output_tokens + usage.output_tokens,
+        "cost": steps.c.cost + usage.cost,
+        "duration_ms": report.duration_ms,
+    }
 
 
 def _attempts(retry: RetrySpec | None) -> int:

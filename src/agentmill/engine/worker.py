@@ -144,7 +144,8 @@ class Worker:
         engine = self.engine
         try:
             return await engine.db.write(
-                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity)
+                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity),
+                alone=self._alone(),
             )
         except StaleClaim:
             raise
@@ -171,6 +172,13 @@ class Worker:
                     step=claim.step_key,
                 )
                 return []
+
+    def _alone(self) -> bool:
+        """Only the calling step is running (finished tasks may not be removed yet)."""
+        tasks = self._tasks
+        return len(tasks) <= 1 or (
+            len(tasks) <= 4 and sum(not t.done() for t in tasks.values()) <= 1
+        )
 
     async def _claim(self, limit: int) -> list[Claim]:
         def claim(tx: Tx) -> list[Claim]:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -151,8 +151,11 @@ class Database:
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             # IMMEDIATE takes the write lock up front, so concurrent writers wait on the busy
-            # timeout instead of failing with SQLITE_BUSY on a lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # timeout instead of failing with SQLITE_BUSY on a lock upgrade. (The writer thread
+            # may have begun on the raw connection already.)
+            raw = conn.connection.dbapi_connection
+            if raw is None or not raw.in_transaction:
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
 
@@ -172,9 +175,22 @@ class Database:
 
     # ------------------------------------------------------------------ transactions
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` as one transaction; its events are published after the commit."""
+    async def write(self, fn: Callable[[Tx], T], *, alone: bool = False) -> T:
+        """Run ``fn`` as one transaction; its events are published after the commit.
+
+        ``alone=True`` says the caller has nothing else in flight to batch with (a step of a
+        chain): on SQLite the transaction then runs right away on this thread when the writer is
+        idle, saving two thread hand-offs; otherwise it joins the writer's next group commit."""
         if self._writer is not None:
+            if alone:
+                done = self._writer.try_inline(fn)
+                if done is not None:
+                    ok, value, inline_tx = done
+                    if not ok:
+                        raise value
+                    assert inline_tx is not None
+                    self._publish(inline_tx)
+                    return cast(T, value)
             future: asyncio.Future[tuple[T, Tx]] = asyncio.get_running_loop().create_future()
             self._writer.submit(fn, future)
             result, tx = await future
@@ -231,18 +247,31 @@ class _SqliteWriter:
         self._engine = engine
         self._db = db
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._conn = engine.connect()
+        self._lock = threading.Lock()  # whoever holds it owns the write connection
         self._thread = threading.Thread(target=self._main, name="agentmill-writer", daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
         self._queue.put((fn, future, future.get_loop()))
 
+    def try_inline(self, fn: Callable[[Tx], Any]) -> tuple[bool, Any, Tx | None] | None:
+        """Run ``fn`` now on the caller's thread if the writer is idle; None if it is busy."""
+        if not self._queue.empty() or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            outcomes = self._attempt(self._conn, [(fn, None, None)])
+        finally:
+            self._lock.release()
+        assert outcomes is not None
+        return outcomes[0]
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join()
 
     def _main(self) -> None:
-        conn = self._engine.connect()
+        conn = self._conn
         try:
             while True:
                 item = self._queue.get()
@@ -259,7 +288,8 @@ class _SqliteWriter:
                         stop = True
                         break
                     batch.append(more)
-                self._run_batch(conn, batch)
+                with self._lock:
+                    self._run_batch(conn, batch)
                 if stop:
                     return
         finally:
@@ -278,19 +308,41 @@ class _SqliteWriter:
     def _attempt(
         self, conn: Connection, batch: list[Any]
     ) -> list[tuple[bool, Any, Tx | None]] | None:
-        """Run ``batch`` in one transaction. Returns None if a multi-item batch had a failure."""
+        """Run ``batch`` in one transaction. Returns None if a multi-item batch had a failure.
+
+        BEGIN and COMMIT go straight to the driver (SQLAlchemy's transaction bookkeeping costs
+        more than the commit itself here); a statement that autobegins a SQLAlchemy transaction
+        inside it is committed through SQLAlchemy, so its state stays right."""
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
         outcomes: list[tuple[bool, Any, Tx | None]] = []
+        raw.execute("BEGIN IMMEDIATE")
         try:
-            with conn.begin():
-                now = datetime.now(UTC)
-                for fn, _future, _loop in batch:
-                    tx = Tx(conn, "sqlite", now=now)
-                    outcomes.append((True, fn(tx), tx))
-        except BaseException as exc:
+            now = datetime.now(UTC)
+            for fn, _future, _loop in batch:
+                tx = Tx(conn, "sqlite", now=now)
+                outcomes.append((True, fn(tx), tx))
+        except BaseException as exc:  # handed to the caller
+            _rollback(conn, raw)
             if len(batch) > 1:
                 return None
             return [(False, exc, None)]
+        try:
+            if conn.in_transaction():
+                conn.commit()
+            if raw.in_transaction:
+                raw.execute("COMMIT")
+        except BaseException as exc:  # the commit failed: nothing was written
+            _rollback(conn, raw)
+            return [(False, exc, None)] * len(batch)
         return outcomes
+
+
+def _rollback(conn: Connection, raw: Any) -> None:
+    if conn.in_transaction():
+        conn.rollback()
+    if raw.in_transaction:
+        raw.execute("ROLLBACK")
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any, tx: Tx | None) -> None:

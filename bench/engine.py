@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
+from agentmill.observability.logging import configure_logging
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 
@@ -101,6 +102,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    configure_logging("WARNING")
     rows = []
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
     for backend in backends:

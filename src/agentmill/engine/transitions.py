@@ -799,18 +799,18 @@ class Transitions:
             needs = compiled.steps[dependent].needs
             ran = 0 if status == StepStatus.SKIPPED else 1
             if len(needs) > 1:
-                remaining, ran = tx.conn.execute(
-                    sql.JOIN_NEED_DONE[tx.dialect],
+                remaining, ran = sql.JOIN_NEED_DONE[tx.dialect].rows(
+                    tx.conn,
                     {
                         "b_run": state.id,
                         "b_key": dependent,
                         "b_remaining": len(needs) - 1,
                         "b_ran": ran,
                     },
-                ).one()
+                )[0]
                 if remaining > 0:
                     continue
-                tx.conn.execute(sql.JOIN_READY, {"b_run": state.id, "b_key": dependent})
+                sql.JOIN_READY.run(tx.conn, {"b_run": state.id, "b_key": dependent})
             if ran == 0:  # every step it needs was skipped
                 self._skip(tx, state, dependent, owner, budget, claims)
             else:

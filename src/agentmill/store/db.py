@@ -192,7 +192,7 @@ class Database:
                     self._publish(inline_tx)
                     return cast(T, value)
             future: asyncio.Future[tuple[T, Tx]] = asyncio.get_running_loop().create_future()
-            self._writer.submit(fn, future)
+            self._writer.coalesce(fn, future)
             result, tx = await future
             self._publish(tx)
             return result
@@ -249,11 +249,31 @@ class _SqliteWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = engine.connect()
         self._lock = threading.Lock()  # whoever holds it owns the write connection
+        self._pending: list[Any] = []
         self._thread = threading.Thread(target=self._main, name="agentmill-writer", daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
         self._queue.put((fn, future, future.get_loop()))
+
+    def coalesce(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
+        """Queue ``fn`` for one transaction with every other write asked for in this turn of the
+        event loop; the batch then runs on the loop thread if the writer thread is idle (no GIL
+        ping-pong between threads), else on the writer thread."""
+        self._pending.append((fn, future, future.get_loop()))
+        if len(self._pending) == 1:
+            future.get_loop().call_soon(self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        if not self._queue.empty() or not self._lock.acquire(blocking=False):
+            for item in batch:
+                self._queue.put(item)
+            return
+        try:
+            self._run_batch(self._conn, batch, same_thread=True)
+        finally:
+            self._lock.release()
 
     def try_inline(self, fn: Callable[[Tx], Any]) -> tuple[bool, Any, Tx | None] | None:
         """Run ``fn`` now on the caller's thread if the writer is idle; None if it is busy."""
@@ -295,7 +315,7 @@ class _SqliteWriter:
         finally:
             conn.close()
 
-    def _run_batch(self, conn: Connection, batch: list[Any]) -> None:
+    def _run_batch(self, conn: Connection, batch: list[Any], *, same_thread: bool = False) -> None:
         """One commit for the whole batch. Transactions rarely fail (a stale result, a conflict),
         so the batch runs without savepoints; if one raises, the batch is rolled back and each
         transaction is run again on its own, so a failure never affects the others."""
@@ -303,7 +323,10 @@ class _SqliteWriter:
         if outcomes is None:
             outcomes = [self._attempt(conn, [item])[0] for item in batch]  # type: ignore[index]
         for (ok, value, tx), (_fn, future, loop) in zip(outcomes, batch, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
+            if same_thread:
+                _resolve(future, ok, value, tx)
+            else:
+                loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
 
     def _attempt(
         self, conn: Connection, batch: list[Any]

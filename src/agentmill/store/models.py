@@ -104,7 +104,13 @@ class Step(Base):
             sqlite_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
             postgresql_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
         ),
-        Index("ix_steps_parent", "parent_step_id", "map_index"),
+        Index(  # map items only: most steps have no parent and skip this index
+            "ix_steps_parent",
+            "parent_step_id",
+            "map_index",
+            sqlite_where=text("parent_step_id IS NOT NULL"),
+            postgresql_where=text("parent_step_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
@@ -158,7 +164,13 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_run", "run_id", "id"),
-        Index("ix_events_root", "root_run_id", "id"),
+        Index(  # sub-runs' events only; a top-level run's are found by run_id
+            "ix_events_subrun",
+            "root_run_id",
+            "id",
+            sqlite_where=text("root_run_id <> run_id"),
+            postgresql_where=text("root_run_id <> run_id"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)

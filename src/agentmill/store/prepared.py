@@ -38,6 +38,12 @@ class _Compiled:
             self.result_processors = [
                 c.type._cached_result_processor(dialect, None) for c in columns
             ]
+        elif getattr(statement, "_returning", ()):  # INSERT/UPDATE … RETURNING
+            described = statement.returning_column_descriptions
+            self.row = namedtuple("Row", [d["name"] for d in described])  # type: ignore[misc]
+            self.result_processors = [
+                d["type"]._cached_result_processor(dialect, None) for d in described
+            ]
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         values = []
@@ -63,10 +69,10 @@ class Prepared:
         return found
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Run a SELECT and return its rows (attribute access by column name)."""
+        """Run a SELECT (or a statement with RETURNING) and return its rows."""
         if conn.dialect.name != "sqlite":
             return list(conn.execute(self.statement, dict(params)))
-        compiled = self._get(conn.dialect, None)
+        compiled = self._get(conn.dialect, self._keys(params))
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(compiled.sql, compiled.bind(params))
@@ -107,5 +113,8 @@ class Prepared:
             cursor.close()
 
     def _keys(self, params: Mapping[str, Any]) -> tuple[str, ...] | None:
-        # INSERTs compile to the columns given; UPDATEs use named bindparams.
-        return tuple(params) if getattr(self.statement, "is_insert", False) else None
+        # Plain INSERTs compile to the columns given; other statements use named bindparams.
+        statement = self.statement
+        if getattr(statement, "is_insert", False) and not getattr(statement, "_values", None):
+            return tuple(params)
+        return None

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.errors import NotFound
@@ -127,7 +127,13 @@ def list_events(
     if run_id is not None:
         query = query.where(events.c.run_id == run_id)
     if root_run_id is not None:
-        query = query.where(events.c.root_run_id == root_run_id)
+        # A run and its sub-runs; written so each half can use its own index.
+        query = query.where(
+            or_(
+                events.c.run_id == root_run_id,
+                and_(events.c.root_run_id == root_run_id, events.c.root_run_id != events.c.run_id),
+            )
+        )
     return [dict(row._mapping) for row in tx.conn.execute(query)]
 
 

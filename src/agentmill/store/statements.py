@@ -95,9 +95,11 @@ def _join_upsert(dialect_insert: Any) -> Any:
 
 # One need of a join finished: count it down (the first need to finish creates the row).
 JOIN_NEED_DONE = {
-    "sqlite": _join_upsert(sqlite.insert),
-    "postgresql": _join_upsert(postgresql.insert),
+    "sqlite": Prepared(_join_upsert(sqlite.insert)),
+    "postgresql": Prepared(_join_upsert(postgresql.insert)),
 }
-JOIN_READY = delete(step_joins).where(
-    step_joins.c.run_id == bindparam("b_run"), step_joins.c.step_key == bindparam("b_key")
+JOIN_READY = Prepared(
+    delete(step_joins).where(
+        step_joins.c.run_id == bindparam("b_run"), step_joins.c.step_key == bindparam("b_key")
+    )
 )

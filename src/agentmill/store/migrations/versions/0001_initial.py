@@ -42,7 +42,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_index("ix_events_root", ["root_run_id", "id"], unique=False)
+        batch_op.create_index(
+            "ix_events_subrun",
+            ["root_run_id", "id"],
+            unique=False,
+            sqlite_where=sa.text("root_run_id <> run_id"),
+            postgresql_where=sa.text("root_run_id <> run_id"),
+        )
         batch_op.create_index("ix_events_run", ["run_id", "id"], unique=False)
 
     op.create_table(
@@ -210,7 +216,13 @@ def upgrade() -> None:
             sqlite_where=sa.text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
             postgresql_where=sa.text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
         )
-        batch_op.create_index("ix_steps_parent", ["parent_step_id", "map_index"], unique=False)
+        batch_op.create_index(
+            "ix_steps_parent",
+            ["parent_step_id", "map_index"],
+            unique=False,
+            sqlite_where=sa.text("parent_step_id IS NOT NULL"),
+            postgresql_where=sa.text("parent_step_id IS NOT NULL"),
+        )
         batch_op.create_index(
             "ix_steps_ready",
             ["available_at"],
@@ -257,6 +269,6 @@ def downgrade() -> None:
     op.drop_table("llm_calls")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_run")
-        batch_op.drop_index("ix_events_root")
+        batch_op.drop_index("ix_events_subrun")
 
     op.drop_table("events")

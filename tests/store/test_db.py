@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -134,3 +135,43 @@ def test_database_urls_are_normalized_and_bad_ones_explained() -> None:
         normalize_url("sqlite://")
     with pytest.raises(ConfigError, match="unsupported database 'mysql'"):
         normalize_url("mysql://h/db")
+
+
+async def test_a_write_lock_held_elsewhere_never_blocks_the_event_loop(sqlite_url: str) -> None:
+    await upgrade(Database(sqlite_url))
+    db = Database(sqlite_url)
+    await db.start()
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        row = call_row(Decimal(1), datetime.now(UTC), new_id("run"))
+        lone = asyncio.create_task(
+            db.write(lambda tx: tx.conn.execute(llm_calls.insert(), [row]), alone=True)
+        )
+        batched = asyncio.create_task(
+            db.write(lambda tx: tx.conn.execute(llm_calls.insert(), [row]))
+        )
+        await asyncio.sleep(0.5)
+
+        assert not lone.done()
+        assert not batched.done()
+        assert ticks >= 20  # the loop kept running while the writes waited for the lock
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(asyncio.gather(lone, batched), timeout=5)
+        ticking.cancel()
+        count = await db.read(
+            lambda tx: tx.conn.execute(select(func.count()).select_from(llm_calls)).scalar()
+        )
+        assert count == 2
+    finally:
+        other.close()
+        await db.close()

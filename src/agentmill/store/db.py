@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -248,6 +250,11 @@ class _SqliteWriter:
         self._db = db
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = engine.connect()
+        raw = self._conn.connection.dbapi_connection
+        assert raw is not None
+        # The event loop thread must never sleep in SQLite's busy handler: BEGIN fails at once
+        # when another process holds the write lock, and the writer thread waits instead.
+        raw.execute("PRAGMA busy_timeout=0")
         self._lock = threading.Lock()  # whoever holds it owns the write connection
         self._pending: list[Any] = []
         self._thread = threading.Thread(target=self._main, name="agentmill-writer", daemon=True)
@@ -271,20 +278,26 @@ class _SqliteWriter:
                 self._queue.put(item)
             return
         try:
-            self._run_batch(self._conn, batch, same_thread=True)
+            done = self._run_batch(self._conn, batch, same_thread=True)
         finally:
             self._lock.release()
+        if not done:  # another process holds the write lock: let the writer thread wait for it
+            for item in batch:
+                self._queue.put(item)
 
     def try_inline(self, fn: Callable[[Tx], Any]) -> tuple[bool, Any, Tx | None] | None:
         """Run ``fn`` now on the caller's thread if the writer is idle; None if it is busy."""
         if not self._queue.empty() or not self._lock.acquire(blocking=False):
             return None
         try:
-            outcomes = self._attempt(self._conn, [(fn, None, None)])
+            outcomes = self._attempt(self._conn, [(fn, None, None)], wait=False)
         finally:
             self._lock.release()
-        assert outcomes is not None
-        return outcomes[0]
+        if outcomes is _BUSY:
+            return None
+        assert isinstance(outcomes, list)
+        first: tuple[bool, Any, Tx | None] = outcomes[0]
+        return first
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -315,13 +328,34 @@ class _SqliteWriter:
         finally:
             conn.close()
 
-    def _run_batch(self, conn: Connection, batch: list[Any], *, same_thread: bool = False) -> None:
+    def _run_batch(self, conn: Connection, batch: list[Any], *, same_thread: bool = False) -> bool:
         """One commit for the whole batch. Transactions rarely fail (a stale result, a conflict),
         so the batch runs without savepoints; if one raises, the batch is rolled back and each
         transaction is run again on its own, so a failure never affects the others."""
-        outcomes = self._attempt(conn, batch) if len(batch) > 1 else None
+        wait = not same_thread
+        outcomes = self._attempt(conn, batch, wait=wait) if len(batch) > 1 else None
+        if outcomes is _BUSY:
+            return False
         if outcomes is None:
-            outcomes = [self._attempt(conn, [item])[0] for item in batch]  # type: ignore[index]
+            outcomes = []
+            for item in batch:
+                single = self._attempt(conn, [item], wait=wait)
+                if single is _BUSY:  # only before anything ran: the rest go to the thread
+                    return self._requeue_rest(batch, outcomes, same_thread)
+                assert isinstance(single, list)
+                outcomes.append(single[0])
+        assert isinstance(outcomes, list)
+        self._resolve_all(batch, outcomes, same_thread)
+        return True
+
+    def _requeue_rest(self, batch: list[Any], outcomes: list[Any], same_thread: bool) -> bool:
+        self._resolve_all(batch[: len(outcomes)], outcomes, same_thread)
+        for item in batch[len(outcomes) :]:
+            self._queue.put(item)
+        return True
+
+    @staticmethod
+    def _resolve_all(batch: list[Any], outcomes: list[Any], same_thread: bool) -> None:
         for (ok, value, tx), (_fn, future, loop) in zip(outcomes, batch, strict=True):
             if same_thread:
                 _resolve(future, ok, value, tx)
@@ -329,9 +363,10 @@ class _SqliteWriter:
                 loop.call_soon_threadsafe(_resolve, future, ok, value, tx)
 
     def _attempt(
-        self, conn: Connection, batch: list[Any]
-    ) -> list[tuple[bool, Any, Tx | None]] | None:
-        """Run ``batch`` in one transaction. Returns None if a multi-item batch had a failure.
+        self, conn: Connection, batch: list[Any], *, wait: bool
+    ) -> list[tuple[bool, Any, Tx | None]] | object | None:
+        """Run ``batch`` in one transaction. Returns None if a multi-item batch had a failure,
+        and ``_BUSY`` if ``wait`` is false and another process holds the write lock.
 
         BEGIN and COMMIT go straight to the driver (SQLAlchemy's transaction bookkeeping costs
         more than the commit itself here); a statement that autobegins a SQLAlchemy transaction
@@ -339,7 +374,11 @@ class _SqliteWriter:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         outcomes: list[tuple[bool, Any, Tx | None]] = []
-        raw.execute("BEGIN IMMEDIATE")
+        try:
+            if not _begin_immediate(raw, wait=wait):
+                return _BUSY
+        except BaseException as exc:  # locked for longer than the busy timeout
+            return [(False, exc, None)] * len(batch)
         try:
             now = datetime.now(UTC)
             for fn, _future, _loop in batch:
@@ -359,6 +398,30 @@ class _SqliteWriter:
             _rollback(conn, raw)
             return [(False, exc, None)] * len(batch)
         return outcomes
+
+
+_BUSY = object()
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _begin_immediate(raw: Any, *, wait: bool) -> bool:
+    """Take SQLite's write lock. Without ``wait``, False if another process holds it; with it,
+    retry with backoff for up to 30 s (what SQLite's busy handler would do, but only here)."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.001
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if not wait:
+                return False
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _rollback(conn: Connection, raw: Any) -> None:

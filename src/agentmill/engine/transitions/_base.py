@@ -1,0 +1,419 @@
+"""What every part of the transitions shares: run state, event journal, usage, helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+
+from agentmill.domain.spec import (
+    MapStep,
+    RetrySpec,
+)
+from agentmill.domain.states import RunStatus, StepStatus
+from agentmill.engine.claims import Claim
+from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
+from agentmill.engine.outcomes import (
+    StepReport,
+)
+from agentmill.errors import NotFound
+from agentmill.store import statements as sql
+from agentmill.store.db import Tx
+from agentmill.store.models import runs, steps, workflow_versions
+
+LOST_LEASES_ALLOWED = 3
+
+
+@dataclass
+class RunState:
+    """A locked run row, changed in memory and written back once by :meth:`Transitions._flush`."""
+
+    id: str
+    root_run_id: str
+    parent_run_id: str | None
+    parent_step_id: str | None
+    version_id: str
+    spec_path: str
+    status: RunStatus
+    pending_steps: int
+    inputs: dict[str, Any]
+    deadline_at: datetime | None
+    compiled: CompiledWorkflow
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RunInfo:
+    """The part of a run row that never changes after it is created."""
+
+    root_run_id: str
+    parent_run_id: str | None
+    parent_step_id: str | None
+    version_id: str
+    spec_path: str
+    inputs: dict[str, Any]
+    deadline_at: datetime | None
+    compiled: CompiledWorkflow
+
+
+_RUN_CACHE_SIZE = 20_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRun:
+    run_id: str
+    claims: list[Claim]
+
+
+class TransitionsBase:
+    """State and helpers shared by every part of :class:`Transitions`."""
+
+    def __init__(self, registry: WorkflowRegistry, *, lease_seconds: float) -> None:
+        self.registry = registry
+        self.lease = timedelta(seconds=lease_seconds)
+        self._run_cache: dict[str, _RunInfo] = {}  # used by the one writer thread, or under the GIL
+
+    def _usage(self, tx: Tx, state: RunState, claim: Claim, report: StepReport) -> None:
+        usage = report.usage
+        state.input_tokens += usage.input_tokens
+        state.output_tokens += usage.output_tokens
+        state.cost += usage.cost
+        if report.calls:
+            sql.INSERT_LLM_CALLS.run_many(
+                tx.conn,
+                [
+                    {
+                        "run_id": claim.run_id,
+                        "step_id": claim.step_id,
+                        "attempt": claim.attempt,
+                        "turn": call.turn,
+                        "provider": call.provider,
+                        "model": call.model,
+                        "input_tokens": call.usage.input_tokens,
+                        "output_tokens": call.usage.output_tokens,
+                        "cost": call.usage.cost,
+                        "latency_ms": round(call.latency_ms, 3),
+                        "error": call.error,
+                        "created_at": tx.now,
+                    }
+                    for call in report.calls
+                ],
+            )
+            for call in report.calls:
+                self._event(
+                    tx,
+                    state,
+                    "llm.call",
+                    claim.step_key,
+                    claim.attempt,
+                    level="warning" if call.error else "info",
+                    source="llm",
+                    model=call.model,
+                    turn=call.turn,
+                    input_tokens=call.usage.input_tokens,
+                    output_tokens=call.usage.output_tokens,
+                    cost=str(call.usage.cost),
+                    latency_ms=round(call.latency_ms, 3),
+                    error=call.error,
+                )
+        for line in report.logs:
+            self._event(
+                tx,
+                state,
+                "step.log",
+                claim.step_key,
+                claim.attempt,
+                level=line.level,
+                source="step",
+                message=line.message,
+                **line.data,
+            )
+
+    def _flush(self, tx: Tx, state: RunState) -> None:
+        if state.changes.keys() == {"pending_steps"}:  # the common case, prebuilt
+            sql.RUN_PROGRESS.run(
+                tx.conn,
+                {
+                    "b_id": state.id,
+                    "b_pending": state.pending_steps,
+                    "b_input_tokens": state.input_tokens,
+                    "b_output_tokens": state.output_tokens,
+                    "b_cost": state.cost,
+                },
+            )
+            state.changes.clear()
+            state.input_tokens = state.output_tokens = 0
+            state.cost = Decimal(0)
+            return
+        values = dict(state.changes)
+        if state.input_tokens or state.output_tokens or state.cost:
+            values["input_tokens"] = runs.c.input_tokens + state.input_tokens
+            values["output_tokens"] = runs.c.output_tokens + state.output_tokens
+            values["cost"] = runs.c.cost + state.cost
+        if values:
+            tx.conn.execute(update(runs).where(runs.c.id == state.id).values(**values))
+        state.changes.clear()
+        state.input_tokens = state.output_tokens = 0
+        state.cost = Decimal(0)
+
+    def _lock_run(self, tx: Tx, run_id: str) -> RunState:
+        state = self._load_run(tx, run_id, lock=True)
+        return state
+
+    def _load_run(self, tx: Tx, run_id: str, *, lock: bool = False) -> RunState:
+        fixed = self._run_cache.get(run_id)
+        if fixed is None:
+            row = next(iter(sql.LOAD_RUN.rows(tx.conn, {"b_id": run_id})), None)
+            if row is None:
+                raise NotFound(f"run {run_id!r} not found")
+            fixed = _RunInfo(
+                root_run_id=row.root_run_id,
+                parent_run_id=row.parent_run_id,
+                parent_step_id=row.parent_step_id,
+                version_id=row.version_id,
+                spec_path=row.spec_path,
+                inputs=row.inputs,
+                deadline_at=row.deadline_at,
+                compiled=self._compiled(tx, row.version_id, row.spec_path),
+            )
+            if len(self._run_cache) >= _RUN_CACHE_SIZE:
+                self._run_cache.pop(next(iter(self._run_cache)))
+            self._run_cache[run_id] = fixed
+        query = sql.LOCK_RUN_STATUS if lock and tx.is_postgres else sql.RUN_STATUS
+        current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
+        if current is None:
+            raise NotFound(f"run {run_id!r} not found")
+        if lock and tx.is_postgres:
+            # We may have waited for the lock behind another step's commit: stamp what we
+            # write from now on, so times follow the order in which changes were made.
+            tx.now = max(tx.now, datetime.now(UTC))
+        return RunState(
+            id=run_id,
+            root_run_id=fixed.root_run_id,
+            parent_run_id=fixed.parent_run_id,
+            parent_step_id=fixed.parent_step_id,
+            version_id=fixed.version_id,
+            spec_path=fixed.spec_path,
+            status=RunStatus(current.status),
+            pending_steps=current.pending_steps,
+            inputs=fixed.inputs,
+            deadline_at=fixed.deadline_at,
+            compiled=fixed.compiled,
+        )
+
+    def _compiled(self, tx: Tx, version_id: str, spec_path: str) -> CompiledWorkflow:
+        return self.registry.get(version_id, spec_path, spec_loader(tx))
+
+    def _upstream(self, tx: Tx, run_id: str, keys: frozenset[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        rows = tx.conn.execute(sql.UPSTREAM, {"b_run": run_id, "b_keys": list(keys)})
+        return {
+            r.step_key: {"output": r.output, "status": r.status, "error": r.error} for r in rows
+        }
+
+    def _backoff(
+        self, compiled: CompiledWorkflow, claim: Claim, failures: int, retry_after: float | None
+    ) -> float:
+        step = compiled.steps[claim.spec_id]
+        policy = (step.step.retry if isinstance(step, MapStep) else step.retry) or RetrySpec()
+        delay = min(policy.max_backoff, policy.backoff * policy.multiplier ** (failures - 1))
+        if policy.jitter:
+            delay = delay / 2 + random.uniform(0, delay / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    def _event(
+        self,
+        tx: Tx,
+        state: RunState,
+        type_: str,
+        step_key: str | None = None,
+        attempt: int | None = None,
+        *,
+        level: str = "info",
+        source: str = "engine",
+        **data: Any,
+    ) -> None:
+        tx.published.append(
+            {
+                "run_id": state.id,
+                "root_run_id": state.root_run_id,
+                "step_key": step_key,
+                "attempt": attempt,
+                "type": type_,
+                "level": level,
+                "ts": tx.now,
+                "data": data if source == "engine" else {"source": source, **data},
+            }
+        )
+
+    def _write_events(self, tx: Tx) -> None:
+        # Listeners in this process get the events after commit; readers of the log (streams,
+        # replay) read them back with their ids, so the insert need not return them.
+        fresh = tx.published[tx.written_events :]
+        if fresh:
+            sql.INSERT_EVENTS.run_many(tx.conn, fresh)
+            tx.written_events = len(tx.published)
+
+    # Each part of Transitions lives in its own module; these are the methods one part calls
+    # on another, declared here so every part type-checks on its own.
+
+    def create_run(
+        self,
+        tx: Tx,
+        *,
+        workflow_id: str,
+        version_id: str,
+        inputs: dict[str, Any],
+        spec_path: str = "",
+        parent: tuple[RunState, str] | None = None,
+        owner: str | None = None,
+        capacity: int = 0,
+        run_id: str | None = None,
+    ) -> NewRun:
+        raise NotImplementedError
+
+    def _set_status(self, tx: Tx, state: RunState, status: RunStatus, **data: Any) -> None:
+        raise NotImplementedError
+
+    def _complete_run(self, tx: Tx, state: RunState) -> None:
+        raise NotImplementedError
+
+    def _end_run(self, tx: Tx, state: RunState, status: RunStatus, error: str) -> None:
+        raise NotImplementedError
+
+    def _step_final(
+        self,
+        tx: Tx,
+        state: RunState,
+        step_key: str,
+        parent_step_id: str | None,
+        status: StepStatus,
+        owner: str | None,
+        budget: list[int],
+        claims: list[Claim],
+    ) -> None:
+        raise NotImplementedError
+
+    def _make_ready(
+        self,
+        tx: Tx,
+        state: RunState,
+        step_id: str,
+        owner: str | None,
+        budget: list[int],
+        claims: list[Claim],
+    ) -> None:
+        raise NotImplementedError
+
+    def _insert_step(
+        self,
+        tx: Tx,
+        state: RunState,
+        *,
+        step_key: str,
+        spec_id: str,
+        kind: str,
+        retry: RetrySpec | None,
+        parent_step_id: str | None,
+        map_index: int | None,
+        input: Any,
+        owner: str | None,
+        budget: list[int],
+        claims: list[Claim],
+    ) -> None:
+        raise NotImplementedError
+
+    def _step_failed(
+        self,
+        tx: Tx,
+        state: RunState,
+        step_key: str,
+        spec_id: str,
+        parent_step_id: str | None,
+        message: str,
+        run_status: RunStatus,
+        owner: str | None,
+        budget: list[int],
+        claims: list[Claim],
+    ) -> None:
+        raise NotImplementedError
+
+    def _child_final(
+        self,
+        tx: Tx,
+        state: RunState,
+        parent_step_id: str,
+        owner: str | None,
+        budget: list[int],
+        claims: list[Claim],
+    ) -> None:
+        raise NotImplementedError
+
+
+def _attempt_usage(report: StepReport) -> dict[str, Any]:
+    """Column updates adding an attempt's usage to its step (for the less common outcomes)."""
+    usage = report.usage
+    return {
+        "input_tokens": steps.c.input_tokens + usage.input_tokens,
+        "output_tokens": steps.c.output_tokens + usage.output_tokens,
+        "cost": steps.c.cost + usage.cost,
+        "duration_ms": report.duration_ms,
+    }
+
+
+def _attempts(retry: RetrySpec | None) -> int:
+    return retry.max_attempts if retry else 1
+
+
+def _usage_data(report: StepReport) -> dict[str, Any]:
+    usage = report.usage
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost": str(usage.cost),
+        "duration_ms": round(report.duration_ms, 3),
+    }
+
+
+def _preview(value: Any, limit: int = 2000) -> Any:
+    """Events carry outputs for live views; big ones are cut (the step row keeps all of it)."""
+    text = value if isinstance(value, str) else None
+    if text is not None and len(text) > limit:
+        return text[:limit] + "…"
+    if text is None and value is not None:
+        encoded = json.dumps(value, default=str)
+        if len(encoded) > limit:
+            return encoded[:limit] + "…"
+    return value
+
+
+def spec_loader(tx: Tx) -> Callable[[str], dict[str, Any]]:
+    def load(version_id: str) -> dict[str, Any]:
+        spec = tx.conn.scalar(
+            select(workflow_versions.c.spec).where(workflow_versions.c.id == version_id)
+        )
+        if spec is None:
+            raise NotFound(f"workflow version {version_id!r} not found")
+        return dict(spec)
+
+    return load
+
+
+def _workflow_id(tx: Tx, version_id: str) -> str:
+    value = tx.conn.scalar(
+        select(workflow_versions.c.workflow_id).where(workflow_versions.c.id == version_id)
+    )
+    assert value is not None
+    return str(value)

@@ -1,0 +1,223 @@
+"""Claiming steps: leases, heartbeats, and taking over steps whose worker died."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from agentmill.domain.states import RunStatus, StepStatus
+from agentmill.engine.claims import Claim, owner_is_dead
+from agentmill.engine.transitions._base import (
+    LOST_LEASES_ALLOWED,
+    RunState,
+    TransitionsBase,
+)
+from agentmill.store.db import Tx
+from agentmill.store.models import runs, steps
+
+
+class ClaimTransitions(TransitionsBase):
+    def claim(
+        self, tx: Tx, *, owner: str, limit: int, root_run_id: str | None = None
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready steps: queued, due for retry, or whose lease expired."""
+        if limit <= 0:
+            return []
+        ready = select(steps.c.id).where(
+            steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
+            steps.c.available_at <= tx.now,
+        )
+        expired = select(steps.c.id, steps.c.attempt, steps.c.failures, steps.c.lease_owner).where(
+            steps.c.status == StepStatus.RUNNING,
+            steps.c.lease_expires_at.is_not(None),
+            steps.c.lease_expires_at < tx.now,
+        )
+        if root_run_id:
+            ready = ready.where(steps.c.root_run_id == root_run_id)
+            expired = expired.where(steps.c.root_run_id == root_run_id)
+        ready = ready.order_by(steps.c.available_at).limit(limit)
+        expired = expired.limit(limit)
+        if tx.is_postgres:
+            ready = ready.with_for_update(skip_locked=True)
+            expired = expired.with_for_update(skip_locked=True)
+        ids = list(tx.conn.scalars(ready))
+        lost: dict[str, str | None] = {}
+        if len(ids) < limit:
+            for row in tx.conn.execute(expired.limit(limit - len(ids))):
+                if row.attempt - row.failures > LOST_LEASES_ALLOWED:
+                    self._give_up_lost(tx, row.id, row.attempt, row.lease_owner)
+                    continue
+                ids.append(row.id)
+                lost[row.id] = row.lease_owner
+        if not ids:
+            self._write_events(tx)
+            return []
+        claims = self._lease(tx, ids, owner, lost)
+        self._write_events(tx)
+        return claims
+
+    def heartbeat(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> set[str]:
+        """Extend our leases; returns the ids we no longer hold (cancelled or taken over)."""
+        wanted = set(step_ids)
+        if not wanted:
+            return set()
+        held = set(
+            tx.conn.scalars(
+                update(steps)
+                .where(
+                    steps.c.id.in_(wanted),
+                    steps.c.lease_owner == owner,
+                    steps.c.status == StepStatus.RUNNING,
+                )
+                .values(lease_expires_at=tx.now + self.lease)
+                .returning(steps.c.id)
+            )
+        )
+        return wanted - held
+
+    def release_dead_leases(self, tx: Tx, root_run_id: str | None = None) -> int:
+        """Make steps leased by dead processes on this host claimable now."""
+        query = (
+            select(steps.c.lease_owner)
+            .distinct()
+            .where(steps.c.status == StepStatus.RUNNING, steps.c.lease_owner.is_not(None))
+        )
+        if root_run_id:
+            query = query.where(steps.c.root_run_id == root_run_id)
+        dead = [owner for owner in tx.conn.scalars(query) if owner and owner_is_dead(owner)]
+        if not dead:
+            return 0
+        result = tx.conn.execute(
+            update(steps)
+            .where(steps.c.status == StepStatus.RUNNING, steps.c.lease_owner.in_(dead))
+            .values(lease_expires_at=tx.now - timedelta(seconds=1))
+        )
+        return int(result.rowcount)
+
+    def release(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> None:
+        """Give leases back (clean shutdown) so another worker can take the steps at once."""
+        ids = list(step_ids)
+        if ids:
+            tx.conn.execute(
+                update(steps)
+                .where(
+                    steps.c.id.in_(ids),
+                    steps.c.lease_owner == owner,
+                    steps.c.status == StepStatus.RUNNING,
+                )
+                .values(lease_expires_at=tx.now - timedelta(seconds=1))
+            )
+
+    def _lease(
+        self, tx: Tx, ids: list[str], owner: str, lost: dict[str, str | None]
+    ) -> list[Claim]:
+        rows = tx.conn.execute(
+            update(steps)
+            .where(steps.c.id.in_(ids))
+            .values(
+                status=StepStatus.RUNNING,
+                attempt=steps.c.attempt + 1,
+                lease_owner=owner,
+                lease_expires_at=tx.now + self.lease,
+                started_at=tx.now,
+            )
+            .returning(
+                steps.c.id,
+                steps.c.run_id,
+                steps.c.root_run_id,
+                steps.c.step_key,
+                steps.c.spec_id,
+                steps.c.kind,
+                steps.c.attempt,
+                steps.c.failures,
+                steps.c.max_attempts,
+                steps.c.parent_step_id,
+                steps.c.map_index,
+                steps.c.input,
+            )
+        ).all()
+        by_run: dict[str, RunState] = {}
+        claims: list[Claim] = []
+        for row in rows:
+            state = by_run.get(row.run_id)
+            if state is None:
+                state = by_run[row.run_id] = self._load_run(tx, row.run_id)
+            if row.id in lost:
+                self._event(
+                    tx,
+                    state,
+                    "step.lease_expired",
+                    row.step_key,
+                    row.attempt - 1,
+                    level="warning",
+                    owner=lost[row.id],
+                )
+            self._event(tx, state, "step.started", row.step_key, row.attempt)
+            claims.append(
+                Claim(
+                    step_id=row.id,
+                    run_id=row.run_id,
+                    root_run_id=row.root_run_id,
+                    step_key=row.step_key,
+                    spec_id=row.spec_id,
+                    kind=row.kind,
+                    attempt=row.attempt,
+                    failures=row.failures,
+                    max_attempts=row.max_attempts,
+                    parent_step_id=row.parent_step_id,
+                    map_index=row.map_index,
+                    version_id=state.version_id,
+                    spec_path=state.spec_path,
+                    run_inputs=state.inputs,
+                    upstream=self._upstream(tx, row.run_id, state.compiled.reads[row.spec_id]),
+                    item=(row.input or {}).get("item") if row.map_index is not None else None,
+                    deadline_at=state.deadline_at,
+                    owner=owner,
+                )
+            )
+        for state in by_run.values():
+            if state.status == RunStatus.PENDING:
+                started = tx.conn.execute(
+                    update(runs)
+                    .where(runs.c.id == state.id, runs.c.status == RunStatus.PENDING)
+                    .values(status=RunStatus.RUNNING, started_at=tx.now)
+                )
+                if started.rowcount:
+                    self._event(tx, state, "run.started")
+        return claims
+
+    def _give_up_lost(self, tx: Tx, step_id: str, attempt: int, owner: str | None) -> None:
+        row = tx.conn.execute(
+            select(steps.c.run_id, steps.c.step_key, steps.c.spec_id, steps.c.parent_step_id).where(
+                steps.c.id == step_id
+            )
+        ).one()
+        state = self._lock_run(tx, row.run_id)
+        message = f"step {row.step_key!r} lost its worker {attempt} times (last: {owner})"
+        tx.conn.execute(
+            update(steps)
+            .where(steps.c.id == step_id)
+            .values(
+                status=StepStatus.FAILED,
+                error=message,
+                finished_at=tx.now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        self._event(tx, state, "step.failed", row.step_key, attempt, level="error", error=message)
+        self._step_failed(
+            tx,
+            state,
+            row.step_key,
+            row.spec_id,
+            row.parent_step_id,
+            message,
+            RunStatus.FAILED,
+            None,
+            [0],
+            [],
+        )
+        self._flush(tx, state)

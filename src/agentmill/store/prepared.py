@@ -30,6 +30,7 @@ class _Compiled:
         self.processors: list[_Processor] = [
             compiled.binds[n].type._cached_bind_processor(dialect) for n in names
         ]
+        self.pairs = list(zip(self.names, self.processors, strict=True))
         self.row: Any = None
         self.result_processors: list[_Processor] = []
         if isinstance(statement, Select):
@@ -46,13 +47,15 @@ class _Compiled:
             ]
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        values = []
-        for name, processor in zip(self.names, self.processors, strict=True):
-            value = params[name] if name in params else self.fixed[name]
-            values.append(
-                processor(value) if processor is not None and value is not None else value
-            )
-        return tuple(values)
+        # Hot: runs for every row the engine writes. Plain columns skip the processor call.
+        fixed = self.fixed
+        return tuple(
+            [
+                value if processor is None or value is None else processor(value)
+                for name, processor in self.pairs
+                for value in (params[name] if name in params else fixed[name],)
+            ]
+        )
 
 
 class Prepared:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -286,3 +288,68 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30
         if needle in line:
             return line
     raise AssertionError(f"no {needle!r} within {timeout}s")
+
+
+def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(
+                f"no {needle!r} on the terminal; it showed:\n{seen.decode(errors='replace')}"
+            )
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the program exited and closed the terminal
+                chunk = b""
+            if not chunk:
+                raise AssertionError(
+                    f"terminal closed before {needle!r}:\n{seen.decode(errors='replace')}"
+                )
+            seen.extend(chunk)
+
+
+def test_on_a_terminal_the_run_asks_for_approval_and_follows_the_answer(
+    workdir: Path, examples_dir: Path
+) -> None:
+    db_url = f"sqlite:///{workdir / 'runs.db'}"
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*CLI, "run", str(examples_dir / "approval.yaml"), "--db", db_url],
+        cwd=workdir,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = bytearray()
+    try:
+        _read_until(master, b"Approve?", seen)
+        assert b"Publish this announcement?" in seen  # the step's message is shown,
+        assert b"[offline: scripted/writer" in seen  # verbatim: data is never read as markup
+        os.write(master, b"n\n")
+        _read_until(master, b"Comment", seen)
+        os.write(master, b"too formal\n")
+        _read_until(master, b"sent back for revision", seen)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+    runs = with_engine(
+        db_url,
+        lambda engine: engine.db.read(
+            lambda tx: tx.conn.exec_driver_sql("select id from runs").scalars().all()
+        ),
+    )
+    steps = {s.key: s for s in with_engine(db_url, lambda engine: engine.steps(runs[0]))}
+    assert steps["review"].output == {"approved": False, "by": "terminal", "comment": "too formal"}
+    assert steps["publish"].status == StepStatus.SKIPPED
+    assert steps["revise"].status == StepStatus.SUCCEEDED

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentmill.errors import SpecError
 
@@ -50,11 +51,13 @@ def validate(
         except SpecError as exc:
             failed = True
             count = len(exc.problems)
-            err.print(f"[red]✗[/] {file}: {count} problem{'s' if count != 1 else ''}")
+            err.print(f"[red]✗[/] {escape(str(file))}: {count} problem{'s' if count != 1 else ''}")
             for problem in exc.problems:
                 err.print(f"  {problem}", markup=False)
             continue
-        err.print(f"[green]✓[/] {file}: workflow {spec.name!r} is valid ({len(spec.steps)} steps)")
+        err.print(
+            f"[green]✓[/] {escape(str(file))}: workflow {spec.name!r} is valid ({len(spec.steps)} steps)"
+        )
     raise typer.Exit(1 if failed else 0)
 
 
@@ -121,7 +124,7 @@ def db_upgrade(
         await upgrade(Database(url), revision)
 
     asyncio.run(main())
-    err.print(f"[green]✓[/] database at {_redact(url)} is at revision {revision}")
+    err.print(f"[green]✓[/] database at {escape(_redact(url))} is at revision {escape(revision)}")
 
 
 def _redact(url: str) -> str:
@@ -141,9 +144,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except AgentMillError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     except (OperationalError, DBAPIError, OSError) as exc:
         reason = getattr(exc, "orig", None) or exc
-        err.print(f"[red]error:[/] database unavailable: {reason}")
+        err.print(f"[red]error:[/] database unavailable: {escape(str(reason))}")
         sys.exit(1)

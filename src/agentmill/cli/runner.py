@@ -6,13 +6,16 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.prompt import Confirm, Prompt
 from rich.text import Text
@@ -29,6 +32,7 @@ from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 from agentmill.store.queries import RunView
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -51,14 +55,14 @@ async def run_command(options: RunOptions) -> int:
         try:
             spec = load_workflow_file(options.file)
         except SpecError as exc:
-            err.print(f"[red]✗[/] {options.file} is not a valid workflow:")
+            err.print(f"[red]✗[/] {escape(str(options.file))} is not a valid workflow:")
             for problem in exc.problems:
                 err.print(f"  {problem}", markup=False)
             return EXIT_INVALID
         try:
             given = _parse_inputs(spec, options.inputs)
         except ValueError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             return EXIT_INVALID
 
     db = Database(options.database_url or get_settings().resolved_database_url)
@@ -70,7 +74,7 @@ async def run_command(options: RunOptions) -> int:
             try:
                 run = await engine.get_run(options.resume)
             except NotFound:
-                err.print(f"[red]error:[/] no run {options.resume!r} in this database")
+                err.print(f"[red]error:[/] no run {escape(repr(options.resume))} in this database")
                 return EXIT_INVALID
             run_id = run.id
         else:
@@ -99,7 +103,7 @@ async def _drive(
         progress.seed(prefixes, steps)
     if not options.json_output:
         verb = "resuming" if options.resume else "running"
-        err.print(f"▶ {verb} [bold]{run.workflow}[/] · run {run_id}")
+        err.print(f"▶ {verb} [bold]{escape(run.workflow)}[/] · run {run_id}")
     unsubscribe = engine.db.subscribe(progress.on_events) if not options.json_output else None
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,19 +145,48 @@ async def _decide(
     for step in await _waiting_steps(engine, run.id):
         if options.auto_approve:
             await engine.decide(step.run_id, step.key, approved=True, by="auto-approve")
-            err.print(f"  [magenta]⏸[/] {step.key}: approved automatically (--auto-approve)")
+            err.print(
+                f"  [magenta]⏸[/] {escape(step.key)}: approved automatically (--auto-approve)"
+            )
             continue
         progress.pause()
         message = await _waiting_message(engine, step.run_id, step.key)
-        err.print(
-            Panel(message or "(no message)", title=f"approval needed: {step.key}", expand=False)
+        body = Text(message) if message else Text("(no message)", style="dim")
+        err.print(Panel(body, title=f"approval needed: {escape(step.key)}", expand=False))
+        approved = await _ask(lambda: Confirm.ask("Approve?", console=err, default=True))
+        comment = await _ask(
+            lambda: Prompt.ask("Comment (optional)", console=err, default="", show_default=False)
         )
-        approved = await asyncio.to_thread(Confirm.ask, "Approve?", console=err, default=True)
-        comment = await asyncio.to_thread(Prompt.ask, "Comment (optional)", console=err, default="")
         await engine.decide(
             step.run_id, step.key, approved=approved, by="terminal", comment=comment or None
         )
         progress.resume()
+
+
+async def _ask(question: Callable[[], T]) -> T:
+    """Ask on the terminal without blocking the event loop. The reader is a daemon thread so
+    that Ctrl-C during a prompt ends the program instead of waiting for the Enter key."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(cast(T, value))
+
+    def read() -> None:
+        try:
+            value = question()
+        except BaseException as exc:  # EOF, or the terminal went away
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=read, name="agentmill-prompt", daemon=True).start()
+    return await answer
 
 
 async def _waiting_steps(engine: Engine, root_run_id: str) -> list[Any]:
@@ -228,7 +261,7 @@ async def _report(
     style = {EXIT_OK: "green", EXIT_WAITING: "magenta"}.get(code, "red")
     err.print(f"[{style}]{run.status.lower()}[/] in {elapsed:.2f}s · {usage} · run {run.id}")
     if run.error:
-        err.print(f"[red]error:[/] {run.error}", markup=True)
+        err.print(f"[red]error:[/] {escape(run.error)}")
     if run.status == RunStatus.WAITING:
         err.print(
             f"waiting for a decision: approve on a terminal with "

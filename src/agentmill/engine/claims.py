@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,6 @@ class Claim:
     item: Any = None
     deadline_at: datetime | None = None
     owner: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class StaleClaim(Exception):

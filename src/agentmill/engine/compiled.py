@@ -84,6 +84,10 @@ class WorkflowRegistry:
         self._cache: dict[tuple[str, str], CompiledWorkflow] = {}
         self._lock = threading.Lock()
 
+    def cached(self, version_id: str, spec_path: str = "") -> CompiledWorkflow | None:
+        """The compiled workflow if it is already loaded (no database needed)."""
+        return self._cache.get((version_id, spec_path))
+
     def get(self, version_id: str, spec_path: str, load: Any) -> CompiledWorkflow:
         """``load(version_id)`` returns the version's spec dict when it is not cached yet."""
         key = (version_id, spec_path)
@@ -94,10 +98,8 @@ class WorkflowRegistry:
         if root is None:
             root = CompiledWorkflow.build(WorkflowSpec.model_validate(load(version_id)))
         compiled = root
-        walked = ""
-        for part in [p for p in spec_path.split("/") if p]:
+        for part in [p for p in spec_path.split("/") if p]:  # a/b: sub-workflow b inside a
             compiled = CompiledWorkflow.build(compiled.subworkflow(part))
-            walked = f"{walked}/{part}" if walked else part
         with self._lock:
             self._cache.setdefault((version_id, ""), root)
             self._cache.setdefault(key, compiled)

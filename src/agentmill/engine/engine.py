@@ -42,7 +42,7 @@ class Engine:
         return await self.db.write(lambda tx: save_version(tx, spec, source))
 
     async def compiled(self, version_id: str, spec_path: str = "") -> CompiledWorkflow:
-        cached = self.registry._cache.get((version_id, spec_path))
+        cached = self.registry.cached(version_id, spec_path)
         if cached is not None:
             return cached
         return await self.db.read(

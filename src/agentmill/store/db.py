@@ -50,7 +50,6 @@ class Tx:
     dialect: str
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     published: list[dict[str, Any]] = field(default_factory=list)
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
     written_events: int = 0
 
     @property
@@ -169,8 +168,6 @@ class Database:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def _publish(self, tx: Tx) -> None:
-        for callback in tx.after_commit:
-            callback()
         if tx.published:
             for listener in list(self._listeners):
                 listener(tx.published)

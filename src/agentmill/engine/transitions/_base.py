@@ -362,7 +362,7 @@ class TransitionsBase:
         raise NotImplementedError
 
 
-def _attempt_usage(report: StepReport) -> dict[str, Any]:
+def attempt_usage(report: StepReport) -> dict[str, Any]:
     """Column updates adding an attempt's usage to its step (for the less common outcomes)."""
     usage = report.usage
     return {
@@ -373,11 +373,11 @@ def _attempt_usage(report: StepReport) -> dict[str, Any]:
     }
 
 
-def _attempts(retry: RetrySpec | None) -> int:
+def max_attempts_of(retry: RetrySpec | None) -> int:
     return retry.max_attempts if retry else 1
 
 
-def _usage_data(report: StepReport) -> dict[str, Any]:
+def usage_data(report: StepReport) -> dict[str, Any]:
     usage = report.usage
     return {
         "input_tokens": usage.input_tokens,
@@ -387,7 +387,7 @@ def _usage_data(report: StepReport) -> dict[str, Any]:
     }
 
 
-def _preview(value: Any, limit: int = 2000) -> Any:
+def preview(value: Any, limit: int = 2000) -> Any:
     """Events carry outputs for live views; big ones are cut (the step row keeps all of it)."""
     text = value if isinstance(value, str) else None
     if text is not None and len(text) > limit:
@@ -411,7 +411,7 @@ def spec_loader(tx: Tx) -> Callable[[str], dict[str, Any]]:
     return load
 
 
-def _workflow_id(tx: Tx, version_id: str) -> str:
+def workflow_id_of(tx: Tx, version_id: str) -> str:
     value = tx.conn.scalar(
         select(workflow_versions.c.workflow_id).where(workflow_versions.c.id == version_id)
     )

@@ -19,6 +19,8 @@ from agentmill.store.models import runs, steps
 
 
 class ClaimTransitions(TransitionsBase):
+    """Leasing ready steps to workers."""
+
     def claim(
         self, tx: Tx, *, owner: str, limit: int, root_run_id: str | None = None
     ) -> list[Claim]:

@@ -15,7 +15,7 @@ from agentmill.engine.claims import Claim
 from agentmill.engine.transitions._base import (
     RunState,
     TransitionsBase,
-    _attempts,
+    max_attempts_of,
 )
 from agentmill.ids import new_id
 from agentmill.store import statements as sql
@@ -24,6 +24,8 @@ from agentmill.store.models import steps
 
 
 class DagTransitions(TransitionsBase):
+    """Making dependents ready as their needs finish."""
+
     def _step_final(
         self,
         tx: Tx,
@@ -87,7 +89,7 @@ class DagTransitions(TransitionsBase):
                 status=StepStatus.SKIPPED,
                 attempt=0,
                 failures=0,
-                max_attempts=_attempts(step.retry),
+                max_attempts=max_attempts_of(step.retry),
                 available_at=tx.now,
                 created_at=tx.now,
                 finished_at=tx.now,
@@ -142,7 +144,7 @@ class DagTransitions(TransitionsBase):
     ) -> None:
         step_id = new_id("stp")
         claim_now = owner is not None and budget[0] > 0
-        max_attempts = _attempts(retry)
+        max_attempts = max_attempts_of(retry)
         sql.INSERT_STEP.run(
             tx.conn,
             {

@@ -25,10 +25,10 @@ from agentmill.engine.outcomes import (
 from agentmill.engine.transitions._base import (
     RunState,
     TransitionsBase,
-    _attempt_usage,
-    _preview,
-    _usage_data,
-    _workflow_id,
+    attempt_usage,
+    preview,
+    usage_data,
+    workflow_id_of,
 )
 from agentmill.errors import Conflict, NotFound
 from agentmill.ids import new_id
@@ -38,6 +38,8 @@ from agentmill.store.models import steps
 
 
 class ResultTransitions(TransitionsBase):
+    """What an attempt produced, and the decisions people make on waiting steps."""
+
     def record(self, tx: Tx, claim: Claim, report: StepReport, *, capacity: int = 0) -> list[Claim]:
         """Write what an attempt produced. Returns steps claimed for the same worker."""
         state = self._lock_run(tx, claim.run_id)
@@ -62,8 +64,8 @@ class ResultTransitions(TransitionsBase):
                     "step.succeeded",
                     claim.step_key,
                     claim.attempt,
-                    **_usage_data(report),
-                    output=_preview(output),
+                    **usage_data(report),
+                    output=preview(output),
                 )
             self._step_final(
                 tx, state, claim.step_key, claim.parent_step_id, status, claim.owner, budget, claims
@@ -79,7 +81,7 @@ class ResultTransitions(TransitionsBase):
             if state.status == RunStatus.RUNNING:
                 self._set_status(tx, state, RunStatus.WAITING, step=claim.step_key)
         elif isinstance(outcome, FanOut):
-            self._fan_out(tx, state, claim, report, outcome, _attempt_usage(report), budget, claims)
+            self._fan_out(tx, state, claim, report, outcome, attempt_usage(report), budget, claims)
         elif isinstance(outcome, StartChildRun):
             child_id = new_id("run")
             self._own(
@@ -88,7 +90,7 @@ class ResultTransitions(TransitionsBase):
                 lease_owner=None,
                 lease_expires_at=None,
                 child_run_id=child_id,
-                **_attempt_usage(report),
+                **attempt_usage(report),
             )
             self._usage(tx, state, claim, report)
             self._event(
@@ -100,7 +102,7 @@ class ResultTransitions(TransitionsBase):
             )
             child = self.create_run(
                 tx,
-                workflow_id=_workflow_id(tx, state.version_id),
+                workflow_id=workflow_id_of(tx, state.version_id),
                 version_id=state.version_id,
                 inputs=outcome.inputs,
                 spec_path=spec_path,
@@ -270,7 +272,7 @@ class ResultTransitions(TransitionsBase):
                 error=outcome.error,
                 delay=round(delay, 3),
                 next_attempt=claim.attempt + 1,
-                **_usage_data(report),
+                **usage_data(report),
             )
             return
         self._finish_attempt(
@@ -287,7 +289,7 @@ class ResultTransitions(TransitionsBase):
             level="error",
             error=outcome.error,
             retryable=outcome.retryable,
-            **_usage_data(report),
+            **usage_data(report),
         )
         message = f"step {claim.step_key!r} failed{attempts}: {outcome.error}"
         status = RunStatus.BUDGET_EXCEEDED if outcome.budget else RunStatus.FAILED

@@ -15,7 +15,7 @@ from agentmill.engine.transitions._base import (
     NewRun,
     RunState,
     TransitionsBase,
-    _preview,
+    preview,
 )
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
@@ -23,6 +23,8 @@ from agentmill.store.models import runs, steps
 
 
 class RunTransitions(TransitionsBase):
+    """Creating, ending and timing out runs."""
+
     def create_run(
         self,
         tx: Tx,
@@ -147,7 +149,7 @@ class RunTransitions(TransitionsBase):
             self._end_run(tx, state, RunStatus.FAILED, f"outputs: {exc}")
             return
         state.changes.update(outputs=outputs, finished_at=tx.now)
-        self._set_status(tx, state, RunStatus.COMPLETED, outputs=_preview(outputs))
+        self._set_status(tx, state, RunStatus.COMPLETED, outputs=preview(outputs))
         if state.parent_step_id:
             self._child_run_done(tx, state, outputs=outputs, error=None, status=RunStatus.COMPLETED)
 
@@ -242,7 +244,7 @@ class RunTransitions(TransitionsBase):
                 row.step_key,
                 row.attempt,
                 child_run_id=child.id,
-                output=_preview(outputs),
+                output=preview(outputs),
                 **usage,
             )
             self._step_final(

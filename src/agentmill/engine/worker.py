@@ -28,6 +28,11 @@ log = structlog.get_logger("agentmill.worker")
 _DEADLINE_SWEEP_SECONDS = 1.0
 
 
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
 class Worker:
     def __init__(
         self,
@@ -66,19 +71,33 @@ class Worker:
         transitions = self.engine.transitions
         root = self.root_run_id
         try:
-            await self.engine.db.write(lambda tx: transitions.release_dead_leases(tx, root))
             next_sweep = 0.0
+            released = False
+            failures = 0
             while not stop.is_set():
                 self._wake.clear()
-                free = self.concurrency - len(self._tasks)
-                if free > 0:
-                    claims = await self._claim(free)
-                    self._saturated = len(claims) == free
-                    for claim in claims:
-                        self._spawn(claim)
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
-                    await self.engine.db.write(lambda tx: transitions.expire_runs(tx, root))
+                try:
+                    if not released:
+                        await self.engine.db.write(
+                            lambda tx: transitions.release_dead_leases(tx, root)
+                        )
+                        released = True
+                    free = self.concurrency - len(self._tasks)
+                    if free > 0:
+                        claims = await self._claim(free)
+                        self._saturated = len(claims) == free
+                        for claim in claims:
+                            self._spawn(claim)
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
+                        await self.engine.db.write(lambda tx: transitions.expire_runs(tx, root))
+                    failures = 0
+                except Exception as exc:  # the database is unreachable or busy: back off, retry
+                    failures += 1
+                    delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                    log.warning("worker loop failed; retrying", error=str(exc), retry_in=delay)
+                    await _sleep_or_stop(stop, delay)
+                    continue
                 stop_wait = asyncio.ensure_future(stop.wait())
                 wake_wait = asyncio.ensure_future(self._wake.wait())
                 timeout = min(self.poll_interval, _DEADLINE_SWEEP_SECONDS)

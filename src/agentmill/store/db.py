@@ -200,7 +200,9 @@ class Database:
             try:
                 result, tx = await self._write_async(fn)
             except DBAPIError as exc:
-                if attempt < 7 and _is_transient(exc):
+                # A dropped connection is retried too: the engine's transactions are conditional
+                # (a result already written raises StaleClaim instead of applying twice).
+                if attempt < 7 and (_is_transient(exc) or exc.connection_invalidated):
                     await asyncio.sleep(0.005 * (2**attempt))
                     continue
                 raise

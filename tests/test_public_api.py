@@ -78,3 +78,17 @@ def test_the_library_runs_a_workflow_as_documented(tmp_path: object) -> None:
     run = asyncio.run(main())
     assert run.status == agentmill.RunStatus.COMPLETED
     assert run.outputs == {"y": 42}
+
+
+def test_ids_are_prefixed_unique_and_ordered_by_time() -> None:
+    import time
+
+    from agentmill.ids import new_id
+
+    first = new_id("run")
+    time.sleep(0.002)
+    later = [new_id("run") for _ in range(1000)]
+    assert first.startswith("run_")
+    assert len(first) == len("run_") + 26
+    assert len(set(later)) == 1000
+    assert all(first < other for other in later)

@@ -51,10 +51,26 @@ class Tx:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     published: list[dict[str, Any]] = field(default_factory=list)
     written_events: int = 0
+    # Append-only rows nobody reads back inside the transaction (events, model calls); they
+    # are inserted just before COMMIT, one statement per table for a whole group commit.
+    deferred: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)
+    # Counters the engine adds up across a group commit (a run's progress), keyed by its own
+    # keys; their rows sit in ``deferred`` and are written with it.
+    accumulators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    def insert_later(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` with ``statement`` (a :class:`Prepared` INSERT) before this commits."""
+        self.deferred.setdefault(statement, []).extend(rows)
+
+
+def _insert_deferred(conn: Connection, deferred: dict[Any, list[dict[str, Any]]]) -> None:
+    for statement, rows in deferred.items():
+        statement.run_many(conn, rows)
+    deferred.clear()
 
 
 def normalize_url(url: str) -> str:
@@ -216,7 +232,9 @@ class Database:
 
             def run(sync_conn: Connection) -> tuple[T, Tx]:
                 tx = Tx(sync_conn, self.dialect)
-                return fn(tx), tx
+                result = fn(tx)
+                _insert_deferred(sync_conn, tx.deferred)
+                return result, tx
 
             return await conn.run_sync(run)
 
@@ -380,9 +398,12 @@ class _SqliteWriter:
             return [(False, exc, None)] * len(batch)
         try:
             now = datetime.now(UTC)
+            deferred: dict[Any, list[dict[str, Any]]] = {}  # shared by the batch
+            accumulators: dict[str, dict[str, Any]] = {}
             for fn, _future, _loop in batch:
-                tx = Tx(conn, "sqlite", now=now)
+                tx = Tx(conn, "sqlite", now=now, deferred=deferred, accumulators=accumulators)
                 outcomes.append((True, fn(tx), tx))
+            _insert_deferred(conn, deferred)
         except BaseException as exc:  # handed to the caller
             _rollback(conn, raw)
             if len(batch) > 1:

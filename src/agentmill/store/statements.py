@@ -61,11 +61,12 @@ _RUN_STATUS = select(runs.c.status, runs.c.pending_steps).where(runs.c.id == bin
 RUN_STATUS = Prepared(_RUN_STATUS)
 LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
 
-RUN_PROGRESS = Prepared(
+# A run's progress added up over a group commit: relative, applied once per run before COMMIT.
+RUN_ADD_PROGRESS = Prepared(
     update(runs)
     .where(runs.c.id == bindparam("b_id"))
     .values(
-        pending_steps=bindparam("b_pending"),
+        pending_steps=runs.c.pending_steps + bindparam("b_pending"),
         input_tokens=runs.c.input_tokens + bindparam("b_input_tokens"),
         output_tokens=runs.c.output_tokens + bindparam("b_output_tokens"),
         cost=runs.c.cost + bindparam("b_cost", type_=runs.c.cost.type),

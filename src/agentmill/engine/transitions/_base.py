@@ -49,6 +49,11 @@ class RunState:
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
     changes: dict[str, Any] = field(default_factory=dict)
+    written_pending: int | None = None  # pending_steps as stored (plus this commit's deltas)
+
+    def __post_init__(self) -> None:
+        if self.written_pending is None:
+            self.written_pending = self.pending_steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +93,8 @@ class TransitionsBase:
         state.output_tokens += usage.output_tokens
         state.cost += usage.cost
         if report.calls:
-            sql.INSERT_LLM_CALLS.run_many(
-                tx.conn,
+            tx.insert_later(
+                sql.INSERT_LLM_CALLS,
                 [
                     {
                         "run_id": claim.run_id,
@@ -139,28 +144,34 @@ class TransitionsBase:
             )
 
     def _flush(self, tx: Tx, state: RunState) -> None:
-        if state.changes.keys() == {"pending_steps"}:  # the common case, prebuilt
-            sql.RUN_PROGRESS.run(
-                tx.conn,
-                {
+        """Write a run's changes. Progress alone (pending steps, usage) is added to the group
+        commit's per-run counter and written once before COMMIT; anything else goes now."""
+        progress = tx.accumulators.get(state.id)
+        if state.changes.keys() <= {"pending_steps"}:
+            if progress is None:
+                progress = tx.accumulators[state.id] = {
                     "b_id": state.id,
-                    "b_pending": state.pending_steps,
-                    "b_input_tokens": state.input_tokens,
-                    "b_output_tokens": state.output_tokens,
-                    "b_cost": state.cost,
-                },
-            )
-            state.changes.clear()
-            state.input_tokens = state.output_tokens = 0
-            state.cost = Decimal(0)
-            return
-        values = dict(state.changes)
-        if state.input_tokens or state.output_tokens or state.cost:
-            values["input_tokens"] = runs.c.input_tokens + state.input_tokens
-            values["output_tokens"] = runs.c.output_tokens + state.output_tokens
-            values["cost"] = runs.c.cost + state.cost
-        if values:
+                    "b_pending": 0,
+                    "b_input_tokens": 0,
+                    "b_output_tokens": 0,
+                    "b_cost": Decimal(0),
+                }
+                tx.insert_later(sql.RUN_ADD_PROGRESS, [progress])
+            assert state.written_pending is not None
+            progress["b_pending"] += state.pending_steps - state.written_pending
+            progress["b_input_tokens"] += state.input_tokens
+            progress["b_output_tokens"] += state.output_tokens
+            progress["b_cost"] += state.cost
+        else:
+            values = dict(state.changes)
+            if "pending_steps" in values and progress is not None:
+                progress["b_pending"] = 0  # the absolute value written now includes it
+            if state.input_tokens or state.output_tokens or state.cost:
+                values["input_tokens"] = runs.c.input_tokens + state.input_tokens
+                values["output_tokens"] = runs.c.output_tokens + state.output_tokens
+                values["cost"] = runs.c.cost + state.cost
             tx.conn.execute(update(runs).where(runs.c.id == state.id).values(**values))
+        state.written_pending = state.pending_steps
         state.changes.clear()
         state.input_tokens = state.output_tokens = 0
         state.cost = Decimal(0)
@@ -204,7 +215,7 @@ class TransitionsBase:
             version_id=fixed.version_id,
             spec_path=fixed.spec_path,
             status=RunStatus(current.status),
-            pending_steps=current.pending_steps,
+            pending_steps=current.pending_steps + _pending_delta(tx, run_id),
             inputs=fixed.inputs,
             deadline_at=fixed.deadline_at,
             compiled=fixed.compiled,
@@ -263,7 +274,7 @@ class TransitionsBase:
         # replay) read them back with their ids, so the insert need not return them.
         fresh = tx.published[tx.written_events :]
         if fresh:
-            sql.INSERT_EVENTS.run_many(tx.conn, fresh)
+            tx.insert_later(sql.INSERT_EVENTS, fresh)
             tx.written_events = len(tx.published)
 
     # Each part of Transitions lives in its own module; these are the methods one part calls
@@ -360,6 +371,12 @@ class TransitionsBase:
         claims: list[Claim],
     ) -> None:
         raise NotImplementedError
+
+
+def _pending_delta(tx: Tx, run_id: str) -> int:
+    """Steps finished earlier in this group commit whose count is not written yet."""
+    progress = tx.accumulators.get(run_id)
+    return int(progress["b_pending"]) if progress else 0
 
 
 def attempt_usage(report: StepReport) -> dict[str, Any]:

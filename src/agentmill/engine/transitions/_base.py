@@ -171,6 +171,9 @@ class TransitionsBase:
                 values["output_tokens"] = runs.c.output_tokens + state.output_tokens
                 values["cost"] = runs.c.cost + state.cost
             tx.conn.execute(update(runs).where(runs.c.id == state.id).values(**values))
+            note_run_row(
+                tx, state.id, status=values.get("status"), pending=values.get("pending_steps")
+            )
         state.written_pending = state.pending_steps
         state.changes.clear()
         state.input_tokens = state.output_tokens = 0
@@ -199,14 +202,19 @@ class TransitionsBase:
             if len(self._run_cache) >= _RUN_CACHE_SIZE:
                 self._run_cache.pop(next(iter(self._run_cache)))
             self._run_cache[run_id] = fixed
-        query = sql.LOCK_RUN_STATUS if lock and tx.is_postgres else sql.RUN_STATUS
-        current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
-        if current is None:
-            raise NotFound(f"run {run_id!r} not found")
-        if lock and tx.is_postgres:
-            # We may have waited for the lock behind another step's commit: stamp what we
-            # write from now on, so times follow the order in which changes were made.
-            tx.now = max(tx.now, datetime.now(UTC))
+        lock = lock and tx.is_postgres
+        row = tx.accumulators.get(_ROW + run_id)  # read earlier in this commit
+        if row is None or (lock and not row["locked"]):
+            query = sql.LOCK_RUN_STATUS if lock else sql.RUN_STATUS
+            current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
+            if current is None:
+                raise NotFound(f"run {run_id!r} not found")
+            row = {"status": current.status, "pending": current.pending_steps, "locked": lock}
+            tx.accumulators[_ROW + run_id] = row
+            if lock:
+                # We may have waited for the lock behind another step's commit: stamp what we
+                # write from now on, so times follow the order in which changes were made.
+                tx.now = max(tx.now, datetime.now(UTC))
         return RunState(
             id=run_id,
             root_run_id=fixed.root_run_id,
@@ -214,8 +222,8 @@ class TransitionsBase:
             parent_step_id=fixed.parent_step_id,
             version_id=fixed.version_id,
             spec_path=fixed.spec_path,
-            status=RunStatus(current.status),
-            pending_steps=current.pending_steps + _pending_delta(tx, run_id),
+            status=RunStatus(row["status"]),
+            pending_steps=row["pending"] + _pending_delta(tx, run_id),
             inputs=fixed.inputs,
             deadline_at=fixed.deadline_at,
             compiled=fixed.compiled,
@@ -371,6 +379,21 @@ class TransitionsBase:
         claims: list[Claim],
     ) -> None:
         raise NotImplementedError
+
+
+_ROW = "run-row:"  # key prefix: a run's status and stored pending count, as read in this commit
+
+
+def note_run_row(
+    tx: Tx, run_id: str, *, status: str | None = None, pending: int | None = None
+) -> None:
+    """Keep this commit's view of a run row right after writing it directly."""
+    row = tx.accumulators.get(_ROW + run_id)
+    if row is not None:
+        if status is not None:
+            row["status"] = status
+        if pending is not None:
+            row["pending"] = pending
 
 
 def _pending_delta(tx: Tx, run_id: str) -> int:

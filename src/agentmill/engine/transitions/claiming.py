@@ -13,6 +13,7 @@ from agentmill.engine.transitions._base import (
     LOST_LEASES_ALLOWED,
     RunState,
     TransitionsBase,
+    note_run_row,
 )
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps
@@ -187,6 +188,7 @@ class ClaimTransitions(TransitionsBase):
                     .values(status=RunStatus.RUNNING, started_at=tx.now)
                 )
                 if started.rowcount:
+                    note_run_row(tx, state.id, status=RunStatus.RUNNING)
                     self._event(tx, state, "run.started")
         return claims
 

@@ -3,13 +3,24 @@
 Transactions are plain functions ``fn(tx) -> T`` written against a synchronous SQLAlchemy
 ``Connection``; the same function runs on both engines:
 
-* **SQLite**: a dedicated writer thread owns the write connection and *group-commits*: every
-  transaction queued while the previous commit ran goes into the next one, each inside its own
-  SAVEPOINT (so one failing transaction rolls back alone). SQLite has one writer anyway; this
-  turns N concurrent step completions into one commit and costs one thread hop per transaction.
-  Reads run on a small thread pool with their own connections (WAL lets them run beside writes).
-* **PostgreSQL**: asyncpg through SQLAlchemy's async engine; ``AsyncConnection.run_sync`` runs the
-  same function. Deadlocks and serialization failures are retried.
+* **SQLite** has one writer, and one connection does all of this process's writes:
+
+  - every write asked for in one turn of the event loop joins one transaction (group
+    commit); it runs on the loop thread, where the engine's Python runs anyway, so there are
+    no thread hand-offs and no GIL ping-pong;
+  - a caller with nothing to batch with (``alone=True``, a step of a chain) runs at once;
+  - the loop thread never waits for SQLite's lock: if another process holds it, the batch
+    goes to a writer thread, which waits with backoff (up to 30 s);
+  - a batch runs without savepoints; if one transaction raises, the batch is rolled back and
+    each transaction runs again alone, so a failure never affects the others;
+  - append-only rows (events, model calls) and each run's progress counters are written once
+    per batch, just before COMMIT; WAL checkpoints run on their own thread.
+
+  Reads run on a small thread pool with their own connections (WAL lets them run beside
+  writes).
+* **PostgreSQL**: asyncpg through SQLAlchemy's async engine; ``AsyncConnection.run_sync`` runs
+  the same function. Deadlocks, serialization failures and dropped connections are retried
+  (the engine's transactions are conditional, so a retried result cannot apply twice).
 
 Events a transaction appends are handed to subscribers only after its commit.
 """

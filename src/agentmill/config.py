@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_SECRET = "agentmill-insecure-development-secret"
+
 
 class Settings(BaseSettings):
     """Every setting AgentMill reads; each maps to ``AGENTMILL_<NAME>``."""
@@ -38,6 +40,16 @@ class Settings(BaseSettings):
     )
     poll_interval: float = Field(
         default=0.5, gt=0, description="Seconds between queue polls when no work was signalled."
+    )
+    secret_key: str = Field(
+        default=DEFAULT_SECRET,
+        description="Signs access tokens. Set your own before serving beyond this machine.",
+    )
+    access_token_minutes: int = Field(
+        default=12 * 60, gt=0, description="How long a login's access token stays valid."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest request body the API accepts."
     )
 
     @property

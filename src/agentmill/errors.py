@@ -5,8 +5,10 @@
     AgentMillError
     ├── ConfigError            a mistake in configuration or use; reported to the person at once
     ├── SpecError              a workflow spec is invalid; carries every problem found
-    ├── NotFound               a workflow, run or step does not exist
+    ├── NotFound               a workflow, run or step does not exist (or is another tenant's)
     ├── Conflict               the request does not fit the current state (approve a finished step)
+    ├── NotAuthenticated       no valid credentials (missing, wrong, expired or revoked)
+    ├── PermissionDenied       authenticated, but the role does not allow this
     └── StepError              raised while a step executes
         ├── RetryableError     transient: timeouts, 429, 5xx, lost connections; retried with backoff
         └── StepFailed         terminal for the step (4xx, bad template, invalid output)
@@ -34,6 +36,14 @@ class NotFound(AgentMillError):
 
 class Conflict(AgentMillError):
     """The operation does not apply to the object's current state."""
+
+
+class NotAuthenticated(AgentMillError):
+    """No valid credentials came with the request."""
+
+
+class PermissionDenied(AgentMillError):
+    """The caller's role in the workspace does not allow the operation."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,54 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+
+from agentmill import __version__
+from agentmill.api.errors import BodySizeLimit, install_error_handlers
+from agentmill.api.routes import api_keys, auth, health, workspaces
+from agentmill.config import Settings, get_settings
+from agentmill.store.db import Database
+from agentmill.store.migrate import upgrade
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Stable OpenAPI operation ids, ``{tag}-{name}``, so generated clients keep their names."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    url = database_url or settings.resolved_database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(url, sqlite_synchronous=settings.sqlite_synchronous)
+        await upgrade(db)
+        await db.start()
+        app.state.db = db
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="AgentMill",
+        version=__version__,
+        description="Durable multi-agent AI workflows: accounts, workspaces, workflows and runs.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    v1 = APIRouter(prefix="/api/v1")
+    for module in (auth, workspaces, api_keys):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,126 @@
+"""FastAPI dependencies, as ``Annotated`` aliases: routes read like their permission table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from agentmill.api.security import api_key_prefix, hash_api_key, read_token, same_hash
+from agentmill.config import Settings
+from agentmill.domain.permissions import Permission, Role, allows
+from agentmill.errors import NotAuthenticated, NotFound, PermissionDenied
+from agentmill.store.db import Database
+from agentmill.store.repositories import accounts, api_keys, workspaces
+from agentmill.store.repositories.accounts import UserRecord
+
+_bearer = HTTPBearer(auto_error=False, description="A login access token or an API key.")
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DbDep = Annotated[Database, Depends(_db)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who is calling: a signed-in user, or an API key acting in its one workspace."""
+
+    user: UserRecord | None = None
+    token_jti: str | None = None
+    token_expires_at: datetime | None = None
+    key_workspace_id: str | None = None
+    key_role: Role | None = None
+    key_id: str | None = None
+    user_id: str = ""
+
+
+async def _principal(
+    db: DbDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise NotAuthenticated("missing bearer token (a login access token or an API key)")
+    secret = credentials.credentials
+    prefix = api_key_prefix(secret)
+    if prefix is not None:
+        found = await db.read(lambda tx: api_keys.key_by_prefix(tx, prefix))
+        if found is None or not same_hash(found[1], hash_api_key(secret)):
+            raise NotAuthenticated("invalid or revoked API key")
+        key = found[0]
+        return Principal(
+            key_workspace_id=key.workspace_id,
+            key_role=key.role,
+            key_id=key.id,
+            user_id=key.created_by,
+        )
+    token = read_token(secret, settings.secret_key)
+    if token is None:
+        raise NotAuthenticated("invalid or expired access token")
+    revoked = await db.read(lambda tx: accounts.is_revoked(tx, token.jti))
+    user = None if revoked else await db.read(lambda tx: accounts.user_by_id(tx, token.user_id))
+    if user is None:
+        raise NotAuthenticated(
+            "access token was revoked (logged out) or its account no longer exists"
+        )
+    return Principal(
+        user=user, token_jti=token.jti, token_expires_at=token.expires_at, user_id=user.id
+    )
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def _current_user(principal: PrincipalDep) -> Principal:
+    if principal.user is None:
+        raise PermissionDenied("this needs a signed-in user, not an API key")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(_current_user)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceAccess:
+    workspace_id: str
+    role: Role
+    principal: Principal
+
+
+async def workspace_role(db: Database, principal: Principal, workspace_id: str) -> Role:
+    """The caller's role in ``workspace_id``; another tenant's workspace is simply not found."""
+    if principal.key_workspace_id is not None:
+        if principal.key_workspace_id != workspace_id or principal.key_role is None:
+            raise NotFound(f"workspace {workspace_id!r} not found")
+        return principal.key_role
+    role = await db.read(lambda tx: workspaces.role_in(tx, workspace_id, principal.user_id))
+    if role is None:
+        raise NotFound(f"workspace {workspace_id!r} not found")
+    return role
+
+
+def require(permission: Permission) -> object:
+    """A dependency granting access to the ``{ws}`` path's workspace if the role allows it."""
+
+    async def check(ws: str, db: DbDep, principal: PrincipalDep) -> WorkspaceAccess:
+        role = await workspace_role(db, principal, ws)
+        if not allows(role, permission):
+            raise PermissionDenied(
+                f"role {role.value!r} may not {permission.value!r} in this workspace"
+            )
+        return WorkspaceAccess(workspace_id=ws, role=role, principal=principal)
+
+    return Depends(check)

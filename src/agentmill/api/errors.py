@@ -1,0 +1,157 @@
+"""Every failure is JSON ``{"error": {"code", "message", "details"}}`` with the right status.
+
+The exception tree (agentmill.errors) is mapped to HTTP here and only here. A bug answers 500
+with a request id to quote; its traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentmill.domain.inputs import InvalidInputs
+from agentmill.errors import (
+    AgentMillError,
+    ConfigError,
+    Conflict,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    SpecError,
+)
+from agentmill.ids import new_id
+
+log = structlog.get_logger("agentmill.api")
+
+_STATUS: list[tuple[type[AgentMillError], int, str]] = [
+    (NotAuthenticated, 401, "not_authenticated"),
+    (PermissionDenied, 403, "permission_denied"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (SpecError, 422, "invalid_workflow"),
+    (InvalidInputs, 422, "invalid_inputs"),
+    (ConfigError, 400, "bad_request"),
+]
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AgentMillError)
+    async def domain_error(_: Request, exc: AgentMillError) -> JSONResponse:
+        for kind, status, code in _STATUS:
+            if isinstance(exc, kind):
+                details: Any = None
+                if isinstance(exc, SpecError):
+                    details = [
+                        {"path": p.path, "line": p.line, "column": p.column, "message": p.message}
+                        for p in exc.problems
+                    ]
+                elif isinstance(exc, InvalidInputs):
+                    details = exc.problems
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                message = str(exc).split("\n", 1)[0] if isinstance(exc, SpecError) else str(exc)
+                return error_response(status, code, message, details, headers)
+        return error_response(400, "bad_request", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {
+                "field": ".".join(str(part) for part in err["loc"] if part != "body"),
+                "message": err["msg"],
+            }
+            for err in exc.errors()
+        ]
+        first = details[0] if details else {"field": "", "message": "invalid request"}
+        message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        return error_response(422, "validation_error", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(
+            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = new_id("req")
+        log.exception("unhandled error", request_id=request_id, path=request.url.path)
+        return error_response(
+            500,
+            "internal",
+            "internal error; quote the request id when reporting it",
+            {"request_id": request_id},
+        )
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, before a route reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        if declared is not None:  # the server holds the client to its declared length
+            await self.app(scope, receive, send)
+            return
+        # A chunked body: read it here, up to the limit, and hand it on whole.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, "payload_too_large", f"request body is larger than {self.limit} bytes"
+        )
+        await response(scope, receive, send)

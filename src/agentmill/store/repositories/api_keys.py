@@ -1,0 +1,94 @@
+"""API keys: created for a workspace with a role, shown once, revocable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+
+from agentmill.domain.permissions import Role
+from agentmill.errors import NotFound
+from agentmill.ids import new_id
+from agentmill.store.db import Tx
+from agentmill.store.models import api_keys
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKeyRecord:
+    id: str
+    workspace_id: str
+    created_by: str
+    name: str
+    prefix: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+def _record(row: object) -> ApiKeyRecord:
+    data = dict(row._mapping)  # type: ignore[attr-defined]
+    data.pop("key_hash", None)
+    data["role"] = Role(data["role"])
+    return ApiKeyRecord(**data)
+
+
+def create_api_key(
+    tx: Tx, *, workspace_id: str, created_by: str, name: str, role: Role, prefix: str, key_hash: str
+) -> ApiKeyRecord:
+    key_id = new_id("key")
+    tx.conn.execute(
+        insert(api_keys).values(
+            id=key_id,
+            workspace_id=workspace_id,
+            created_by=created_by,
+            name=name,
+            prefix=prefix,
+            key_hash=key_hash,
+            role=role,
+            created_at=tx.now,
+        )
+    )
+    return ApiKeyRecord(
+        id=key_id,
+        workspace_id=workspace_id,
+        created_by=created_by,
+        name=name,
+        prefix=prefix,
+        role=role,
+        created_at=tx.now,
+        revoked_at=None,
+        last_used_at=None,
+    )
+
+
+def list_api_keys(tx: Tx, workspace_id: str) -> list[ApiKeyRecord]:
+    rows = tx.conn.execute(
+        select(api_keys)
+        .where(api_keys.c.workspace_id == workspace_id)
+        .order_by(api_keys.c.created_at)
+    )
+    return [_record(r) for r in rows]
+
+
+def revoke_api_key(tx: Tx, workspace_id: str, key_id: str) -> None:
+    result = tx.conn.execute(
+        update(api_keys)
+        .where(
+            api_keys.c.id == key_id,
+            api_keys.c.workspace_id == workspace_id,
+            api_keys.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=tx.now)
+    )
+    if result.rowcount != 1:
+        raise NotFound(f"API key {key_id!r} not found")
+
+
+def key_by_prefix(tx: Tx, prefix: str) -> tuple[ApiKeyRecord, str] | None:
+    """The live key with this prefix and its stored hash."""
+    row = tx.conn.execute(
+        select(api_keys).where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+    ).first()
+    return (_record(row), str(row.key_hash)) if row else None

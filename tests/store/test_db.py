@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from agentmill.errors import ConfigError
 from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx, normalize_url
-from agentmill.store.migrate import upgrade
+from agentmill.store.migrate import alembic_config, upgrade
 from agentmill.store.models import llm_calls
 
 TABLES = {
@@ -24,6 +25,11 @@ TABLES = {
     "events",
     "llm_calls",
     "alembic_version",
+    "users",
+    "workspaces",
+    "memberships",
+    "api_keys",
+    "revoked_tokens",
 }
 
 
@@ -39,7 +45,8 @@ async def test_migrations_create_every_table_and_are_idempotent(database_url: st
     finally:
         await db.close()
     assert names >= TABLES
-    assert version == "0001"
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert version == head
 
 
 def call_row(cost: Decimal, when: datetime, run_id: str = "r") -> dict[str, object]:

@@ -1,0 +1,181 @@
+"""Workspaces, members and roles: the whole permission table, generated; tenants never meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from agentmill.domain.permissions import PERMISSIONS, Permission, Role, allows
+from tests.api.conftest import Account, new_workspace, signup
+
+
+def test_the_permission_table_is_a_strict_hierarchy() -> None:
+    assert (
+        PERMISSIONS[Role.VIEWER]
+        < PERMISSIONS[Role.MEMBER]
+        < PERMISSIONS[Role.ADMIN]
+        < PERMISSIONS[Role.OWNER]
+    )
+    assert PERMISSIONS[Role.OWNER] == frozenset(Permission)
+    assert PERMISSIONS[Role.VIEWER] == {Permission.WORKFLOW_READ, Permission.USAGE_READ}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # {ws} and {other} are filled in
+    permission: Permission
+    body: dict[str, Any] | None = None
+
+
+# Every workspace route that exists today, with the permission it needs.
+ENDPOINTS = [
+    Endpoint("GET", "/api/v1/workspaces/{ws}", Permission.WORKFLOW_READ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/members", Permission.WORKFLOW_READ),
+    Endpoint("PATCH", "/api/v1/workspaces/{ws}", Permission.WORKSPACE_MANAGE, {"name": "Renamed"}),
+    Endpoint(
+        "POST",
+        "/api/v1/workspaces/{ws}/members",
+        Permission.MEMBERS_MANAGE,
+        {"email": "{other}", "role": "viewer"},
+    ),
+    Endpoint("GET", "/api/v1/api-keys?workspace_id={ws}", Permission.API_KEYS_MANAGE),
+    Endpoint(
+        "POST",
+        "/api/v1/api-keys",
+        Permission.API_KEYS_MANAGE,
+        {"workspace_id": "{ws}", "name": "ci", "role": "viewer"},
+    ),
+    Endpoint("DELETE", "/api/v1/workspaces/{ws}", Permission.WORKSPACE_MANAGE),
+]
+
+
+def _fill(value: Any, ws: str, other: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{ws}", ws).replace("{other}", other)
+    if isinstance(value, dict):
+        return {k: _fill(v, ws, other) for k, v in value.items()}
+    return value
+
+
+async def _workspace_with(client: httpx.AsyncClient, role: Role) -> tuple[Account, Account, str]:
+    owner = await signup(client, "Owner")
+    ws = await new_workspace(client, owner)
+    if role == Role.OWNER:
+        return owner, owner, ws
+    user = await signup(client, "User")
+    added = await client.post(
+        f"/api/v1/workspaces/{ws}/members",
+        json={"email": user.email, "role": role.value},
+        headers=owner.headers,
+    )
+    assert added.status_code == 201, added.text
+    return owner, user, ws
+
+
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
+async def test_each_role_may_do_exactly_what_the_table_says(
+    client: httpx.AsyncClient, role: Role, endpoint: Endpoint
+) -> None:
+    _, user, ws = await _workspace_with(client, role)
+    other = await signup(client, "Other")
+
+    response = await client.request(
+        endpoint.method,
+        _fill(endpoint.path, ws, other.email),
+        json=_fill(endpoint.body, ws, other.email),
+        headers=user.headers,
+    )
+
+    if allows(role, endpoint.permission):
+        assert response.status_code in (200, 201, 204), response.text
+    else:
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "permission_denied"
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
+async def test_another_tenants_workspace_is_not_found_and_unchanged(
+    client: httpx.AsyncClient, endpoint: Endpoint
+) -> None:
+    victim = await signup(client, "Victim")
+    theirs = await new_workspace(client, victim, "Secret Co")
+    intruder = await signup(client, "Intruder")
+    await new_workspace(client, intruder, "Mine")
+
+    response = await client.request(
+        endpoint.method,
+        _fill(endpoint.path, theirs, intruder.email),
+        json=_fill(endpoint.body, theirs, intruder.email),
+        headers=intruder.headers,
+    )
+
+    assert response.status_code == 404, response.text
+    assert "Secret Co" not in response.text
+    still = await client.get(f"/api/v1/workspaces/{theirs}", headers=victim.headers)
+    assert still.json()["name"] == "Secret Co"
+    members = await client.get(f"/api/v1/workspaces/{theirs}/members", headers=victim.headers)
+    assert [m["email"] for m in members.json()] == [victim.email]
+
+
+async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> None:
+    owner = await signup(client, "Owner")
+    ws = await new_workspace(client, owner)
+
+    demote = await client.patch(
+        f"/api/v1/workspaces/{ws}/members/{owner.id}", json={"role": "admin"}, headers=owner.headers
+    )
+    leave = await client.delete(
+        f"/api/v1/workspaces/{ws}/members/{owner.id}", headers=owner.headers
+    )
+
+    assert demote.status_code == leave.status_code == 409
+    assert (
+        demote.json()["error"]["message"]
+        == "a workspace needs at least one owner; make someone else owner first"
+    )
+    second = await signup(client, "Second")
+    await client.post(
+        f"/api/v1/workspaces/{ws}/members",
+        json={"email": second.email, "role": "owner"},
+        headers=owner.headers,
+    )
+    assert (
+        await client.patch(
+            f"/api/v1/workspaces/{ws}/members/{owner.id}",
+            json={"role": "admin"},
+            headers=owner.headers,
+        )
+    ).status_code == 204
+
+
+async def test_members_list_shows_roles_and_a_user_sees_only_their_workspaces(
+    client: httpx.AsyncClient,
+) -> None:
+    ana = await signup(client, "Ana")
+    bo = await signup(client, "Bo")
+    ws = await new_workspace(client, ana, "Shared")
+    await new_workspace(client, bo, "Bo's own")
+    await client.post(
+        f"/api/v1/workspaces/{ws}/members",
+        json={"email": bo.email, "role": "viewer"},
+        headers=ana.headers,
+    )
+
+    members = (await client.get(f"/api/v1/workspaces/{ws}/members", headers=ana.headers)).json()
+    mine = (await client.get("/api/v1/workspaces", headers=ana.headers)).json()
+    bos = (await client.get("/api/v1/workspaces", headers=bo.headers)).json()
+
+    assert [(m["email"], m["role"]) for m in members] == [
+        (ana.email, "owner"),
+        (bo.email, "viewer"),
+    ]
+    assert [w["name"] for w in mine] == ["Shared"]
+    assert sorted((w["name"], w["role"]) for w in bos) == [
+        ("Bo's own", "owner"),
+        ("Shared", "viewer"),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,8 +11,9 @@ from fastapi.routing import APIRoute
 
 from agentmill import __version__
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
-from agentmill.api.routes import api_keys, auth, health, workspaces
+from agentmill.api.routes import api_keys, auth, health, runs, workflows, workspaces
 from agentmill.config import Settings, get_settings
+from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 
@@ -21,7 +23,11 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, database_url: str | None = None, workers: bool = True
+) -> FastAPI:
+    """The API. With ``workers`` (embedded mode) it also runs the engine's worker in-process,
+    which picks up unfinished runs from before a restart."""
     settings = settings or get_settings()
     url = database_url or settings.resolved_database_url
 
@@ -30,11 +36,18 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         db = Database(url, sqlite_synchronous=settings.sqlite_synchronous)
         await upgrade(db)
         await db.start()
+        engine = Engine(db, settings=settings)
         app.state.db = db
         app.state.settings = settings
+        app.state.engine = engine
+        stop = asyncio.Event()
+        worker = asyncio.create_task(engine.worker(name="embedded").run(stop)) if workers else None
         try:
             yield
         finally:
+            stop.set()
+            if worker is not None:
+                await worker
             await db.close()
 
     app = FastAPI(
@@ -47,7 +60,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, workspaces, api_keys):
+    for module in (auth, workspaces, api_keys, workflows, runs):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

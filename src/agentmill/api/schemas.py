@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
@@ -93,3 +95,102 @@ class ApiKeyCreated(ApiKeyPublic):
 class HealthPublic(BaseModel):
     status: str
     database: str
+
+
+class WorkflowPublic(BaseModel):
+    id: str
+    workspace_id: str
+    name: str
+    description: str | None
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkflowVersionPublic(BaseModel):
+    id: str
+    workflow_id: str
+    version: int
+    spec: dict[str, Any]
+    source: str | None
+    created_at: datetime
+
+
+class WorkflowDetail(WorkflowPublic):
+    spec: dict[str, Any] = Field(description="The latest version's spec.")
+
+
+class RunCreate(_In):
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(default=None, ge=1, description="Default: the latest version.")
+
+
+class RunPublic(BaseModel):
+    id: str
+    workspace_id: str
+    workflow_id: str
+    workflow: str
+    version_id: str
+    status: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunPage(BaseModel):
+    runs: list[RunPublic]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class StepPublic(BaseModel):
+    id: str
+    run_id: str
+    key: str
+    kind: str
+    status: str
+    attempt: int
+    max_attempts: int
+    output: Any
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    duration_ms: float | None
+    child_run_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Decision(_In):
+    comment: str | None = Field(default=None, max_length=10_000)
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the step's output."
+    )
+
+
+class StepMetrics(BaseModel):
+    key: str
+    status: str
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    duration_ms: float | None
+
+
+class RunMetrics(BaseModel):
+    run_id: str
+    status: str
+    duration_s: float | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    steps: list[StepMetrics]

@@ -21,6 +21,7 @@ from agentmill.engine.worker import Worker
 from agentmill.gateway import Gateway
 from agentmill.store import queries
 from agentmill.store.db import Database
+from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
 
@@ -37,9 +38,13 @@ class Engine:
 
     # ------------------------------------------------------------------ workflows
 
-    async def register(self, spec: WorkflowSpec, source: str | None = None) -> VersionRef:
+    async def register(
+        self, spec: WorkflowSpec, source: str | None = None, *, workspace_id: str = LOCAL_WORKSPACE
+    ) -> VersionRef:
         """Store ``spec`` as a new version of its workflow (or reuse an identical latest one)."""
-        return await self.db.write(lambda tx: save_version(tx, spec, source))
+        return await self.db.write(
+            lambda tx: save_version(tx, spec, source, workspace_id=workspace_id)
+        )
 
     async def compiled(self, version_id: str, spec_path: str = "") -> CompiledWorkflow:
         cached = self.registry.cached(version_id, spec_path)

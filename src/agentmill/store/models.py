@@ -88,11 +88,16 @@ class RevokedToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
+LOCAL_WORKSPACE = "local"  # workflows run with `agentmill run`, outside any API workspace
+
+
 class Workflow(Base):
     __tablename__ = "workflows"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_workflows_workspace_name"),)
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    workspace_id: Mapped[str] = mapped_column(Id)
+    name: Mapped[str] = mapped_column(String(128))
     description: Mapped[str | None] = mapped_column(Text)
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -116,6 +121,7 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_status_created", "status", "created_at"),
+        Index("ix_runs_workspace_created", "workspace_id", "created_at"),
         Index("ix_runs_root", "root_run_id"),
         Index(
             "ix_runs_deadline",
@@ -126,6 +132,7 @@ class Run(Base):
     )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id)
     workflow_id: Mapped[str] = mapped_column(Id, ForeignKey("workflows.id", ondelete="CASCADE"))
     version_id: Mapped[str] = mapped_column(Id, ForeignKey("workflow_versions.id"))
     spec_path: Mapped[str] = mapped_column(String(255), default="")

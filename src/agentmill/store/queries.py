@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -18,7 +19,9 @@ from agentmill.store.models import events, runs, steps, workflows
 @dataclass(frozen=True, kw_only=True)
 class RunView:
     id: str
+    workspace_id: str
     workflow: str
+    workflow_id: str
     version_id: str
     status: RunStatus
     root_run_id: str
@@ -69,9 +72,15 @@ def get_run(tx: Tx, run_id: str) -> RunView:
     ).first()
     if row is None:
         raise NotFound(f"run {run_id!r} not found")
+    return _run_view(row)
+
+
+def _run_view(row: Any) -> RunView:
     return RunView(
         id=row.id,
+        workspace_id=row.workspace_id,
         workflow=row.workflow,
+        workflow_id=row.workflow_id,
         version_id=row.version_id,
         status=RunStatus(row.status),
         root_run_id=row.root_run_id,
@@ -144,3 +153,65 @@ def unfinished_runs(tx: Tx) -> list[str]:
         runs.c.status.in_((RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)),
     )
     return list(tx.conn.scalars(query))
+
+
+def run_workspace(tx: Tx, run_id: str) -> str | None:
+    value = tx.conn.scalar(select(runs.c.workspace_id).where(runs.c.id == run_id))
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPage:
+    runs: list[RunView]
+    next_cursor: str | None
+
+
+def list_runs(
+    tx: Tx,
+    workspace_id: str,
+    *,
+    status: str | None = None,
+    workflow_id: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> RunPage:
+    """Top-level runs, newest first. ``cursor`` is the (created_at, id) of the last run seen."""
+    query = (
+        select(runs, workflows.c.name.label("workflow"))
+        .join(workflows, workflows.c.id == runs.c.workflow_id)
+        .where(runs.c.workspace_id == workspace_id, runs.c.parent_run_id.is_(None))
+    )
+    if status is not None:
+        query = query.where(runs.c.status == status)
+    if workflow_id is not None:
+        query = query.where(runs.c.workflow_id == workflow_id)
+    if created_after is not None:
+        query = query.where(runs.c.created_at >= created_after)
+    if created_before is not None:
+        query = query.where(runs.c.created_at < created_before)
+    if cursor is not None:
+        at, last_id = cursor
+        query = query.where(
+            or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < last_id))
+        )
+    rows = tx.conn.execute(
+        query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+    ).all()
+    views = [_run_view(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return RunPage(runs=views, next_cursor=encode_cursor(views[-1]) if more and views else None)
+
+
+def encode_cursor(run: RunView) -> str:
+    return base64.urlsafe_b64encode(f"{run.created_at.isoformat()}|{run.id}".encode()).decode()
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    """Raises ValueError for a cursor this server did not make."""
+    raw = base64.urlsafe_b64decode(text.encode()).decode()
+    at, _, run_id = raw.partition("|")
+    if not run_id:
+        raise ValueError("malformed cursor")
+    return datetime.fromisoformat(at), run_id

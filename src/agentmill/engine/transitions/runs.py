@@ -17,9 +17,10 @@ from agentmill.engine.transitions._base import (
     TransitionsBase,
     preview,
 )
+from agentmill.errors import NotFound
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import runs, steps
+from agentmill.store.models import runs, steps, workflows
 
 
 class RunTransitions(TransitionsBase):
@@ -50,9 +51,15 @@ class RunTransitions(TransitionsBase):
             and (deadline is None or parent[0].deadline_at < deadline)
         ):
             deadline = parent[0].deadline_at
+        workspace_id = tx.conn.scalar(
+            select(workflows.c.workspace_id).where(workflows.c.id == workflow_id)
+        )
+        if workspace_id is None:
+            raise NotFound(f"workflow {workflow_id!r} not found")
         tx.conn.execute(
             insert(runs).values(
                 id=run_id,
+                workspace_id=workspace_id,
                 workflow_id=workflow_id,
                 version_id=version_id,
                 spec_path=spec_path,

@@ -79,13 +79,14 @@ def upgrade() -> None:
     op.create_table(
         "workflows",
         sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("workspace_id", sa.String(length=40), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("latest_version", sa.Integer(), nullable=False),
         sa.Column("created_at", am.UtcDateTime(), nullable=False),
         sa.Column("updated_at", am.UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("name"),
+        sa.UniqueConstraint("workspace_id", "name", name="uq_workflows_workspace_name"),
     )
     op.create_table(
         "workflow_versions",
@@ -112,6 +113,7 @@ def upgrade() -> None:
     op.create_table(
         "runs",
         sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("workspace_id", sa.String(length=40), nullable=False),
         sa.Column("workflow_id", sa.String(length=40), nullable=False),
         sa.Column("version_id", sa.String(length=40), nullable=False),
         sa.Column("spec_path", sa.String(length=255), nullable=False),
@@ -154,6 +156,9 @@ def upgrade() -> None:
             postgresql_where=sa.text("deadline_at IS NOT NULL"),
         )
         batch_op.create_index("ix_runs_root", ["root_run_id"], unique=False)
+        batch_op.create_index(
+            "ix_runs_workspace_created", ["workspace_id", "created_at"], unique=False
+        )
         batch_op.create_index("ix_runs_status_created", ["status", "created_at"], unique=False)
 
     op.create_table(
@@ -250,6 +255,7 @@ def downgrade() -> None:
     op.drop_table("steps")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_status_created")
+        batch_op.drop_index("ix_runs_workspace_created")
         batch_op.drop_index("ix_runs_root")
         batch_op.drop_index(
             "ix_runs_deadline",

@@ -1,0 +1,169 @@
+"""Runs: read, list, steps, metrics, cancel, and decisions on human steps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require, workspace_role
+from agentmill.api.runs_view import run_public, step_public
+from agentmill.api.schemas import Decision, RunMetrics, RunPage, RunPublic, StepMetrics, StepPublic
+from agentmill.domain.permissions import Permission, allows
+from agentmill.domain.states import RunStatus
+from agentmill.engine.engine import Engine
+from agentmill.errors import ConfigError, NotFound, PermissionDenied
+from agentmill.store import queries
+
+router = APIRouter(tags=["runs"])
+
+Read = Annotated[WorkspaceAccess, require(Permission.WORKFLOW_READ)]
+
+
+async def _run_access(
+    db: DbDep, principal: PrincipalDep, run_id: str, permission: Permission
+) -> str:
+    """The run's workspace if the caller may ``permission`` there; another tenant's run is 404."""
+    workspace_id = await db.read(lambda tx: queries.run_workspace(tx, run_id))
+    if workspace_id is None:
+        raise NotFound(f"run {run_id!r} not found")
+    try:
+        role = await workspace_role(db, principal, workspace_id)
+    except NotFound:
+        raise NotFound(f"run {run_id!r} not found") from None
+    if not allows(role, permission):
+        raise PermissionDenied(
+            f"role {role.value!r} may not {permission.value!r} in this workspace"
+        )
+    return workspace_id
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+@router.get("/workspaces/{ws}/runs", response_model=RunPage)
+async def list_runs(
+    access: Read,
+    db: DbDep,
+    status: RunStatus | None = None,
+    workflow_id: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunPage:
+    """Runs in the workspace, newest first, one page at a time."""
+    try:
+        position = queries.decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise ConfigError("cursor is not one this server gave out") from None
+    page = await db.read(
+        lambda tx: queries.list_runs(
+            tx,
+            access.workspace_id,
+            status=status,
+            workflow_id=workflow_id,
+            created_after=created_after,
+            created_before=created_before,
+            cursor=position,
+            limit=limit,
+        )
+    )
+    return RunPage(runs=[run_public(r) for r in page.runs], next_cursor=page.next_cursor)
+
+
+@router.get("/runs/{run_id}", response_model=RunPublic)
+async def get_run(run_id: str, request: Request, db: DbDep, principal: PrincipalDep) -> RunPublic:
+    """A run: status, inputs, outputs, error, usage."""
+    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    return run_public(await _engine(request).get_run(run_id))
+
+
+@router.get("/runs/{run_id}/steps", response_model=list[StepPublic])
+async def list_steps(
+    run_id: str, request: Request, db: DbDep, principal: PrincipalDep
+) -> list[StepPublic]:
+    """The run's steps in the order they became ready."""
+    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    return [step_public(s) for s in await _engine(request).steps(run_id)]
+
+
+@router.get("/runs/{run_id}/metrics", response_model=RunMetrics)
+async def run_metrics(
+    run_id: str, request: Request, db: DbDep, principal: PrincipalDep
+) -> RunMetrics:
+    """Tokens, cost and durations per step and in total."""
+    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    engine = _engine(request)
+    run = await engine.get_run(run_id)
+    steps = await engine.steps(run_id)
+    return RunMetrics(
+        run_id=run.id,
+        status=run.status,
+        duration_s=run.duration_s,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        cost=run.cost,
+        steps=[
+            StepMetrics(
+                key=s.key,
+                status=s.status,
+                attempts=s.attempt,
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                cost=s.cost,
+                duration_ms=s.duration_ms,
+            )
+            for s in steps
+        ],
+    )
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunPublic)
+async def cancel_run(
+    run_id: str, request: Request, db: DbDep, principal: PrincipalDep
+) -> RunPublic:
+    """Cancel a run and everything under it; a finished run stays as it is."""
+    await _run_access(db, principal, run_id, Permission.RUN_CANCEL)
+    engine = _engine(request)
+    who = principal.user.email if principal.user else f"API key {principal.key_id}"
+    await engine.cancel(run_id, f"cancelled by {who}")
+    return run_public(await engine.get_run(run_id))
+
+
+@router.post("/runs/{run_id}/steps/{step_key}/approve", response_model=RunPublic)
+async def approve_step(
+    run_id: str, step_key: str, body: Decision, request: Request, db: DbDep, principal: PrincipalDep
+) -> RunPublic:
+    """Approve a waiting human step; the run continues from it."""
+    return await _decide(run_id, step_key, body, request, db, principal, approved=True)
+
+
+@router.post("/runs/{run_id}/steps/{step_key}/reject", response_model=RunPublic)
+async def reject_step(
+    run_id: str, step_key: str, body: Decision, request: Request, db: DbDep, principal: PrincipalDep
+) -> RunPublic:
+    """Reject a waiting human step."""
+    return await _decide(run_id, step_key, body, request, db, principal, approved=False)
+
+
+async def _decide(
+    run_id: str,
+    step_key: str,
+    body: Decision,
+    request: Request,
+    db: DbDep,
+    principal: PrincipalDep,
+    *,
+    approved: bool,
+) -> RunPublic:
+    await _run_access(db, principal, run_id, Permission.RUN_APPROVE)
+    engine = _engine(request)
+    who = principal.user.email if principal.user else f"API key {principal.key_id}"
+    await engine.decide(
+        run_id, step_key, approved=approved, by=who, comment=body.comment, payload=body.payload
+    )
+    return run_public(await engine.get_run(run_id))

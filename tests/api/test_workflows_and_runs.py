@@ -113,7 +113,9 @@ async def test_yaml_errors_come_back_with_lines_and_nothing_is_saved(
         headers={**ana.headers, **YAML},
     )
     assert syntax.status_code == 422
-    assert syntax.json()["error"]["details"][0]["line"] == 1
+    problem = syntax.json()["error"]["details"][0]
+    assert problem["line"] == 2  # where PyYAML noticed: the end of the document
+    assert "(it started at line 1, column 7)" in problem["message"]
 
 
 async def test_json_bodies_work_too_and_duplicates_conflict(client: httpx.AsyncClient) -> None:

@@ -67,7 +67,7 @@ def test_a_tab_in_the_indentation_is_a_syntax_error_on_its_line() -> None:
     assert problems("name: x\nsteps:\n  - id: a\n\tvalue: 1\n") == [
         (
             "",
-            "invalid YAML: while scanning a plain scalar found a tab character that violates indentation",
+            "invalid YAML: while scanning a plain scalar found a tab character that violates indentation (it started at line 3, column 9)",
             4,
             1,
         )

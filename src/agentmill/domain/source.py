@@ -182,6 +182,9 @@ def load_document(text: str | bytes, *, source: str = "<spec>") -> tuple[Any, Po
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(part for part in (exc.context, exc.problem) if part)
+        start = exc.context_mark
+        if start is not None and mark is not None and start.line != mark.line:
+            message += f" (it started at line {start.line + 1}, column {start.column + 1})"
         raise SpecError(
             [
                 Problem(

@@ -21,7 +21,7 @@ router = APIRouter(tags=["runs"])
 Read = Annotated[WorkspaceAccess, require(Permission.WORKFLOW_READ)]
 
 
-async def _run_access(
+async def run_access(
     db: DbDep, principal: PrincipalDep, run_id: str, permission: Permission
 ) -> str:
     """The run's workspace if the caller may ``permission`` there; another tenant's run is 404."""
@@ -78,7 +78,7 @@ async def list_runs(
 @router.get("/runs/{run_id}", response_model=RunPublic)
 async def get_run(run_id: str, request: Request, db: DbDep, principal: PrincipalDep) -> RunPublic:
     """A run: status, inputs, outputs, error, usage."""
-    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    await run_access(db, principal, run_id, Permission.WORKFLOW_READ)
     return run_public(await _engine(request).get_run(run_id))
 
 
@@ -87,7 +87,7 @@ async def list_steps(
     run_id: str, request: Request, db: DbDep, principal: PrincipalDep
 ) -> list[StepPublic]:
     """The run's steps in the order they became ready."""
-    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    await run_access(db, principal, run_id, Permission.WORKFLOW_READ)
     return [step_public(s) for s in await _engine(request).steps(run_id)]
 
 
@@ -96,7 +96,7 @@ async def run_metrics(
     run_id: str, request: Request, db: DbDep, principal: PrincipalDep
 ) -> RunMetrics:
     """Tokens, cost and durations per step and in total."""
-    await _run_access(db, principal, run_id, Permission.WORKFLOW_READ)
+    await run_access(db, principal, run_id, Permission.WORKFLOW_READ)
     engine = _engine(request)
     run = await engine.get_run(run_id)
     steps = await engine.steps(run_id)
@@ -127,7 +127,7 @@ async def cancel_run(
     run_id: str, request: Request, db: DbDep, principal: PrincipalDep
 ) -> RunPublic:
     """Cancel a run and everything under it; a finished run stays as it is."""
-    await _run_access(db, principal, run_id, Permission.RUN_CANCEL)
+    await run_access(db, principal, run_id, Permission.RUN_CANCEL)
     engine = _engine(request)
     who = principal.user.email if principal.user else f"API key {principal.key_id}"
     await engine.cancel(run_id, f"cancelled by {who}")
@@ -160,7 +160,7 @@ async def _decide(
     *,
     approved: bool,
 ) -> RunPublic:
-    await _run_access(db, principal, run_id, Permission.RUN_APPROVE)
+    await run_access(db, principal, run_id, Permission.RUN_APPROVE)
     engine = _engine(request)
     who = principal.user.email if principal.user else f"API key {principal.key_id}"
     await engine.decide(

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXAMPLES := examples/research-brief.yaml examples/planner-map.yaml examples/approval.yaml examples/sub-workflow.yaml
 
-.PHONY: install up test lint typecheck pytest bench clean
+.PHONY: install up demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install AgentMill with its dev tools
 
-up: install ## Run every example workflow end to end, offline, on the local SQLite database
+up: install ## Start AgentMill (API + workers, SQLite) with the examples loaded; Ctrl-C stops it
+	$(BIN)/agentmill up --examples examples
+
+demo: install ## Run every example once in the terminal, offline, without the server
 	@for f in $(EXAMPLES); do \
 		echo; echo "=== agentmill run $$f"; \
 		$(BIN)/agentmill run $$f --auto-approve || exit $$?; \
 	done
-	@echo; echo "Done. Runs are stored in .agentmill/agentmill.db; try: $(BIN)/agentmill run examples/approval.yaml"
 
 test: install lint typecheck pytest ## ruff, mypy and the whole test suite (needs PostgreSQL)
 

@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 
 from agentmill import __version__
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
-from agentmill.api.routes import api_keys, auth, events, health, runs, workflows, workspaces
+from agentmill.api.routes import api_keys, auth, events, health, home, runs, workflows, workspaces
 from agentmill.config import Settings, get_settings
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
@@ -24,7 +24,11 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, database_url: str | None = None, workers: bool = True
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    workers: bool = True,
+    bind_host: str = "127.0.0.1",
 ) -> FastAPI:
     """The API. With ``workers`` (embedded mode) it also runs the engine's worker in-process,
     which picks up unfinished runs from before a restart."""
@@ -64,4 +68,6 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(home.router)
+    app.state.bind_host = bind_host
     return app

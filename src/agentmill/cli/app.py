@@ -108,6 +108,37 @@ def run(
     raise typer.Exit(asyncio.run(run_command(options)))
 
 
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    db: DbOption = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option(help="On the first start, load the workflows in this folder and run each."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
+) -> None:
+    """Start AgentMill: the API and the embedded workers, on this machine.
+
+    On the first start it creates an owner account, a workspace and an API key and prints them
+    once. Unfinished runs from before a restart carry on. Ctrl-C stops it cleanly.
+    """
+    from agentmill.cli.up import run_up
+    from agentmill.config import get_settings
+    from agentmill.observability.logging import configure_logging
+
+    configure_logging("INFO" if verbose else "WARNING")
+    settings = get_settings()
+    run_up(
+        settings,
+        host=host,
+        port=port,
+        database_url=db or settings.resolved_database_url,
+        examples=examples,
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     db: DbOption = None,

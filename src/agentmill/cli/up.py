@@ -1,0 +1,152 @@
+"""``agentmill up``: the API, the embedded worker and (soon) the UI, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+from rich.markup import escape
+
+from agentmill.api.app import create_app
+from agentmill.api.bootstrap import bootstrap
+from agentmill.config import DEFAULT_SECRET, Settings
+from agentmill.domain.spec import WorkflowSpec
+from agentmill.domain.validation import load_workflow_file
+from agentmill.engine.engine import Engine
+from agentmill.errors import ConfigError
+from agentmill.store.db import Database
+from agentmill.store.migrate import upgrade
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secret(settings: Settings, host: str) -> None:
+    """Refuse the built-in secret when the server is reachable from other machines."""
+    if settings.secret_key == DEFAULT_SECRET and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host!r} with the built-in secret key: "
+            "set AGENTMILL_SECRET_KEY to a long random value"
+        )
+
+
+def _read_examples(folder: Path) -> list[tuple[WorkflowSpec, str]]:
+    return [(load_workflow_file(file), file.read_text()) for file in sorted(folder.glob("*.yaml"))]
+
+
+async def load_examples(
+    db: Database, settings: Settings, workspace_id: str, folder: Path
+) -> list[str]:
+    """Put the example workflows into the new workspace and start a run of each."""
+    engine = Engine(db, settings=settings)
+    started = []
+    for spec, source in await asyncio.to_thread(_read_examples, folder):
+        version = await engine.register(spec, source, workspace_id=workspace_id)
+        await engine.start_run(version, {})
+        started.append(spec.name)
+    return started
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    database_url: str,
+    console: Console,
+    examples: Path | None = None,
+) -> None:
+    check_secret(settings, host)
+    db = Database(database_url)
+    await upgrade(db)
+    await db.start()
+    try:
+        first = await bootstrap(db)
+        loaded = (
+            await load_examples(db, settings, first.workspace_id, examples)
+            if first is not None and examples is not None
+            else []
+        )
+    finally:
+        await db.close()
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    console.print(f"[bold]AgentMill[/] is running at [link={url}]{url}[/]  (API docs: {url}/docs)")
+    console.print(f"database: {escape(database_url)}")
+    if first is not None:
+        console.print("first start: an owner account, a workspace and an API key were created.")
+        console.print("[yellow]They are shown this once; keep them somewhere safe.[/]")
+        console.print(f"  email:     {first.email}")
+        console.print(f"  password:  {escape(first.password)}")
+        console.print(f"  workspace: {first.workspace_id}")
+        console.print(f"  API key:   {escape(first.api_key)}")
+    if loaded:
+        console.print(
+            f"demo: loaded {len(loaded)} example workflows and started a run of each "
+            f"({', '.join(loaded)}); see them at {url}/ — one waits for your approval:"
+        )
+        console.print(
+            f"  POST {url}/api/v1/runs/<run id>/steps/review/approve (try it in {url}/docs)"
+        )
+    console.print("Press Ctrl-C to stop.")
+    app = create_app(settings, database_url=database_url, workers=True, bind_host=host)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_exit)
+    try:
+        await server.serve()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    console.print("stopped.")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with our signal handling: Ctrl-C or SIGTERM finishes in-flight requests,
+    stops the worker and exits 0 (uvicorn would re-raise the signal after shutting down)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second Ctrl-C stops waiting for open connections
+        self.should_exit = True
+
+
+def run_up(
+    settings: Settings, *, host: str, port: int, database_url: str, examples: Path | None = None
+) -> None:
+    console = Console(highlight=False, soft_wrap=True)
+    asyncio.run(
+        serve(
+            settings,
+            host=host,
+            port=port,
+            database_url=database_url,
+            console=console,
+            examples=examples,
+        )
+    )

@@ -1,0 +1,156 @@
+"""`agentmill up` as a user starts it: a real server process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.cli.test_run import CLI
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_up(workdir: Path, port: int, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("AGENTMILL_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [*CLI, "up", "--port", str(port), *extra],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    printed: dict[str, str] = {}
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"agentmill up exited early ({proc.poll()}): {printed}")
+        key, sep, value = line.strip().partition(":")
+        if sep and key in ("email", "password", "workspace", "API key"):
+            printed[key] = value.strip()
+        if "Press Ctrl-C to stop." in line:
+            break
+    for _ in range(100):  # the banner comes just before the socket opens
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, printed
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server never became healthy")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=20)[0]
+    return out
+
+
+def test_up_serves_the_api_runs_workflows_and_restarts_cleanly(
+    workdir: Path, examples_dir: Path
+) -> None:
+    port = free_port()
+    proc, first = start_up(workdir, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert set(first) == {"email", "password", "workspace", "API key"}
+        key = {"Authorization": f"Bearer {first['API key']}"}
+        with httpx.Client(base_url=base, timeout=10) as http:
+            login = http.post(
+                "/api/v1/auth/login", json={"email": first["email"], "password": first["password"]}
+            )
+            assert login.status_code == 200
+            flow = (examples_dir / "planner-map.yaml").read_text()
+            created = http.post(
+                f"/api/v1/workspaces/{first['workspace']}/workflows",
+                content=flow,
+                headers={**key, "Content-Type": "application/yaml"},
+            )
+            assert created.status_code == 201, created.text
+            run = http.post(
+                f"/api/v1/workflows/{created.json()['id']}/runs", json={}, headers=key
+            ).json()
+            for _ in range(200):
+                status = http.get(f"/api/v1/runs/{run['id']}", headers=key).json()["status"]
+                if status == "COMPLETED":
+                    break
+                time.sleep(0.05)
+            assert status == "COMPLETED"
+            assert run["id"] in http.get("/").text  # the home page lists it
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "stopped." in out
+    assert "Traceback" not in out
+
+    proc, second = start_up(workdir, port)
+    try:
+        assert second == {}  # credentials are printed on the first start only
+    finally:
+        stop(proc)
+
+
+def test_up_refuses_the_built_in_secret_beyond_loopback(workdir: Path) -> None:
+    env = {**os.environ}
+    env.pop("AGENTMILL_SECRET_KEY", None)
+    result = subprocess.run(
+        [*CLI, "up", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "refusing to serve on '0.0.0.0' with the built-in secret key" in result.stderr
+    assert sys.executable  # the command ran through the same interpreter
+
+
+def test_up_with_examples_loads_them_and_runs_each(workdir: Path, examples_dir: Path) -> None:
+    port = free_port()
+    proc, first = start_up(workdir, port, "--examples", str(examples_dir))
+    try:
+        key = {"Authorization": f"Bearer {first['API key']}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            names = {
+                w["name"]
+                for w in http.get(
+                    f"/api/v1/workspaces/{first['workspace']}/workflows", headers=key
+                ).json()
+            }
+            assert names == {
+                "research-brief",
+                "plan-and-execute",
+                "reviewed-announcement",
+                "digest",
+            }
+            for _ in range(300):
+                runs = http.get(
+                    f"/api/v1/workspaces/{first['workspace']}/runs", headers=key
+                ).json()["runs"]
+                statuses = sorted(r["status"] for r in runs)
+                if statuses == ["COMPLETED", "COMPLETED", "COMPLETED", "WAITING"]:
+                    break
+                time.sleep(0.05)
+            assert statuses == [
+                "COMPLETED",
+                "COMPLETED",
+                "COMPLETED",
+                "WAITING",
+            ]  # the approval waits
+    finally:
+        stop(proc)

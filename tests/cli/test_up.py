@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.cli.test_run import CLI
 
@@ -152,5 +153,94 @@ def test_up_with_examples_loads_them_and_runs_each(workdir: Path, examples_dir: 
                 "COMPLETED",
                 "WAITING",
             ]  # the approval waits
+    finally:
+        stop(proc)
+
+
+def test_the_client_and_remote_commands_drive_a_server(workdir: Path, examples_dir: Path) -> None:
+    import asyncio
+    import json
+
+    from agentmill.client import ApiError, AsyncClient, Client
+
+    port = free_port()
+    proc, first = start_up(workdir, port)
+    server = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "AGENTMILL_SERVER": server, "AGENTMILL_API_KEY": first["API key"]}
+    try:
+        pushed = subprocess.run(
+            [*CLI, "workflows", "push", str(examples_dir / "approval.yaml")],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        assert pushed.stdout.startswith("reviewed-announcement v1 · wf_")
+        again = subprocess.run(
+            [*CLI, "workflows", "push", str(examples_dir / "approval.yaml")],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "v1" in again.stdout  # an identical file is the same version
+
+        with Client(server, api_key=first["API key"]) as client:
+            workflow = client.workflows(first["workspace"])[0]
+            run = client.start_run(workflow["id"])
+            assert client.wait(run["id"], timeout=20)["status"] == "WAITING"
+            client.decide(run["id"], "review", approved=True, comment="ok")
+            assert client.wait(run["id"], timeout=20)["outputs"]["result"] == "published"
+            types = [e["type"] for e in client.events(run["id"])]
+            assert types[0] == "run.created"
+            assert types[-1] == "run.completed"
+            with pytest.raises(ApiError) as caught:
+                client.run("run_doesnotexist")
+            assert (caught.value.status, caught.value.code) == (404, "not_found")
+
+        async def use_async() -> str:
+            async with AsyncClient(server, api_key=first["API key"]) as client:
+                started = await client.start_run(workflow["id"])
+                cancelled = await client.cancel(started["id"])
+                return str(cancelled["status"])
+
+        assert asyncio.run(use_async()) == "CANCELLED"
+
+        listed = subprocess.run(
+            [*CLI, "runs", "list"], cwd=workdir, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert run["id"] in listed.stdout
+        shown = subprocess.run(
+            [*CLI, "runs", "show", run["id"], "--json"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert json.loads(shown.stdout)["status"] == "COMPLETED"
+        followed = subprocess.run(
+            [*CLI, "runs", "logs", run["id"]],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "run.completed" in followed.stdout
+        missing = subprocess.run(
+            [*CLI, "runs", "show", "run_nope"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert missing.returncode == 1
+        assert "run 'run_nope' not found" in missing.stderr
     finally:
         stop(proc)

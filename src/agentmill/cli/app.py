@@ -23,6 +23,16 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
+
+def _add_remote_commands() -> None:
+    from agentmill.cli.remote import runs_app, workflows_app
+
+    app.add_typer(workflows_app, name="workflows")
+    app.add_typer(runs_app, name="runs")
+
+
+_add_remote_commands()
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DbOption = Annotated[

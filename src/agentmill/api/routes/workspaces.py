@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter
 
-from agentmill.api.deps import CurrentUser, DbDep, WorkspaceAccess, require
+from agentmill.api.deps import CurrentUser, DbDep, PrincipalDep, WorkspaceAccess, require
 from agentmill.api.schemas import (
     MemberCreate,
     MemberPublic,
@@ -53,11 +53,13 @@ async def create_workspace(
 
 
 @router.get("", response_model=list[WorkspacePublic])
-async def list_workspaces(caller: CurrentUser, db: DbDep) -> list[WorkspacePublic]:
-    """Workspaces you are a member of."""
-    return [
-        _public(r) for r in await db.read(lambda tx: workspaces.list_workspaces(tx, caller.user_id))
-    ]
+async def list_workspaces(caller: PrincipalDep, db: DbDep) -> list[WorkspacePublic]:
+    """Workspaces you are a member of (for an API key: its own workspace)."""
+    if caller.key_workspace_id is not None and caller.key_role is not None:
+        ws, role = caller.key_workspace_id, caller.key_role
+        return [_public(await db.read(lambda tx: workspaces.get_workspace(tx, ws, role)))]
+    records = await db.read(lambda tx: workspaces.list_workspaces(tx, caller.user_id))
+    return [_public(r) for r in records]
 
 
 @router.get("/{ws}", response_model=WorkspacePublic)

@@ -1,0 +1,205 @@
+"""Commands that talk to a running server: ``agentmill workflows …`` and ``agentmill runs …``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agentmill.client import ApiError, Client
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+workflows_app = typer.Typer(help="Workflows on a server.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs on a server.", no_args_is_help=True)
+
+Server = Annotated[str, typer.Option("--server", envvar="AGENTMILL_SERVER", help="Server URL.")]
+ApiKey = Annotated[
+    str, typer.Option("--api-key", envvar="AGENTMILL_API_KEY", help="API key (or a login token).")
+]
+Workspace = Annotated[
+    str | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="AGENTMILL_WORKSPACE",
+        help="Workspace id (default: your only one).",
+    ),
+]
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal (ids never cut); tab-separated lines when piped, for scripts."""
+    if not out.is_terminal:
+        out.print("\t".join(headers), markup=False)
+        for row in rows:
+            out.print("\t".join(row), markup=False)
+        return
+    table = Table(*headers)
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(r[0]) for r in rows), default=0)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
+
+
+def _client(server: str, api_key: str) -> Client:
+    return Client(server, api_key=api_key)
+
+
+def _workspace(client: Client, given: str | None) -> str:
+    if given:
+        return given
+    spaces = client.workspaces()
+    if len(spaces) != 1:
+        names = ", ".join(f"{w['id']} ({w['name']})" for w in spaces) or "none"
+        raise typer.BadParameter(f"pick a workspace with --workspace: {names}")
+    return str(spaces[0]["id"])
+
+
+def _fail(exc: ApiError) -> typer.Exit:
+    err.print(f"[red]error:[/] {escape(exc.message)} [dim]({exc.status} {exc.code})[/]")
+    if isinstance(exc.details, list):
+        for detail in exc.details:
+            if isinstance(detail, dict) and "line" in detail:
+                err.print(
+                    f"  line {detail['line']}:{detail['column']}: {detail['path']}: {detail['message']}",
+                    markup=False,
+                )
+            else:
+                err.print(f"  {detail}", markup=False)
+    return typer.Exit(1)
+
+
+@workflows_app.command("push")
+def push(
+    file: Annotated[Path, typer.Argument(help="Workflow file (YAML or JSON).")],
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+    workspace: Workspace = None,
+) -> None:
+    """Create a workflow on the server, or add a version if it exists."""
+    with _client(server, api_key) as client:
+        try:
+            workflow = client.push_workflow(_workspace(client, workspace), file.read_text())
+        except ApiError as exc:
+            raise _fail(exc) from None
+    out.print(f"{workflow['name']} v{workflow['latest_version']} · {workflow['id']}")
+
+
+@workflows_app.command("list")
+def list_workflows(
+    server: Server = DEFAULT_SERVER, api_key: ApiKey = "", workspace: Workspace = None
+) -> None:
+    """Workflows in the workspace."""
+    with _client(server, api_key) as client:
+        try:
+            rows = client.workflows(_workspace(client, workspace))
+        except ApiError as exc:
+            raise _fail(exc) from None
+    _print_table(
+        ["id", "name", "version", "updated"],
+        [[w["id"], w["name"], str(w["latest_version"]), w["updated_at"]] for w in rows],
+    )
+
+
+@runs_app.command("list")
+def list_runs(
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+    workspace: Workspace = None,
+    status: Annotated[str | None, typer.Option(help="Only runs in this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 20,
+) -> None:
+    """Recent runs."""
+    with _client(server, api_key) as client:
+        try:
+            page = client.runs(_workspace(client, workspace), status=status, limit=limit)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    _print_table(
+        ["run", "workflow", "status", "created", "tokens", "cost"],
+        [
+            [
+                r["id"],
+                r["workflow"],
+                r["status"],
+                r["created_at"],
+                str(r["input_tokens"] + r["output_tokens"]),
+                str(r["cost"]),
+            ]
+            for r in page["runs"]
+        ],
+    )
+
+
+@runs_app.command("show")
+def show(
+    run_id: str,
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A run and its steps."""
+    with _client(server, api_key) as client:
+        try:
+            run, steps = client.run(run_id), client.steps(run_id)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    if json_output:
+        out.print_json(json.dumps({**run, "steps": steps}, default=str))
+        return
+    out.print(f"[bold]{escape(run['workflow'])}[/] · {run['id']} · {run['status']}")
+    if run["error"]:
+        out.print(f"[red]error:[/] {escape(run['error'])}")
+    _print_table(
+        ["step", "status", "try", "ms", "tokens"],
+        [
+            [
+                st["key"],
+                st["status"],
+                str(st["attempt"]),
+                f"{st['duration_ms']:.1f}" if st["duration_ms"] is not None else "",
+                str(st["input_tokens"] + st["output_tokens"]),
+            ]
+            for st in steps
+        ],
+    )
+    if run["outputs"]:
+        out.print_json(json.dumps(run["outputs"], default=str))
+
+
+@runs_app.command("logs")
+def logs(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -> None:
+    """Follow a run's events until it ends."""
+    with _client(server, api_key) as client:
+        try:
+            for event in client.events(run_id):
+                out.print(_event_line(event), markup=False)
+        except ApiError as exc:
+            raise _fail(exc) from None
+
+
+@runs_app.command("cancel")
+def cancel(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -> None:
+    """Cancel a run."""
+    with _client(server, api_key) as client:
+        try:
+            run = client.cancel(run_id)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    out.print(f"{run['id']} · {run['status']}")
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    where = f" {event['step']}" if event.get("step") else ""
+    data = event.get("data") or {}
+    detail = data.get("error") or data.get("message") or ""
+    return f"{event['ts']} {event['type']}{where}" + (f" — {detail}" if detail else "")

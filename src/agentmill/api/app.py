@@ -11,7 +11,17 @@ from fastapi.routing import APIRoute
 
 from agentmill import __version__
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
-from agentmill.api.routes import api_keys, auth, events, health, home, runs, workflows, workspaces
+from agentmill.api.routes import (
+    api_keys,
+    auth,
+    events,
+    health,
+    home,
+    runs,
+    streams,
+    workflows,
+    workspaces,
+)
 from agentmill.config import Settings, get_settings
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
@@ -64,7 +74,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, workspaces, api_keys, workflows, runs, events):
+    for module in (auth, workspaces, api_keys, workflows, runs, events, streams):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -47,14 +47,10 @@ class Principal:
     user_id: str = ""
 
 
-async def _principal(
-    db: DbDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+async def authenticate(db: Database, settings: Settings, secret: str) -> Principal:
+    """Who ``secret`` (an API key or a login access token) belongs to; NotAuthenticated if no one."""
+    if not secret:
         raise NotAuthenticated("missing bearer token (a login access token or an API key)")
-    secret = credentials.credentials
     prefix = api_key_prefix(secret)
     if prefix is not None:
         found = await db.read(lambda tx: api_keys.key_by_prefix(tx, prefix))
@@ -79,6 +75,16 @@ async def _principal(
     return Principal(
         user=user, token_jti=token.jti, token_expires_at=token.expires_at, user_id=user.id
     )
+
+
+async def _principal(
+    db: DbDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise NotAuthenticated("missing bearer token (a login access token or an API key)")
+    return await authenticate(db, settings, credentials.credentials)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.errors import NotFound
@@ -215,3 +215,27 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
     if not run_id:
         raise ValueError("malformed cursor")
     return datetime.fromisoformat(at), run_id
+
+
+def run_status_events(
+    tx: Tx, workspace_id: str, after: int, limit: int = 200
+) -> list[dict[str, Any]]:
+    """``run.*`` events of a workspace's top-level runs after event ``after``."""
+    query = (
+        select(events, workflows.c.name.label("workflow"))
+        .join(runs, runs.c.id == events.c.run_id)
+        .join(workflows, workflows.c.id == runs.c.workflow_id)
+        .where(
+            events.c.id > after,
+            runs.c.workspace_id == workspace_id,
+            runs.c.parent_run_id.is_(None),
+            events.c.type.like("run.%"),
+        )
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in tx.conn.execute(query)]
+
+
+def last_event_id(tx: Tx) -> int:
+    return int(tx.conn.scalar(select(func.max(events.c.id))) or 0)

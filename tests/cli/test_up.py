@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -244,3 +245,54 @@ def test_the_client_and_remote_commands_drive_a_server(workdir: Path, examples_d
         assert "run 'run_nope' not found" in missing.stderr
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_finishes_it_after_a_restart(workdir: Path) -> None:
+    from tests.cli.test_run import CRASH_FLOW
+
+    port = free_port()
+    proc, first = start_up(workdir, port)
+    key = {"Authorization": f"Bearer {first['API key']}"}
+    base = f"http://127.0.0.1:{port}/api/v1"
+    with httpx.Client(base_url=base, headers=key, timeout=10) as http:
+        workflow = http.post(
+            f"/workspaces/{first['workspace']}/workflows",
+            content=CRASH_FLOW,
+            headers={"Content-Type": "application/yaml"},
+        ).json()
+        run_id = http.post(f"/workflows/{workflow['id']}/runs", json={}).json()["id"]
+        for _ in range(200):  # wait until s2 has succeeded
+            steps = {s["key"]: s["status"] for s in http.get(f"/runs/{run_id}/steps").json()}
+            if steps.get("s2") == "SUCCEEDED":
+                break
+            time.sleep(0.02)
+        done_before = {k for k, v in steps.items() if v == "SUCCEEDED"}
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait(timeout=10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+    proc, again = start_up(workdir, port)
+    try:
+        assert again == {}
+        with httpx.Client(base_url=base, headers=key, timeout=10) as http:
+            for _ in range(300):
+                run = http.get(f"/runs/{run_id}").json()
+                if run["status"] == "COMPLETED":
+                    break
+                time.sleep(0.05)
+            assert run["status"] == "COMPLETED"
+            with http.stream("GET", f"/runs/{run_id}/events") as response:
+                events = [
+                    json.loads(line[6:])
+                    for line in response.iter_lines()
+                    if line.startswith("data: ")
+                ]
+    finally:
+        stop(proc)
+    started = [e["step"] for e in events if e["type"] == "step.started"]
+    assert {"s1", "s2"} <= done_before
+    for key_ in done_before:
+        assert started.count(key_) == 1, key_  # nothing that had succeeded ran again
+    assert [e["step"] for e in events if e["type"] == "step.succeeded"].count("s5") == 1

@@ -36,8 +36,9 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-bench: install ## Engine benchmarks (SQLite and PostgreSQL)
+bench: install ## Engine and API benchmarks (SQLite and PostgreSQL)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

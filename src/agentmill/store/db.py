@@ -43,7 +43,6 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from agentmill.errors import ConfigError
 
@@ -159,7 +158,9 @@ class Database:
         engine = create_engine(
             self.url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=NullPool if not immediate else None,
+            # Readers keep their connections (a new one re-runs every PRAGMA); one per thread.
+            pool_size=4 if not immediate else 1,
+            max_overflow=4,
         )
         synchronous = self._sqlite_synchronous
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,15 +51,70 @@ ENDPOINTS = [
         {"workspace_id": "{ws}", "name": "ci", "role": "viewer"},
     ),
     Endpoint("DELETE", "/api/v1/workspaces/{ws}", Permission.WORKSPACE_MANAGE),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/workflows", Permission.WORKFLOW_READ),
+    Endpoint(
+        "POST",
+        "/api/v1/workspaces/{ws}/workflows",
+        Permission.WORKFLOW_CREATE,
+        {"name": "new", "steps": [{"id": "a", "value": 1}]},
+    ),
+    Endpoint("GET", "/api/v1/workflows/{workflow}", Permission.WORKFLOW_READ),
+    Endpoint(
+        "PUT",
+        "/api/v1/workflows/{workflow}",
+        Permission.WORKFLOW_UPDATE,
+        {"name": "gate", "steps": [{"id": "a", "value": 2}]},
+    ),
+    Endpoint("DELETE", "/api/v1/workflows/{workflow}", Permission.WORKFLOW_DELETE),
+    Endpoint("POST", "/api/v1/workflows/{workflow}/runs", Permission.WORKFLOW_EXECUTE, {}),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/runs", Permission.WORKFLOW_READ),
+    Endpoint("GET", "/api/v1/runs/{run}", Permission.WORKFLOW_READ),
+    Endpoint("GET", "/api/v1/runs/{run}/steps", Permission.WORKFLOW_READ),
+    Endpoint("POST", "/api/v1/runs/{run}/cancel", Permission.RUN_CANCEL),
+    Endpoint("POST", "/api/v1/runs/{run}/steps/gate/approve", Permission.RUN_APPROVE, {}),
+    Endpoint("POST", "/api/v1/runs/{run}/steps/gate/reject", Permission.RUN_APPROVE, {}),
 ]
+# Every permission with a route today is exercised (usage:read gets its route with billing).
+COVERED = {e.permission for e in ENDPOINTS}
+GATE = {
+    "name": "gate",
+    "steps": [{"id": "gate", "type": "human"}, {"id": "after", "needs": ["gate"], "value": 1}],
+}
 
 
-def _fill(value: Any, ws: str, other: str) -> Any:
+def _fill(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, str):
-        return value.replace("{ws}", ws).replace("{other}", other)
+        for key, replacement in names.items():
+            value = value.replace("{" + key + "}", replacement)
+        return value
     if isinstance(value, dict):
-        return {k: _fill(v, ws, other) for k, v in value.items()}
+        return {k: _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
     return value
+
+
+def test_every_permission_with_a_route_is_in_the_matrix() -> None:
+    assert set(Permission) - COVERED == {Permission.USAGE_READ}
+
+
+async def _waiting_run(client: httpx.AsyncClient, owner: Account, ws: str) -> tuple[str, str]:
+    workflow = (
+        await client.post(f"/api/v1/workspaces/{ws}/workflows", json=GATE, headers=owner.headers)
+    ).json()
+    run = (
+        await client.post(
+            f"/api/v1/workflows/{workflow['id']}/runs", json={}, headers=owner.headers
+        )
+    ).json()
+    for _ in range(200):
+        status = (await client.get(f"/api/v1/runs/{run['id']}", headers=owner.headers)).json()[
+            "status"
+        ]
+        if status == "WAITING":
+            break
+        await asyncio.sleep(0.02)
+    return workflow["id"], run["id"]
 
 
 async def _workspace_with(client: httpx.AsyncClient, role: Role) -> tuple[Account, Account, str]:
@@ -81,18 +137,23 @@ async def _workspace_with(client: httpx.AsyncClient, role: Role) -> tuple[Accoun
 async def test_each_role_may_do_exactly_what_the_table_says(
     client: httpx.AsyncClient, role: Role, endpoint: Endpoint
 ) -> None:
-    _, user, ws = await _workspace_with(client, role)
+    owner, user, ws = await _workspace_with(client, role)
     other = await signup(client, "Other")
+    names = {"ws": ws, "other": other.email}
+    if "{workflow}" in endpoint.path or "{run}" in endpoint.path:
+        names["workflow"], names["run"] = await _waiting_run(client, owner, ws)
+        if endpoint.method == "DELETE":  # a workflow with unfinished runs cannot be deleted
+            await client.post(f"/api/v1/runs/{names['run']}/cancel", headers=owner.headers)
 
     response = await client.request(
         endpoint.method,
-        _fill(endpoint.path, ws, other.email),
-        json=_fill(endpoint.body, ws, other.email),
+        _fill(endpoint.path, names),
+        json=_fill(endpoint.body, names),
         headers=user.headers,
     )
 
     if allows(role, endpoint.permission):
-        assert response.status_code in (200, 201, 204), response.text
+        assert response.status_code in (200, 201, 202, 204), response.text
     else:
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "permission_denied"
@@ -106,11 +167,13 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     theirs = await new_workspace(client, victim, "Secret Co")
     intruder = await signup(client, "Intruder")
     await new_workspace(client, intruder, "Mine")
+    names = {"ws": theirs, "other": intruder.email}
+    names["workflow"], names["run"] = await _waiting_run(client, victim, theirs)
 
     response = await client.request(
         endpoint.method,
-        _fill(endpoint.path, theirs, intruder.email),
-        json=_fill(endpoint.body, theirs, intruder.email),
+        _fill(endpoint.path, names),
+        json=_fill(endpoint.body, names),
         headers=intruder.headers,
     )
 
@@ -120,6 +183,12 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     assert still.json()["name"] == "Secret Co"
     members = await client.get(f"/api/v1/workspaces/{theirs}/members", headers=victim.headers)
     assert [m["email"] for m in members.json()] == [victim.email]
+    run = (await client.get(f"/api/v1/runs/{names['run']}", headers=victim.headers)).json()
+    assert run["status"] == "WAITING"  # not cancelled, approved or rejected by the intruder
+    workflows = (
+        await client.get(f"/api/v1/workspaces/{theirs}/workflows", headers=victim.headers)
+    ).json()
+    assert [(w["name"], w["latest_version"]) for w in workflows] == [("gate", 1)]
 
 
 async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> None:

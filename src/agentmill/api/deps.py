@@ -13,7 +13,7 @@ from agentmill.api.security import api_key_prefix, hash_api_key, read_token, sam
 from agentmill.config import Settings
 from agentmill.domain.permissions import Permission, Role, allows
 from agentmill.errors import NotAuthenticated, NotFound, PermissionDenied
-from agentmill.store.db import Database
+from agentmill.store.db import Database, Tx
 from agentmill.store.repositories import accounts, api_keys, workspaces
 from agentmill.store.repositories.accounts import UserRecord
 
@@ -116,6 +116,13 @@ async def workspace_role(db: Database, principal: Principal, workspace_id: str) 
     if role is None:
         raise NotFound(f"workspace {workspace_id!r} not found")
     return role
+
+
+def role_of(tx: Tx, principal: Principal, workspace_id: str) -> Role | None:
+    """The caller's role in a workspace, inside a transaction already open (saves a read)."""
+    if principal.key_workspace_id is not None:
+        return principal.key_role if principal.key_workspace_id == workspace_id else None
+    return workspaces.role_in(tx, workspace_id, principal.user_id)
 
 
 def require(permission: Permission) -> object:

@@ -7,7 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require, workspace_role
+from agentmill.api.deps import (
+    DbDep,
+    PrincipalDep,
+    WorkspaceAccess,
+    require,
+    role_of,
+    workspace_role,
+)
 from agentmill.api.runs_view import run_public, step_public
 from agentmill.api.schemas import Decision, RunMetrics, RunPage, RunPublic, StepMetrics, StepPublic
 from agentmill.domain.permissions import Permission, allows
@@ -15,6 +22,7 @@ from agentmill.domain.states import RunStatus
 from agentmill.engine.engine import Engine
 from agentmill.errors import ConfigError, NotFound, PermissionDenied
 from agentmill.store import queries
+from agentmill.store.db import Tx
 
 router = APIRouter(tags=["runs"])
 
@@ -76,10 +84,19 @@ async def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-async def get_run(run_id: str, request: Request, db: DbDep, principal: PrincipalDep) -> RunPublic:
+async def get_run(run_id: str, db: DbDep, principal: PrincipalDep) -> RunPublic:
     """A run: status, inputs, outputs, error, usage."""
-    await run_access(db, principal, run_id, Permission.WORKFLOW_READ)
-    return run_public(await _engine(request).get_run(run_id))
+
+    def read(tx: Tx) -> queries.RunView:  # the access check and the run in one read
+        workspace_id = queries.run_workspace(tx, run_id)
+        role = role_of(tx, principal, workspace_id) if workspace_id else None
+        if role is None:
+            raise NotFound(f"run {run_id!r} not found")
+        if not allows(role, Permission.WORKFLOW_READ):
+            raise PermissionDenied(f"role {role.value!r} may not read runs in this workspace")
+        return queries.get_run(tx, run_id)
+
+    return run_public(await db.read(read))
 
 
 @router.get("/runs/{run_id}/steps", response_model=list[StepPublic])

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from agentmill.domain.spec import (
     MapStep,
     RetrySpec,
 )
-from agentmill.domain.states import RunStatus, StepStatus
+from agentmill.domain.states import OPEN_STEP_STATUSES, RunStatus, StepStatus
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.outcomes import (
@@ -251,6 +251,22 @@ class TransitionsBase:
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay
+
+    def _cancel_open_steps(self, tx: Tx, state: RunState, which: ColumnElement[bool]) -> None:
+        """Cancel the open steps that ``which`` selects, with an event for each."""
+        rows = tx.conn.execute(
+            update(steps)
+            .where(which, steps.c.status.in_(OPEN_STEP_STATUSES))
+            .values(
+                status=StepStatus.CANCELLED,
+                finished_at=tx.now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(steps.c.step_key, steps.c.attempt)
+        ).all()
+        for row in rows:
+            self._event(tx, state, "step.cancelled", row.step_key, row.attempt, level="warning")
 
     def _event(
         self,

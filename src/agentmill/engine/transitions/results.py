@@ -11,7 +11,7 @@ from agentmill.domain.spec import (
     HumanStep,
     MapStep,
 )
-from agentmill.domain.states import OPEN_STEP_STATUSES, RunStatus, StepStatus
+from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.claims import Claim, StaleClaim
 from agentmill.engine.outcomes import (
     Failed,
@@ -516,16 +516,4 @@ class ResultTransitions(TransitionsBase):
         )
 
     def _cancel_open_children(self, tx: Tx, state: RunState, parent_step_id: str) -> None:
-        rows = tx.conn.execute(
-            update(steps)
-            .where(steps.c.parent_step_id == parent_step_id, steps.c.status.in_(OPEN_STEP_STATUSES))
-            .values(
-                status=StepStatus.CANCELLED,
-                finished_at=tx.now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            .returning(steps.c.step_key, steps.c.attempt)
-        ).all()
-        for row in rows:
-            self._event(tx, state, "step.cancelled", row.step_key, row.attempt, level="warning")
+        self._cancel_open_steps(tx, state, steps.c.parent_step_id == parent_step_id)

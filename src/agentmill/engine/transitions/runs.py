@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from agentmill.domain.states import ACTIVE_RUN_STATUSES, OPEN_STEP_STATUSES, RunStatus, StepStatus
+from agentmill.domain.states import ACTIVE_RUN_STATUSES, RunStatus, StepStatus
 from agentmill.domain.templates import TemplateError, render_value
 from agentmill.engine.claims import Claim
 from agentmill.engine.transitions._base import (
@@ -164,19 +164,7 @@ class RunTransitions(TransitionsBase):
         """End an active run as FAILED, CANCELLED or BUDGET_EXCEEDED, closing all it holds open."""
         state.changes.update(error=error, finished_at=tx.now)
         self._set_status(tx, state, status, error=error)
-        rows = tx.conn.execute(
-            update(steps)
-            .where(steps.c.run_id == state.id, steps.c.status.in_(OPEN_STEP_STATUSES))
-            .values(
-                status=StepStatus.CANCELLED,
-                finished_at=tx.now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            .returning(steps.c.step_key, steps.c.attempt)
-        ).all()
-        for row in rows:
-            self._event(tx, state, "step.cancelled", row.step_key, row.attempt, level="warning")
+        self._cancel_open_steps(tx, state, steps.c.run_id == state.id)
         children = tx.conn.scalars(
             select(runs.c.id).where(
                 runs.c.parent_run_id == state.id, runs.c.status.in_(ACTIVE_RUN_STATUSES)

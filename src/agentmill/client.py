@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
+_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}  # kept here: no engine import
 
 
 class ApiError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -116,6 +117,33 @@ async def workspace_role(db: Database, principal: Principal, workspace_id: str) 
     if role is None:
         raise NotFound(f"workspace {workspace_id!r} not found")
     return role
+
+
+async def object_access(
+    db: Database,
+    principal: Principal,
+    permission: Permission,
+    *,
+    what: str,
+    workspace_of: Callable[[Tx], str | None],
+) -> str:
+    """For a workflow or run addressed by id alone: its workspace, if the caller may do
+    ``permission`` there. Missing, or another tenant's, is the same 404 (decision 7)."""
+
+    def check(tx: Tx) -> tuple[str, Role] | None:
+        workspace_id = workspace_of(tx)
+        role = role_of(tx, principal, workspace_id) if workspace_id else None
+        return (workspace_id, role) if workspace_id and role else None
+
+    found = await db.read(check)
+    if found is None:
+        raise NotFound(f"{what} not found")
+    workspace_id, role = found
+    if not allows(role, permission):
+        raise PermissionDenied(
+            f"role {role.value!r} may not {permission.value!r} in this workspace"
+        )
+    return workspace_id
 
 
 def role_of(tx: Tx, principal: Principal, workspace_id: str) -> Role | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -115,7 +116,7 @@ async def _drive(
 
     waiting_possible = options.auto_approve or sys.stdin.isatty()
     try:
-        with progress if not options.json_output else _nullcontext():
+        with progress if not options.json_output else contextlib.nullcontext():
             work = asyncio.create_task(
                 engine.run_until_settled(
                     run_id, on_waiting=on_waiting if waiting_possible else None
@@ -291,11 +292,3 @@ def _read_source(file: Path | None) -> str | None:
 
 def _money(value: Decimal) -> str:
     return f"{value:.6f}" if value else "0"
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

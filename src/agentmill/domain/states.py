@@ -47,3 +47,6 @@ OPEN_STEP_STATUSES = (
     StepStatus.RETRYING,
     StepStatus.WAITING,
 )
+
+# The event that ends a run's log: ``run.completed``, ``run.failed``, …
+FINAL_RUN_EVENTS = frozenset(f"run.{status.lower()}" for status in _FINAL_RUN)

@@ -109,16 +109,22 @@ def _reject_undefined(value: Any) -> None:
             _reject_undefined(item)
 
 
+def _single_expression(source: str) -> str | None:
+    """The expression of a template that is exactly one ``{{ … }}``, else None."""
+    match = _SINGLE_EXPR.match(source)
+    if match and not any(m in match.group("expr") for m in ("{{", "}}", "{%")):
+        return match.group("expr").strip()
+    return None
+
+
 @lru_cache(maxsize=4096)
 def compile_template(source: str) -> Template:
     """Compile once; raises TemplateError with the syntax problem."""
-    match = _SINGLE_EXPR.match(source)
+    expression = _single_expression(source)
     try:
-        if match and not any(m in match.group("expr") for m in ("{{", "}}", "{%")):
+        if expression is not None:
             return Template(
-                source,
-                ENV.compile_expression(match.group("expr").strip(), undefined_to_none=False),
-                True,
+                source, ENV.compile_expression(expression, undefined_to_none=False), True
             )
         return Template(source, ENV.from_string(source), False)
     except TemplateSyntaxError as exc:
@@ -147,10 +153,8 @@ class References:
 
 def references(source: str) -> References:
     """Static analysis of a template; raises TemplateError on a syntax error."""
-    match = _SINGLE_EXPR.match(source)
-    text = source
-    if match and not any(m in match.group("expr") for m in ("{{", "}}", "{%")):
-        text = "{{ " + match.group("expr") + " }}"
+    expression = _single_expression(source)
+    text = source if expression is None else "{{ " + expression + " }}"
     try:
         tree = ENV.parse(text)
     except TemplateSyntaxError as exc:

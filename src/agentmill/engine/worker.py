@@ -57,13 +57,6 @@ class Worker:
         self._timers: list[asyncio.TimerHandle] = []
         self._saturated = False  # the last claim filled every free slot: more may be waiting
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
-    def wake(self) -> None:
-        self._wake.set()
-
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then cancel what still runs and give its leases back."""
         self._unsubscribe = self.engine.db.subscribe(self._on_events)

@@ -145,11 +145,10 @@ class Database:
             self._async = None
 
     def sync_engine(self) -> Engine:
-        """A synchronous engine for migrations and tools (not for the hot path)."""
-        if self.dialect == "sqlite":
-            return self._sqlite_engine(immediate=True)
-        url = make_url(self.url).set(drivername="postgresql+asyncpg")
-        raise ConfigError(f"no synchronous engine for {url.drivername}; use run_sync")
+        """A synchronous SQLite engine for migrations (PostgreSQL migrates through run_sync)."""
+        if self.dialect != "sqlite":
+            raise ConfigError("a synchronous engine exists for SQLite only")
+        return self._sqlite_engine(immediate=True)
 
     def _sqlite_engine(self, *, immediate: bool) -> Engine:
         path = make_url(self.url).database

@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from agentmill.domain.spec import WorkflowSpec
+from agentmill.domain.states import ACTIVE_RUN_STATUSES
 from agentmill.errors import Conflict, NotFound
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import LOCAL_WORKSPACE, workflow_versions, workflows
+from agentmill.store.models import LOCAL_WORKSPACE, runs, workflow_versions, workflows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,11 +175,15 @@ def list_versions(tx: Tx, workspace_id: str, workflow_id: str) -> list[VersionRe
 def get_version(
     tx: Tx, workspace_id: str, workflow_id: str, version: int | None = None
 ) -> VersionRecord:
-    record = get_workflow(tx, workspace_id, workflow_id)
+    return version_of(tx, get_workflow(tx, workspace_id, workflow_id), version)
+
+
+def version_of(tx: Tx, record: WorkflowRecord, version: int | None = None) -> VersionRecord:
+    """A version of an already loaded (so already access-checked) workflow; default the latest."""
     number = record.latest_version if version is None else version
     row = tx.conn.execute(
         select(workflow_versions).where(
-            workflow_versions.c.workflow_id == workflow_id, workflow_versions.c.version == number
+            workflow_versions.c.workflow_id == record.id, workflow_versions.c.version == number
         )
     ).first()
     if row is None:
@@ -194,9 +199,6 @@ def get_version(
 
 
 def delete_workflow(tx: Tx, workspace_id: str, workflow_id: str) -> None:
-    from agentmill.domain.states import ACTIVE_RUN_STATUSES
-    from agentmill.store.models import runs
-
     get_workflow(tx, workspace_id, workflow_id)
     active = tx.conn.scalar(
         select(runs.c.id)

@@ -11,9 +11,9 @@ from agentmill.api.deps import (
     DbDep,
     PrincipalDep,
     WorkspaceAccess,
+    object_access,
     require,
     role_of,
-    workspace_role,
 )
 from agentmill.api.runs_view import run_public, step_public
 from agentmill.api.schemas import Decision, RunMetrics, RunPage, RunPublic, StepMetrics, StepPublic
@@ -33,18 +33,13 @@ async def run_access(
     db: DbDep, principal: PrincipalDep, run_id: str, permission: Permission
 ) -> str:
     """The run's workspace if the caller may ``permission`` there; another tenant's run is 404."""
-    workspace_id = await db.read(lambda tx: queries.run_workspace(tx, run_id))
-    if workspace_id is None:
-        raise NotFound(f"run {run_id!r} not found")
-    try:
-        role = await workspace_role(db, principal, workspace_id)
-    except NotFound:
-        raise NotFound(f"run {run_id!r} not found") from None
-    if not allows(role, permission):
-        raise PermissionDenied(
-            f"role {role.value!r} may not {permission.value!r} in this workspace"
-        )
-    return workspace_id
+    return await object_access(
+        db,
+        principal,
+        permission,
+        what=f"run {run_id!r}",
+        workspace_of=lambda tx: queries.run_workspace(tx, run_id),
+    )
 
 
 def _engine(request: Request) -> Engine:

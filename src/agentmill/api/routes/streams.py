@@ -6,25 +6,22 @@ Both streams follow the events log; ``?after=<event id>`` resumes without gaps.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from agentmill.api.deps import Principal, authenticate, workspace_role
+from agentmill.api.follow import follow
 from agentmill.domain.permissions import Permission, allows
-from agentmill.domain.states import RunStatus
 from agentmill.errors import AgentMillError, NotFound, PermissionDenied
 from agentmill.store import queries
-from agentmill.store.db import Database, Tx
+from agentmill.store.db import Database
 
 router = APIRouter(tags=["streams"])
 
-_FINAL = {f"run.{s.lower()}" for s in RunStatus if s.is_final}
-_POLL_SECONDS = 1.0
 _POLICY_VIOLATION = 1008
 
 
@@ -63,42 +60,20 @@ def _wire(event: dict[str, Any]) -> str:
     )
 
 
-Fetch = Callable[[Tx, int], list[dict[str, Any]]]
-
-
-def _reader(fetch: Fetch, after: int) -> Callable[[Tx], list[dict[str, Any]]]:
-    return lambda tx: fetch(tx, after)
-
-
 def _after(websocket: WebSocket) -> int | None:
     text = websocket.query_params.get("after")
     return int(text) if text and text.isdigit() else None
 
 
-async def _follow(
-    websocket: WebSocket, db: Database, fetch: Fetch, *, after: int, stop_on_final: str | None
-) -> None:
-    """Send what ``fetch(after)`` returns, waking on local commits, polling for other processes."""
-    wake = asyncio.Event()
-    unsubscribe = db.subscribe(lambda _events: wake.set())
+async def _send(websocket: WebSocket, events: AsyncGenerator[dict[str, Any] | None]) -> None:
     try:
-        while True:
-            wake.clear()
-            batch = await db.read(_reader(fetch, after))
-            for event in batch:
-                after = event["id"]
-                await websocket.send_text(_wire(event))
-                if stop_on_final and event["run_id"] == stop_on_final and event["type"] in _FINAL:
-                    await websocket.close()
-                    return
-            if batch:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=_POLL_SECONDS)
+        async with contextlib.aclosing(events):  # unsubscribes at once when the client leaves
+            async for event in events:
+                if event is not None:
+                    await websocket.send_text(_wire(event))
     except WebSocketDisconnect:
         return
-    finally:
-        unsubscribe()
+    await websocket.close()
 
 
 @router.websocket("/runs/{run_id}/ws")
@@ -122,13 +97,13 @@ async def run_stream(websocket: WebSocket, run_id: str) -> None:
         await websocket.send_text(json.dumps({"error": {"code": "not_found", "message": str(exc)}}))
         await websocket.close(code=_POLICY_VIOLATION)
         return
-    await _follow(
-        websocket,
+    events = follow(
         db,
         lambda tx, after: queries.list_events(tx, root_run_id=run_id, after=after, limit=500),
         after=_after(websocket) or 0,
-        stop_on_final=run_id,
+        until_run=run_id,
     )
+    await _send(websocket, events)
 
 
 @router.websocket("/workspaces/{ws}/runs/ws")
@@ -150,10 +125,7 @@ async def workspace_runs(websocket: WebSocket, ws: str) -> None:
     after = _after(websocket)
     if after is None:  # from now on, unless asked to replay
         after = await db.read(queries.last_event_id)
-    await _follow(
+    await _send(
         websocket,
-        db,
-        lambda tx, after: queries.run_status_events(tx, ws, after),
-        after=after,
-        stop_on_final=None,
+        follow(db, lambda tx, after: queries.run_status_events(tx, ws, after), after=after),
     )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 
-from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require, workspace_role
+from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, object_access, require
 from agentmill.api.runs_view import run_public
 from agentmill.api.schemas import (
     RunCreate,
@@ -16,13 +16,14 @@ from agentmill.api.schemas import (
     WorkflowPublic,
     WorkflowVersionPublic,
 )
-from agentmill.domain.permissions import Permission, allows
+from agentmill.domain.permissions import Permission
 from agentmill.domain.source import Positions
 from agentmill.domain.spec import WorkflowSpec
 from agentmill.domain.validation import load_workflow_text, parse_spec
 from agentmill.engine.engine import Engine
-from agentmill.errors import Conflict, NotFound, PermissionDenied, Problem, SpecError
+from agentmill.errors import Conflict, Problem, SpecError
 from agentmill.store import workflows as repo
+from agentmill.store.db import Database, Tx
 from agentmill.store.workflows import VersionRef
 
 router = APIRouter(tags=["workflows"])
@@ -81,18 +82,13 @@ async def _workflow_access(
     db: DbDep, principal: PrincipalDep, workflow_id: str, permission: Permission
 ) -> str:
     """The workflow's workspace, if the caller may ``permission`` there; else 404 or 403."""
-    workspace_id = await db.read(lambda tx: repo.workflow_workspace(tx, workflow_id))
-    if workspace_id is None:
-        raise NotFound(f"workflow {workflow_id!r} not found")
-    try:
-        role = await workspace_role(db, principal, workspace_id)
-    except NotFound:
-        raise NotFound(f"workflow {workflow_id!r} not found") from None
-    if not allows(role, permission):
-        raise PermissionDenied(
-            f"role {role.value!r} may not {permission.value!r} in this workspace"
-        )
-    return workspace_id
+    return await object_access(
+        db,
+        principal,
+        permission,
+        what=f"workflow {workflow_id!r}",
+        workspace_of=lambda tx: repo.workflow_workspace(tx, workflow_id),
+    )
 
 
 def _public(record: repo.WorkflowRecord) -> WorkflowPublic:
@@ -190,7 +186,10 @@ async def start_run(
     return run_public(await engine.get_run(run_id))
 
 
-async def _detail(db: Any, workspace_id: str, workflow_id: str) -> WorkflowDetail:
-    record = await db.read(lambda tx: repo.get_workflow(tx, workspace_id, workflow_id))
-    version = await db.read(lambda tx: repo.get_version(tx, workspace_id, workflow_id))
-    return WorkflowDetail(**record.__dict__, spec=version.spec)
+async def _detail(db: Database, workspace_id: str, workflow_id: str) -> WorkflowDetail:
+    def read(tx: Tx) -> WorkflowDetail:
+        record = repo.get_workflow(tx, workspace_id, workflow_id)
+        version = repo.version_of(tx, record)
+        return WorkflowDetail(**record.__dict__, spec=version.spec)
+
+    return await db.read(read)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, select, update
 
@@ -302,99 +302,91 @@ class TransitionsBase:
             tx.written_events = len(tx.published)
 
     # Each part of Transitions lives in its own module; these are the methods one part calls
-    # on another, declared here so every part type-checks on its own.
+    # on another, declared for the type checker only (the parts define them).
+    if TYPE_CHECKING:
 
-    def create_run(
-        self,
-        tx: Tx,
-        *,
-        workflow_id: str,
-        version_id: str,
-        inputs: dict[str, Any],
-        spec_path: str = "",
-        parent: tuple[RunState, str] | None = None,
-        owner: str | None = None,
-        capacity: int = 0,
-        run_id: str | None = None,
-    ) -> NewRun:
-        raise NotImplementedError
+        def create_run(
+            self,
+            tx: Tx,
+            *,
+            workflow_id: str,
+            version_id: str,
+            inputs: dict[str, Any],
+            spec_path: str = "",
+            parent: tuple[RunState, str] | None = None,
+            owner: str | None = None,
+            capacity: int = 0,
+            run_id: str | None = None,
+        ) -> NewRun: ...
 
-    def _set_status(self, tx: Tx, state: RunState, status: RunStatus, **data: Any) -> None:
-        raise NotImplementedError
+        def _set_status(self, tx: Tx, state: RunState, status: RunStatus, **data: Any) -> None: ...
 
-    def _complete_run(self, tx: Tx, state: RunState) -> None:
-        raise NotImplementedError
+        def _complete_run(self, tx: Tx, state: RunState) -> None: ...
 
-    def _end_run(self, tx: Tx, state: RunState, status: RunStatus, error: str) -> None:
-        raise NotImplementedError
+        def _end_run(self, tx: Tx, state: RunState, status: RunStatus, error: str) -> None: ...
 
-    def _step_final(
-        self,
-        tx: Tx,
-        state: RunState,
-        step_key: str,
-        parent_step_id: str | None,
-        status: StepStatus,
-        owner: str | None,
-        budget: list[int],
-        claims: list[Claim],
-    ) -> None:
-        raise NotImplementedError
+        def _step_final(
+            self,
+            tx: Tx,
+            state: RunState,
+            step_key: str,
+            parent_step_id: str | None,
+            status: StepStatus,
+            owner: str | None,
+            budget: list[int],
+            claims: list[Claim],
+        ) -> None: ...
 
-    def _make_ready(
-        self,
-        tx: Tx,
-        state: RunState,
-        step_id: str,
-        owner: str | None,
-        budget: list[int],
-        claims: list[Claim],
-    ) -> None:
-        raise NotImplementedError
+        def _make_ready(
+            self,
+            tx: Tx,
+            state: RunState,
+            step_id: str,
+            owner: str | None,
+            budget: list[int],
+            claims: list[Claim],
+        ) -> None: ...
 
-    def _insert_step(
-        self,
-        tx: Tx,
-        state: RunState,
-        *,
-        step_key: str,
-        spec_id: str,
-        kind: str,
-        retry: RetrySpec | None,
-        parent_step_id: str | None,
-        map_index: int | None,
-        input: Any,
-        owner: str | None,
-        budget: list[int],
-        claims: list[Claim],
-    ) -> None:
-        raise NotImplementedError
+        def _insert_step(
+            self,
+            tx: Tx,
+            state: RunState,
+            *,
+            step_key: str,
+            spec_id: str,
+            kind: str,
+            retry: RetrySpec | None,
+            parent_step_id: str | None,
+            map_index: int | None,
+            input: Any,
+            owner: str | None,
+            budget: list[int],
+            claims: list[Claim],
+        ) -> None: ...
 
-    def _step_failed(
-        self,
-        tx: Tx,
-        state: RunState,
-        step_key: str,
-        spec_id: str,
-        parent_step_id: str | None,
-        message: str,
-        run_status: RunStatus,
-        owner: str | None,
-        budget: list[int],
-        claims: list[Claim],
-    ) -> None:
-        raise NotImplementedError
+        def _step_failed(
+            self,
+            tx: Tx,
+            state: RunState,
+            step_key: str,
+            spec_id: str,
+            parent_step_id: str | None,
+            message: str,
+            run_status: RunStatus,
+            owner: str | None,
+            budget: list[int],
+            claims: list[Claim],
+        ) -> None: ...
 
-    def _child_final(
-        self,
-        tx: Tx,
-        state: RunState,
-        parent_step_id: str,
-        owner: str | None,
-        budget: list[int],
-        claims: list[Claim],
-    ) -> None:
-        raise NotImplementedError
+        def _child_final(
+            self,
+            tx: Tx,
+            state: RunState,
+            parent_step_id: str,
+            owner: str | None,
+            budget: list[int],
+            claims: list[Claim],
+        ) -> None: ...
 
 
 _ROW = "run-row:"  # key prefix: a run's status and stored pending count, as read in this commit

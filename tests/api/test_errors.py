@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from fastapi import FastAPI
 
+from agentmill.api.app import create_app
+from agentmill.config import Settings
 from agentmill.store.db import Database
+from tests.api.conftest import new_workspace, signup
 
 
 async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient) -> None:
@@ -41,10 +46,24 @@ async def test_an_oversized_streamed_body_without_length_is_refused_too(
     assert response.status_code == 413
 
 
-async def test_health_reports_the_database(client: httpx.AsyncClient, app: FastAPI) -> None:
+async def test_health_reports_the_database_queue_and_worker(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
     ok = await client.get("/health")
     assert ok.status_code == 200
-    assert ok.json() == {"status": "ok", "database": "ok"}
+    assert ok.json() == {
+        "status": "ok",
+        "database": "ok",
+        "queue": {
+            "status": "ok",
+            "backend": "sql",
+            "ready": 0,
+            "scheduled": 0,
+            "running": 0,
+            "oldest_ready_age_s": 0.0,
+        },
+        "worker": "running",
+    }
 
     working = app.state.db
     broken = Database("postgresql://postgres@127.0.0.1:1/nowhere")
@@ -69,3 +88,44 @@ async def test_openapi_operation_ids_are_stable(client: httpx.AsyncClient) -> No
         "workspaces-create_workspace",
         "api-keys-create_api_key",
     } <= ids
+
+
+async def test_health_is_unavailable_when_the_embedded_worker_stopped(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    running = app.state.worker
+    crashed = asyncio.create_task(asyncio.sleep(0))
+    await crashed
+    app.state.worker = crashed
+    try:
+        response = await client.get("/health")
+    finally:
+        app.state.worker = running
+    assert response.status_code == 503
+    assert response.json()["worker"] == "stopped"
+
+
+async def test_health_counts_ready_steps_of_an_api_only_process(database_url: str) -> None:
+    api_only = create_app(
+        Settings(secret_key="test-secret"), database_url=database_url, workers=False
+    )
+    async with api_only.router.lifespan_context(api_only):
+        transport = httpx.ASGITransport(app=api_only)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            owner = await signup(http)
+            ws = await new_workspace(http, owner)
+            workflow = await http.post(
+                f"/api/v1/workspaces/{ws}/workflows",
+                json={"name": "two", "steps": [{"id": "a", "value": 1}, {"id": "b", "value": 2}]},
+                headers=owner.headers,
+            )
+            await http.post(
+                f"/api/v1/workflows/{workflow.json()['id']}/runs", json={}, headers=owner.headers
+            )
+            await asyncio.sleep(0.05)
+            health = await http.get("/health")
+    assert health.status_code == 200
+    assert health.json()["worker"] == "off"
+    queue = health.json()["queue"]
+    assert (queue["ready"], queue["running"]) == (2, 0)
+    assert queue["oldest_ready_age_s"] >= 0.05

@@ -19,6 +19,7 @@ from agentmill.api.routes import (
     home,
     runs,
     streams,
+    usage,
     workflows,
     workspaces,
 )
@@ -56,6 +57,7 @@ def create_app(
         app.state.engine = engine
         stop = asyncio.Event()
         worker = asyncio.create_task(engine.worker(name="embedded").run(stop)) if workers else None
+        app.state.worker = worker
         try:
             yield
         finally:
@@ -74,7 +76,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, workspaces, api_keys, workflows, runs, events, streams):
+    for module in (auth, workspaces, api_keys, workflows, runs, events, streams, usage):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -92,11 +92,6 @@ class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="The secret key. It is shown this once; store it now.")
 
 
-class HealthPublic(BaseModel):
-    status: str
-    database: str
-
-
 class WorkflowPublic(BaseModel):
     id: str
     workspace_id: str
@@ -194,3 +189,21 @@ class RunMetrics(BaseModel):
     output_tokens: int
     cost: Decimal
     steps: list[StepMetrics]
+
+
+class UsageLinePublic(BaseModel):
+    key: str = Field(description="`provider/model`, a workflow name, or `total`.")
+    calls: int
+    failed_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal = Field(description="What the providers charge, in USD.")
+
+
+class UsagePublic(BaseModel):
+    workspace_id: str
+    since: datetime
+    until: datetime
+    total: UsageLinePublic
+    by_model: list[UsageLinePublic]
+    by_workflow: list[UsageLinePublic]

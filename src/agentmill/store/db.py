@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -67,6 +67,11 @@ class Tx:
     # Counters the engine adds up across a group commit (a run's progress), keyed by its own
     # keys; their rows sit in ``deferred`` and are written with it.
     accumulators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Keys whose transactions must commit in the order they insert their deferred rows (a run's
+    # events, so a reader resuming after event id N never misses a lower id committed later).
+    # PostgreSQL takes an advisory lock per key just before the deferred inserts; SQLite has
+    # one writer, so its commits are in order already.
+    ordered_by: set[str] = field(default_factory=set)
 
     @property
     def is_postgres(self) -> bool:
@@ -75,6 +80,16 @@ class Tx:
     def insert_later(self, statement: Any, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` with ``statement`` (a :class:`Prepared` INSERT) before this commits."""
         self.deferred.setdefault(statement, []).extend(rows)
+
+
+def _lock_commit_order(conn: Connection, keys: set[str]) -> None:
+    # Taken last, after every row lock, in one sorted order: a transaction holding these waits
+    # for nothing but other holders, so they cannot deadlock. Released at COMMIT.
+    for key in sorted(keys):
+        conn.execute(_ADVISORY_LOCK, {"key": key})
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 def _insert_deferred(conn: Connection, deferred: dict[Any, list[dict[str, Any]]]) -> None:
@@ -244,6 +259,7 @@ class Database:
             def run(sync_conn: Connection) -> tuple[T, Tx]:
                 tx = Tx(sync_conn, self.dialect)
                 result = fn(tx)
+                _lock_commit_order(sync_conn, tx.ordered_by)
                 _insert_deferred(sync_conn, tx.deferred)
                 return result, tx
 

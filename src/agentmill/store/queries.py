@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -239,3 +239,37 @@ def run_status_events(
 
 def last_event_id(tx: Tx) -> int:
     return int(tx.conn.scalar(select(func.max(events.c.id))) or 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueStats:
+    """What the step queue holds right now (for /health and autoscaling)."""
+
+    ready: int  # may start now
+    scheduled: int  # retries and delays that become ready later
+    running: int  # held by a worker's lease
+    oldest_ready_age_s: float  # how long the longest-waiting ready step has waited (0 if none)
+
+
+def queue_stats(tx: Tx) -> QueueStats:
+    waiting = steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING))
+    ready = tx.conn.execute(
+        select(func.count(), func.min(steps.c.available_at)).where(
+            waiting, steps.c.available_at <= tx.now
+        )
+    ).one()
+    scheduled = tx.conn.scalar(select(func.count()).where(waiting, steps.c.available_at > tx.now))
+    running = tx.conn.scalar(
+        select(func.count()).where(
+            steps.c.status == StepStatus.RUNNING, steps.c.lease_expires_at.is_not(None)
+        )
+    )
+    oldest = ready[1]
+    if oldest is not None and not isinstance(oldest, datetime):  # an aggregate skips the type
+        oldest = datetime.fromtimestamp(oldest, UTC)
+    return QueueStats(
+        ready=int(ready[0]),
+        scheduled=int(scheduled or 0),
+        running=int(running or 0),
+        oldest_ready_age_s=max(0.0, (tx.now - oldest).total_seconds()) if oldest else 0.0,
+    )

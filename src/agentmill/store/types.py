@@ -42,6 +42,8 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
+        if value.tzinfo is None:  # a naive time (say, from a query string) is taken as UTC
+            value = value.replace(tzinfo=UTC)
         if dialect.name == "sqlite":
             return value.timestamp()
         return value

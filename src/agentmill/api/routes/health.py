@@ -1,23 +1,44 @@
-"""Liveness and readiness."""
+"""Liveness and readiness: the database, the step queue and the embedded worker."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from agentmill.api.deps import DbDep
+from agentmill.store.queries import queue_stats
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=None)
-async def health(db: DbDep) -> JSONResponse:
-    """Whether the database answers; 503 when it does not."""
+async def health(request: Request, db: DbDep) -> JSONResponse:
+    """``database``, ``queue`` (embedded mode queues steps in the database) and ``worker``
+    (the embedded worker, or ``off`` when this process serves the API only). 503 when any is
+    down."""
+    worker = _worker_state(request.app.state.worker)
     try:
-        await db.read(lambda tx: tx.conn.execute(text("SELECT 1")).scalar())
+        stats = await db.read(queue_stats)
     except Exception as exc:  # any failure to reach the database is "down"
+        down = f"down: {type(exc).__name__}"
         return JSONResponse(
-            {"status": "unavailable", "database": f"down: {type(exc).__name__}"}, status_code=503
+            {"status": "unavailable", "database": down, "queue": down, "worker": worker},
+            status_code=503,
         )
-    return JSONResponse({"status": "ok", "database": "ok"})
+    ok = worker != "stopped"
+    body: dict[str, object] = {
+        "status": "ok" if ok else "unavailable",
+        "database": "ok",
+        "queue": {"status": "ok", "backend": "sql", **asdict(stats)},
+        "worker": worker,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _worker_state(task: asyncio.Task[None] | None) -> str:
+    if task is None:
+        return "off"
+    return "stopped" if task.done() else "running"

@@ -299,6 +299,7 @@ class TransitionsBase:
         fresh = tx.published[tx.written_events :]
         if fresh:
             tx.insert_later(sql.INSERT_EVENTS, fresh)
+            tx.ordered_by.update(event["root_run_id"] for event in fresh)
             tx.written_events = len(tx.published)
 
     # Each part of Transitions lives in its own module; these are the methods one part calls

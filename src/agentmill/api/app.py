@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from agentmill import __version__
@@ -75,10 +75,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    v1 = APIRouter(prefix="/api/v1")
     for module in (auth, workspaces, api_keys, workflows, runs, events, streams, usage):
-        v1.include_router(module.router)
-    app.include_router(v1)
+        app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
     app.include_router(health.router)
     app.include_router(home.router)
     app.state.bind_host = bind_host

@@ -21,12 +21,14 @@ from agentmill.store.repositories.accounts import UserRecord
 _bearer = HTTPBearer(auto_error=False, description="A login access token or an API key.")
 
 
-def _db(request: Request) -> Database:
+# Dependencies are ``async def`` even when they do not await: FastAPI runs plain functions in a
+# thread pool, two thread hops per request for nothing.
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -54,7 +56,7 @@ async def authenticate(db: Database, settings: Settings, secret: str) -> Princip
         raise NotAuthenticated("missing bearer token (a login access token or an API key)")
     prefix = api_key_prefix(secret)
     if prefix is not None:
-        found = await db.read(lambda tx: api_keys.key_by_prefix(tx, prefix))
+        found = await db.read(lambda tx: api_keys.key_by_prefix(tx, prefix), point=True)
         if found is None or not same_hash(found[1], hash_api_key(secret)):
             raise NotAuthenticated("invalid or revoked API key")
         key = found[0]
@@ -67,8 +69,13 @@ async def authenticate(db: Database, settings: Settings, secret: str) -> Princip
     token = read_token(secret, settings.secret_key)
     if token is None:
         raise NotAuthenticated("invalid or expired access token")
-    revoked = await db.read(lambda tx: accounts.is_revoked(tx, token.jti))
-    user = None if revoked else await db.read(lambda tx: accounts.user_by_id(tx, token.user_id))
+
+    def signed_in_user(tx: Tx) -> UserRecord | None:
+        if accounts.is_revoked(tx, token.jti):
+            return None
+        return accounts.user_by_id(tx, token.user_id)
+
+    user = await db.read(signed_in_user, point=True)
     if user is None:
         raise NotAuthenticated(
             "access token was revoked (logged out) or its account no longer exists"
@@ -113,7 +120,9 @@ async def workspace_role(db: Database, principal: Principal, workspace_id: str) 
         if principal.key_workspace_id != workspace_id or principal.key_role is None:
             raise NotFound(f"workspace {workspace_id!r} not found")
         return principal.key_role
-    role = await db.read(lambda tx: workspaces.role_in(tx, workspace_id, principal.user_id))
+    role = await db.read(
+        lambda tx: workspaces.role_in(tx, workspace_id, principal.user_id), point=True
+    )
     if role is None:
         raise NotFound(f"workspace {workspace_id!r} not found")
     return role
@@ -135,7 +144,7 @@ async def object_access(
         role = role_of(tx, principal, workspace_id) if workspace_id else None
         return (workspace_id, role) if workspace_id and role else None
 
-    found = await db.read(check)
+    found = await db.read(check, point=True)
     if found is None:
         raise NotFound(f"{what} not found")
     workspace_id, role = found

@@ -123,6 +123,7 @@ class Database:
         self._sync_write: Engine | None = None
         self._sync_read: Engine | None = None
         self._async: AsyncEngine | None = None
+        self._autocommit: AsyncEngine | None = None
         self._writer: _SqliteWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
@@ -138,9 +139,8 @@ class Database:
             self._checkpointer = _Checkpointer(self._sync_read)
             self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmill-read")
         else:
-            self._async = create_async_engine(
-                self.url, pool_size=10, max_overflow=20, pool_pre_ping=True
-            )
+            self._async = create_async_engine(self.url, pool_size=20, max_overflow=20)
+            self._autocommit = self._async.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -265,8 +265,12 @@ class Database:
 
             return await conn.run_sync(run)
 
-    async def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in a read-only snapshot."""
+    async def read(self, fn: Callable[[Tx], T], *, point: bool = False) -> T:
+        """Run ``fn`` in a read-only snapshot.
+
+        ``point=True`` says ``fn`` reads a few rows by key (an API request's access check): on
+        SQLite it then runs on this thread, which costs less than the hop to a reader thread
+        and back; WAL readers never wait for the writer."""
         if self._readers is not None:
             assert self._sync_read is not None
             engine = self._sync_read
@@ -275,10 +279,24 @@ class Database:
                 with engine.connect() as conn, conn.begin():
                     return fn(Tx(conn, self.dialect))
 
+            if point:
+                return run()
             return await asyncio.get_running_loop().run_in_executor(self._readers, run)
         assert self._async is not None, "Database.start() was not awaited"
-        async with self._async.connect() as conn:
-            return await conn.run_sync(lambda c: fn(Tx(c, self.dialect)))
+        # A point read runs in autocommit: one round trip instead of BEGIN, SELECT, ROLLBACK.
+        source = self._autocommit if point and self._autocommit else self._async
+        for attempt in range(3):
+            try:
+                async with source.connect() as conn:
+                    result: T = await conn.run_sync(lambda c: fn(Tx(c, self.dialect)))
+                    return result
+            except DBAPIError as exc:
+                # A pooled connection the server dropped: retried on a fresh one (reads are
+                # harmless to repeat), rather than pinging every connection on checkout.
+                if attempt < 2 and exc.connection_invalidated:
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
 
 def _is_transient(exc: DBAPIError) -> bool:

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.errors import NotFound
 from agentmill.store.db import Tx
 from agentmill.store.models import events, runs, steps, workflows
+from agentmill.store.prepared import Prepared
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,15 +65,24 @@ class StepView:
     finished_at: datetime | None
 
 
+# Prepared: reading one run is the API's most frequent request.
+_GET_RUN = Prepared(
+    select(runs, workflows.c.name.label("workflow"))
+    .join(workflows, workflows.c.id == runs.c.workflow_id)
+    .where(runs.c.id == bindparam("run_id"))
+)
+
+
+def find_run(tx: Tx, run_id: str) -> RunView | None:
+    rows = _GET_RUN.rows(tx.conn, {"run_id": run_id})
+    return _run_view(rows[0]) if rows else None
+
+
 def get_run(tx: Tx, run_id: str) -> RunView:
-    row = tx.conn.execute(
-        select(runs, workflows.c.name.label("workflow"))
-        .join(workflows, workflows.c.id == runs.c.workflow_id)
-        .where(runs.c.id == run_id)
-    ).first()
-    if row is None:
+    run = find_run(tx, run_id)
+    if run is None:
         raise NotFound(f"run {run_id!r} not found")
-    return _run_view(row)
+    return run
 
 
 def _run_view(row: Any) -> RunView:

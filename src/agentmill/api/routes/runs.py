@@ -83,15 +83,15 @@ async def get_run(run_id: str, db: DbDep, principal: PrincipalDep) -> RunPublic:
     """A run: status, inputs, outputs, error, usage."""
 
     def read(tx: Tx) -> queries.RunView:  # the access check and the run in one read
-        workspace_id = queries.run_workspace(tx, run_id)
-        role = role_of(tx, principal, workspace_id) if workspace_id else None
-        if role is None:
+        run = queries.find_run(tx, run_id)
+        role = role_of(tx, principal, run.workspace_id) if run else None
+        if run is None or role is None:
             raise NotFound(f"run {run_id!r} not found")
         if not allows(role, Permission.WORKFLOW_READ):
             raise PermissionDenied(f"role {role.value!r} may not read runs in this workspace")
-        return queries.get_run(tx, run_id)
+        return run
 
-    return run_public(await db.read(read))
+    return run_public(await db.read(read, point=True))
 
 
 @router.get("/runs/{run_id}/steps", response_model=list[StepPublic])

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from agentmill.domain.permissions import Role
 from agentmill.errors import NotFound
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
 from agentmill.store.models import api_keys
+from agentmill.store.prepared import Prepared
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +87,20 @@ def revoke_api_key(tx: Tx, workspace_id: str, key_id: str) -> None:
         raise NotFound(f"API key {key_id!r} not found")
 
 
+# Prepared: every request made with an API key runs it.
+_LIVE_KEY = Prepared(
+    select(api_keys).where(
+        api_keys.c.prefix == bindparam("prefix"), api_keys.c.revoked_at.is_(None)
+    )
+)
+
+
 def key_by_prefix(tx: Tx, prefix: str) -> tuple[ApiKeyRecord, str] | None:
     """The live key with this prefix and its stored hash."""
-    row = tx.conn.execute(
-        select(api_keys).where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
-    ).first()
-    return (_record(row), str(row.key_hash)) if row else None
+    rows = _LIVE_KEY.rows(tx.conn, {"prefix": prefix})
+    if not rows:
+        return None
+    data = rows[0]._asdict()
+    key_hash = str(data.pop("key_hash"))
+    data["role"] = Role(data["role"])
+    return ApiKeyRecord(**data), key_hash

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=0.5, gt=0, description="Seconds between queue polls when no work was signalled."
     )
+    db_pool_size: int = Field(
+        default=10,
+        gt=0,
+        description="PostgreSQL connections each process keeps open (and as many more at peaks). "
+        "Mind the server's max_connections across all API and worker processes.",
+    )
     secret_key: str = Field(
         default=DEFAULT_SECRET,
         description="Signs access tokens. Set your own before serving beyond this machine.",

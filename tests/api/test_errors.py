@@ -49,9 +49,17 @@ async def test_an_oversized_streamed_body_without_length_is_refused_too(
 async def test_health_reports_the_database_queue_and_worker(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    ok = await client.get("/health")
+    for _ in range(100):  # the embedded worker reports in as it starts
+        ok = await client.get("/health")
+        if ok.json()["workers"]["alive"]:
+            break
+        await asyncio.sleep(0.02)
     assert ok.status_code == 200
-    assert ok.json() == {
+    workers = ok.json().pop("workers")
+    assert workers["alive"] == 1
+    assert workers["processes"][0]["name"] == "embedded"
+    assert ok.json() | {"workers": None} == {
+        "workers": None,
         "status": "ok",
         "database": "ok",
         "queue": {
@@ -129,3 +137,34 @@ async def test_health_counts_ready_steps_of_an_api_only_process(database_url: st
     queue = health.json()["queue"]
     assert (queue["ready"], queue["running"]) == (2, 0)
     assert queue["oldest_ready_age_s"] >= 0.05
+
+
+async def test_metrics_report_the_queue_for_autoscaling(database_url: str) -> None:
+    api_only = create_app(
+        Settings(secret_key="test-secret"), database_url=database_url, workers=False
+    )
+    async with api_only.router.lifespan_context(api_only):
+        transport = httpx.ASGITransport(app=api_only)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            owner = await signup(http)
+            ws = await new_workspace(http, owner)
+            workflow = await http.post(
+                f"/api/v1/workspaces/{ws}/workflows",
+                json={"name": "three", "steps": [{"id": k, "value": 1} for k in "abc"]},
+                headers=owner.headers,
+            )
+            await http.post(
+                f"/api/v1/workflows/{workflow.json()['id']}/runs", json={}, headers=owner.headers
+            )
+            metrics = await http.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["agentmill_queue_ready_steps"] >= 3
+    assert values["agentmill_queue_in_flight_steps"] == 0
+    assert values["agentmill_queue_lag_seconds"] > 0
+    assert values["agentmill_workers_alive"] == 0  # an API-only process runs no steps

@@ -23,11 +23,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_up(workdir: Path, port: int, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_up(
+    workdir: Path, port: int, *extra: str, command: str = "up"
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start ``agentmill up`` (or ``api``) and wait until it serves; returns what it printed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("AGENTMILL_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [*CLI, "up", "--port", str(port), *extra],
+        [*CLI, command, "--port", str(port), *extra],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

@@ -57,6 +57,11 @@ async def test_cancel_mid_run_stops_running_steps_and_starts_nothing_new(engine:
     assert child.status == RunStatus.CANCELLED
     assert (await steps_by_key(engine, child.id))["deep"].status == StepStatus.CANCELLED
     assert "step.succeeded" not in await event_types(engine, run_id, "first")
+    # What the cancel closed is logged before the run's final event, where streams stop.
+    logged = [(e["run_id"], e["type"]) for e in await engine.events(root_run_id=run_id)]
+    assert logged[-1] == (run_id, "run.cancelled")
+    assert (run_id, "step.cancelled") in logged
+    assert (child.id, "run.cancelled") in logged
 
 
 async def test_cancelling_a_finished_run_changes_nothing(engine: Engine) -> None:

@@ -48,7 +48,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(url, sqlite_synchronous=settings.sqlite_synchronous)
+        db = Database(
+            url, sqlite_synchronous=settings.sqlite_synchronous, pool_size=settings.db_pool_size
+        )
         await upgrade(db)
         await db.start()
         engine = Engine(db, settings=settings)

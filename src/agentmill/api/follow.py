@@ -9,9 +9,12 @@ from typing import Any
 
 from agentmill.domain.states import FINAL_RUN_EVENTS
 from agentmill.store.db import Database, Tx
+from agentmill.store.notify import EVENTS_CHANNEL
 
 Fetch = Callable[[Tx, int], list[dict[str, Any]]]
-POLL_SECONDS = 1.0  # events committed by other processes are seen at least this often
+# Events committed by other processes are seen at least this often (on PostgreSQL their
+# NOTIFY wakes the follower at once; this covers SQLite and lost notifications).
+POLL_SECONDS = 1.0
 
 
 def _reader(fetch: Fetch, after: int) -> Callable[[Tx], list[dict[str, Any]]]:
@@ -26,7 +29,10 @@ async def follow(
     caller's chance to send a keep-alive or notice its client left), and ends after the final
     event of ``until_run``."""
     wake = asyncio.Event()
-    unsubscribe = db.subscribe(lambda _events: wake.set())
+    unsubscribe_local = db.subscribe(lambda _events: wake.set())
+    unsubscribe_remote = db.subscribe_remote(
+        lambda channel, _root: wake.set() if channel == EVENTS_CHANNEL else None
+    )
     try:
         while True:
             wake.clear()
@@ -42,4 +48,5 @@ async def follow(
                 await asyncio.wait_for(wake.wait(), timeout=POLL_SECONDS)
             yield None
     finally:
-        unsubscribe()
+        unsubscribe_local()
+        unsubscribe_remote()

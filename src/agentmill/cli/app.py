@@ -149,6 +149,71 @@ def up(
     )
 
 
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    db: DbOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
+) -> None:
+    """Serve the API only (distributed mode): steps run in `agentmill worker` processes.
+
+    Start as many as you like behind a load balancer, all on the same PostgreSQL database.
+    Migrates the database and, on the very first start, creates the first owner.
+    """
+    from agentmill.cli.up import run_up
+    from agentmill.config import get_settings
+    from agentmill.observability.logging import configure_logging
+
+    configure_logging("INFO" if verbose else "WARNING")
+    settings = get_settings()
+    run_up(
+        settings,
+        host=host,
+        port=port,
+        database_url=db or settings.resolved_database_url,
+        workers=False,
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Steps run at once (default: AGENTMILL_WORKER_CONCURRENCY, 1000)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="A name for logs and /health (default: worker).")
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            help="On SIGTERM/Ctrl-C, seconds in-flight steps get to finish before they are "
+            "given back to the queue."
+        ),
+    ] = 30.0,
+    db: DbOption = None,
+) -> None:
+    """Run steps only (distributed mode), beside any number of other workers.
+
+    Takes ready steps from the database's queue, holds a lease on each with heartbeats, and
+    records results. A killed worker's steps are taken over when their leases expire.
+    """
+    from agentmill.cli.worker import run_worker
+    from agentmill.config import get_settings
+    from agentmill.observability.logging import configure_logging
+
+    configure_logging("INFO")
+    settings = get_settings()
+    run_worker(
+        settings,
+        database_url=db or settings.resolved_database_url,
+        name=name,
+        concurrency=concurrency or settings.worker_concurrency,
+        grace_seconds=grace,
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     db: DbOption = None,

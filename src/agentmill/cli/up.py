@@ -67,7 +67,9 @@ async def serve(
     database_url: str,
     console: Console,
     examples: Path | None = None,
+    workers: bool = True,
 ) -> None:
+    """Serve the API (and, with ``workers``, run steps in this process too)."""
     check_secret(settings, host)
     db = Database(database_url)
     await upgrade(db)
@@ -100,7 +102,9 @@ async def serve(
             f"  POST {url}/api/v1/runs/<run id>/steps/review/approve (try it in {url}/docs)"
         )
     console.print("Press Ctrl-C to stop.")
-    app = create_app(settings, database_url=database_url, workers=True, bind_host=host)
+    if not workers:
+        console.print("this process serves the API only: start `agentmill worker` to run steps")
+    app = create_app(settings, database_url=database_url, workers=workers, bind_host=host)
     server = _Server(
         uvicorn.Config(
             app,
@@ -137,7 +141,13 @@ class _Server(uvicorn.Server):
 
 
 def run_up(
-    settings: Settings, *, host: str, port: int, database_url: str, examples: Path | None = None
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    database_url: str,
+    examples: Path | None = None,
+    workers: bool = True,
 ) -> None:
     console = Console(highlight=False, soft_wrap=True)
     asyncio.run(
@@ -148,5 +158,6 @@ def run_up(
             database_url=database_url,
             console=console,
             examples=examples,
+            workers=workers,
         )
     )

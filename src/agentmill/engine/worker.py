@@ -15,17 +15,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport
 from agentmill.store.db import Tx
+from agentmill.store.notify import STEPS_CHANNEL
+from agentmill.store.repositories import workers
 
 if TYPE_CHECKING:
     from agentmill.engine.engine import Engine
 
 log = structlog.get_logger("agentmill.worker")
 _DEADLINE_SWEEP_SECONDS = 1.0
+_RECORD_RETRIES = 10  # about 10 s of waiting for the database before leaving it to the lease
+# Errors that say the result itself cannot be stored; retrying would not help.
+_REFUSED = (IntegrityError, DataError, ProgrammingError, TypeError, ValueError)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -42,24 +48,41 @@ class Worker:
         concurrency: int = 1000,
         root_run_id: str | None = None,
         poll_interval: float = 0.5,
+        grace_seconds: float = 0.0,
     ) -> None:
         self.engine = engine
         self.owner = worker_identity(name)
+        self.name = name or "worker"
         self.concurrency = concurrency
         self.root_run_id = root_run_id
         self.poll_interval = poll_interval
+        self.grace_seconds = grace_seconds
+        self._hurry = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._claims: dict[str, Claim] = {}
         self._lost: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: Callable[[], object] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._saturated = False  # the last claim filled every free slot: more may be waiting
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def hurry(self) -> None:
+        """Stop waiting for in-flight steps to finish (a second Ctrl-C)."""
+        self._hurry.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set, then cancel what still runs and give its leases back."""
-        self._unsubscribe = self.engine.db.subscribe(self._on_events)
+        """Work until ``stop`` is set. Then take no more work, give in-flight steps up to
+        ``grace_seconds`` to finish, cancel the rest and give their leases back."""
+        if self.root_run_id is None:  # a shared worker reports in (a CLI run's does not)
+            await self._report(register=True)
+        unsubscribe_local = self.engine.db.subscribe(self._on_events)
+        unsubscribe_remote = self.engine.db.subscribe_remote(self._on_remote)
+        self._unsubscribe = lambda: (unsubscribe_local(), unsubscribe_remote())
         heartbeat = asyncio.create_task(self._heartbeat())
         transitions = self.engine.transitions
         root = self.root_run_id
@@ -101,12 +124,61 @@ class Worker:
                 wake_wait.cancel()
         finally:
             self._stopping = True
-            heartbeat.cancel()
             for timer in self._timers:
                 timer.cancel()
             if self._unsubscribe is not None:
                 self._unsubscribe()
+            await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
+            heartbeat.cancel()
             await self._shutdown()
+            if self.root_run_id is None:
+                await self._report(stopped=True)
+
+    async def _drain(self) -> None:
+        if not self._tasks or self.grace_seconds <= 0:
+            return
+        log.info("finishing in-flight steps", steps=len(self._tasks), grace=self.grace_seconds)
+        deadline = asyncio.get_running_loop().time() + self.grace_seconds
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while self._tasks and not self._hurry.is_set():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                await asyncio.wait(
+                    {*self._tasks.values(), hurry},
+                    timeout=left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            hurry.cancel()
+        if self._tasks:
+            log.warning("grace period over; giving unfinished steps back", steps=len(self._tasks))
+
+    async def _report(self, *, register: bool = False, stopped: bool = False) -> None:
+        """Keep this worker's row in ``workers`` current (liveness for /health)."""
+
+        def write(tx: Tx) -> None:
+            if register:
+                host, pid, _ = self.owner.split(":", 2)
+                workers.register_worker(
+                    tx,
+                    worker_id=self.owner,
+                    name=self.name,
+                    host=host,
+                    pid=int(pid),
+                    queue="sql",
+                    concurrency=self.concurrency,
+                )
+            else:
+                workers.worker_heartbeat(
+                    tx, self.owner, in_flight=len(self._tasks), stopped=stopped
+                )
+
+        try:
+            await self.engine.db.write(write)
+        except Exception as exc:  # liveness is best effort; the next heartbeat tries again
+            log.warning("could not report worker liveness", error=str(exc))
 
     async def _shutdown(self) -> None:
         running = list(self._tasks.items())
@@ -150,40 +222,62 @@ class Worker:
             self._spawn(next_claim)
 
     async def _record(self, claim: Claim, report: StepReport, capacity: int) -> list[Claim]:
-        """Record a result. If that fails for a reason other than a lost lease (a bug, a value the
-        database refuses), record the step as failed with the reason rather than leave it
-        running until its lease expires; if even that fails, the lease expiry recovers it."""
+        """Record a result. The database being unreachable or out of connections is retried
+        (the write is conditional, so a retry cannot apply twice); if it stays so, the lease
+        expires and another worker runs the step again. A result the database refuses (a bug,
+        a value it cannot store) is recorded as the step's failure instead of leaving the
+        step running until its lease expires."""
         engine = self.engine
-        try:
-            return await engine.db.write(
-                lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity),
-                alone=self._alone(),
-            )
-        except StaleClaim:
-            raise
-        except Exception as exc:
-            log.exception(
-                "could not record a step result", step=claim.step_key, run_id=claim.run_id
-            )
-            failed = StepReport(
-                outcome=Failed(
-                    error=f"internal error recording the result: {type(exc).__name__}: {exc}",
-                    retryable=False,
-                ),
-                duration_ms=report.duration_ms,
-            )
+        for attempt in range(_RECORD_RETRIES):
             try:
                 return await engine.db.write(
-                    lambda tx: engine.transitions.record(tx, claim, failed)
+                    lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity),
+                    alone=self._alone(),
                 )
             except StaleClaim:
                 raise
-            except Exception:
-                log.exception(
-                    "could not record the failure either; the lease will expire",
+            except _REFUSED as exc:
+                return await self._record_refused(claim, report, exc)
+            except Exception as exc:  # unreachable, restarting, out of connections: wait
+                if attempt == _RECORD_RETRIES - 1:
+                    break
+                delay = min(2.0, 0.05 * 2**attempt)
+                log.warning(
+                    "could not record a step result; retrying",
                     step=claim.step_key,
+                    run_id=claim.run_id,
+                    error=str(exc)[:300],
+                    retry_in=delay,
                 )
-                return []
+                await asyncio.sleep(delay)
+        log.error(
+            "database unavailable: result not recorded; the step runs again after its lease",
+            step=claim.step_key,
+            run_id=claim.run_id,
+        )
+        return []
+
+    async def _record_refused(
+        self, claim: Claim, report: StepReport, exc: Exception
+    ) -> list[Claim]:
+        engine = self.engine
+        log.exception("could not record a step result", step=claim.step_key, run_id=claim.run_id)
+        failed = StepReport(
+            outcome=Failed(
+                error=f"internal error recording the result: {type(exc).__name__}: {exc}",
+                retryable=False,
+            ),
+            duration_ms=report.duration_ms,
+        )
+        try:
+            return await engine.db.write(lambda tx: engine.transitions.record(tx, claim, failed))
+        except StaleClaim:
+            raise
+        except Exception:
+            log.exception(
+                "could not record the failure either; the lease will expire", step=claim.step_key
+            )
+            return []
 
     def _alone(self) -> bool:
         """Only the calling step is running (finished tasks may not be removed yet)."""
@@ -210,6 +304,8 @@ class Worker:
         interval = self.engine.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            if self.root_run_id is None:
+                await self._report()
             ids = list(self._tasks)
             if not ids:
                 continue
@@ -225,17 +321,28 @@ class Worker:
                     task.cancel()
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
-        loop = asyncio.get_running_loop()
         for event in events:
             kind = event["type"]
             if kind == "step.queued":
                 self._wake.set()
             elif kind == "step.retrying":
-                delay = float(event["data"].get("delay", 0))
-                self._timers = [t for t in self._timers if not t.cancelled()]
-                self._timers.append(loop.call_later(delay + 0.001, self._wake.set))
+                self._wake_later(float(event["data"].get("delay", 0)))
             elif kind == "step.cancelled":
                 self._cancel_local(event["run_id"], event["step_key"])
+
+    def _on_remote(self, channel: str, payload: str) -> None:
+        """Another process made steps ready (now, or after a retry's delay)."""
+        if channel != STEPS_CHANNEL:
+            return
+        delay = float(payload or 0)
+        if delay <= 0:
+            self._wake.set()
+        else:
+            self._wake_later(delay)
+
+    def _wake_later(self, delay: float) -> None:
+        self._timers = [t for t in self._timers if not t.cancelled()]
+        self._timers.append(asyncio.get_running_loop().call_later(delay + 0.001, self._wake.set))
 
     def _cancel_local(self, run_id: str, step_key: str) -> None:
         """A step we are running was cancelled (its run ended): stop it now."""

@@ -22,7 +22,8 @@ Transactions are plain functions ``fn(tx) -> T`` written against a synchronous S
   the same function. Deadlocks, serialization failures and dropped connections are retried
   (the engine's transactions are conditional, so a retried result cannot apply twice).
 
-Events a transaction appends are handed to subscribers only after its commit.
+Events a transaction appends are handed to subscribers only after its commit; on PostgreSQL
+other processes hear of the commit through ``NOTIFY`` (store/notify.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmill.errors import ConfigError
+from agentmill.store.notify import Listener, PgListener
 
 T = TypeVar("T")
 EventListener = Callable[[list[dict[str, Any]]], None]
@@ -72,6 +74,8 @@ class Tx:
     # PostgreSQL takes an advisory lock per key just before the deferred inserts; SQLite has
     # one writer, so its commits are in order already.
     ordered_by: set[str] = field(default_factory=set)
+    # (channel, payload) pairs to NOTIFY with the commit on PostgreSQL (see store/notify.py).
+    notify: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def is_postgres(self) -> bool:
@@ -90,6 +94,18 @@ def _lock_commit_order(conn: Connection, keys: set[str]) -> None:
 
 
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+def _notify(conn: Connection, notify: set[tuple[str, str]]) -> None:
+    if notify:
+        channels, payloads = zip(*sorted(notify), strict=True)
+        conn.execute(_NOTIFY, {"channels": list(channels), "payloads": list(payloads)})
+
+
+_NOTIFY = text(
+    "SELECT pg_notify(c, p) FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[]))"
+    " AS t(c, p)"
+)
 
 
 def _insert_deferred(conn: Connection, deferred: dict[Any, list[dict[str, Any]]]) -> None:
@@ -114,8 +130,11 @@ def normalize_url(url: str) -> str:
 class Database:
     """The process's database: transactions, reads, and post-commit event delivery."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 10
+    ) -> None:
         self.url = normalize_url(url)
+        self._pool_size = pool_size
         self.dialect = make_url(self.url).get_backend_name()
         self._sqlite_synchronous = sqlite_synchronous
         self._listeners: list[EventListener] = []
@@ -127,6 +146,7 @@ class Database:
         self._writer: _SqliteWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._remote: PgListener | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,10 +159,15 @@ class Database:
             self._checkpointer = _Checkpointer(self._sync_read)
             self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentmill-read")
         else:
-            self._async = create_async_engine(self.url, pool_size=20, max_overflow=20)
+            self._async = create_async_engine(
+                self.url, pool_size=self._pool_size, max_overflow=self._pool_size
+            )
             self._autocommit = self._async.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
+            self._remote = None
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
             self._writer = None
@@ -209,6 +234,21 @@ class Database:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def subscribe_remote(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(channel, payload)`` when another process commits a change worth
+        waking for (PostgreSQL only; see store/notify.py). On SQLite it is never called:
+        other processes' commits are found by polling."""
+        if self.dialect != "postgresql":
+            return lambda: None
+        if self._remote is None:
+            self._remote = PgListener(self.url)
+        return self._remote.subscribe(listener)
+
+    async def remote_ready(self) -> None:
+        """Wait until remote notifications are being received (no-op without a listener)."""
+        if self._remote is not None:
+            await self._remote.wait_ready()
+
     def _publish(self, tx: Tx) -> None:
         if tx.published:
             for listener in list(self._listeners):
@@ -261,6 +301,7 @@ class Database:
                 result = fn(tx)
                 _lock_commit_order(sync_conn, tx.ordered_by)
                 _insert_deferred(sync_conn, tx.deferred)
+                _notify(sync_conn, tx.notify)
                 return result, tx
 
             return await conn.run_sync(run)

@@ -270,6 +270,23 @@ class LlmCall(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class WorkerProcess(Base):
+    """A worker process, as it last reported itself (liveness for /health and operators)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)  # host:pid:name
+    name: Mapped[str] = mapped_column(String(96))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(16))  # the queue backend it takes work from
+    concurrency: Mapped[int] = mapped_column(Integer)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 # The tables themselves, for Core statements (the engine's hot path uses Core, not the ORM).
 workflows = cast(Table, Workflow.__table__)
 workflow_versions = cast(Table, WorkflowVersion.__table__)
@@ -283,3 +300,4 @@ memberships = cast(Table, Membership.__table__)
 api_keys = cast(Table, ApiKey.__table__)
 revoked_tokens = cast(Table, RevokedToken.__table__)
 llm_calls = cast(Table, LlmCall.__table__)
+worker_processes = cast(Table, WorkerProcess.__table__)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from agentmill.api.deps import DbDep
+from agentmill.observability.metrics import CONTENT_TYPE, render
 from agentmill.store.queries import queue_stats
+from agentmill.store.repositories.workers import WorkerRecord, list_workers
 
 router = APIRouter(tags=["health"])
 
@@ -21,7 +25,7 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
     down."""
     worker = _worker_state(request.app.state.worker)
     try:
-        stats = await db.read(queue_stats)
+        stats, processes = await db.read(lambda tx: (queue_stats(tx), list_workers(tx)))
     except Exception as exc:  # any failure to reach the database is "down"
         down = f"down: {type(exc).__name__}"
         return JSONResponse(
@@ -34,11 +38,41 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
         "database": "ok",
         "queue": {"status": "ok", "backend": "sql", **asdict(stats)},
         "worker": worker,
+        "workers": _liveness(processes, request.app.state.settings.lease_seconds),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _liveness(processes: list[WorkerRecord], lease_seconds: float) -> dict[str, Any]:
+    """Worker processes that reported within a lease period are alive (they report every
+    third of one)."""
+    now = datetime.now(UTC)
+    listed = []
+    for process in processes:
+        silent = (now - process.heartbeat_at).total_seconds()
+        state = "stopped" if process.stopped_at else "alive" if silent <= lease_seconds else "lost"
+        listed.append(
+            {
+                "id": process.id,
+                "name": process.name,
+                "state": state,
+                "in_flight": process.in_flight,
+                "concurrency": process.concurrency,
+                "last_seen_s": round(silent, 3),
+            }
+        )
+    return {"alive": sum(p["state"] == "alive" for p in listed), "processes": listed}
 
 
 def _worker_state(task: asyncio.Task[None] | None) -> str:
     if task is None:
         return "off"
     return "stopped" if task.done() else "running"
+
+
+@router.get("/metrics", response_model=None)
+async def metrics(request: Request, db: DbDep) -> Response:
+    """Prometheus metrics: queue depth, in flight, lag, and live workers (for autoscaling)."""
+    stats, processes = await db.read(lambda tx: (queue_stats(tx), list_workers(tx)))
+    lease = request.app.state.settings.lease_seconds
+    return Response(render(stats, processes, lease), media_type=CONTENT_TYPE)

@@ -26,6 +26,7 @@ from agentmill.errors import NotFound
 from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps, workflow_versions
+from agentmill.store.notify import EVENTS_CHANNEL, STEPS_CHANNEL
 
 LOST_LEASES_ALLOWED = 3
 
@@ -299,7 +300,15 @@ class TransitionsBase:
         fresh = tx.published[tx.written_events :]
         if fresh:
             tx.insert_later(sql.INSERT_EVENTS, fresh)
-            tx.ordered_by.update(event["root_run_id"] for event in fresh)
+            roots = {event["root_run_id"] for event in fresh}
+            tx.ordered_by.update(roots)
+            if tx.is_postgres:  # other processes' streams and workers wake on the commit
+                tx.notify.update((EVENTS_CHANNEL, root) for root in roots)
+                for event in fresh:
+                    if event["type"] == "step.queued":
+                        tx.notify.add((STEPS_CHANNEL, "0"))
+                    elif event["type"] == "step.retrying":
+                        tx.notify.add((STEPS_CHANNEL, f"{event['data'].get('delay', 0):.3f}"))
             tx.written_events = len(tx.published)
 
     # Each part of Transitions lives in its own module; these are the methods one part calls

@@ -17,6 +17,7 @@ from agentmill.engine.transitions._base import (
 )
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps
+from agentmill.store.notify import STEPS_CHANNEL
 
 
 class ClaimTransitions(TransitionsBase):
@@ -100,18 +101,32 @@ class ClaimTransitions(TransitionsBase):
         return int(result.rowcount)
 
     def release(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> None:
-        """Give leases back (clean shutdown) so another worker can take the steps at once."""
+        """Give steps back (a worker stopping) so another worker takes them at once. The
+        interrupted attempt can no longer record a result: its step is not RUNNING any more."""
         ids = list(step_ids)
-        if ids:
-            tx.conn.execute(
-                update(steps)
-                .where(
-                    steps.c.id.in_(ids),
-                    steps.c.lease_owner == owner,
-                    steps.c.status == StepStatus.RUNNING,
-                )
-                .values(lease_expires_at=tx.now - timedelta(seconds=1))
+        if not ids:
+            return
+        rows = tx.conn.execute(
+            update(steps)
+            .where(
+                steps.c.id.in_(ids),
+                steps.c.lease_owner == owner,
+                steps.c.status == StepStatus.RUNNING,
             )
+            .values(
+                status=StepStatus.QUEUED,
+                available_at=tx.now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(steps.c.run_id, steps.c.step_key, steps.c.attempt)
+        ).all()
+        for row in rows:
+            state = self._load_run(tx, row.run_id)
+            self._event(tx, state, "step.released", row.step_key, row.attempt, owner=owner)
+        if rows and tx.is_postgres:
+            tx.notify.add((STEPS_CHANNEL, "0"))  # other workers: take them now
+        self._write_events(tx)
 
     def _lease(
         self, tx: Tx, ids: list[str], owner: str, lost: dict[str, str | None]

@@ -162,8 +162,6 @@ class RunTransitions(TransitionsBase):
 
     def _end_run(self, tx: Tx, state: RunState, status: RunStatus, error: str) -> None:
         """End an active run as FAILED, CANCELLED or BUDGET_EXCEEDED, closing all it holds open."""
-        state.changes.update(error=error, finished_at=tx.now)
-        self._set_status(tx, state, status, error=error)
         self._cancel_open_steps(tx, state, steps.c.run_id == state.id)
         children = tx.conn.scalars(
             select(runs.c.id).where(
@@ -175,6 +173,9 @@ class RunTransitions(TransitionsBase):
             child.parent_step_id = None  # the parent is ending already; don't report back up
             self._end_run(tx, child, RunStatus.CANCELLED, f"parent run ended: {error}")
             self._flush(tx, child)
+        # The run's own final event comes last: a stream ends on it, after what it closed.
+        state.changes.update(error=error, finished_at=tx.now)
+        self._set_status(tx, state, status, error=error)
         if state.parent_step_id:
             self._child_run_done(tx, state, outputs=None, error=error, status=status)
 

@@ -1,0 +1,63 @@
+"""Worker processes reporting in: who is alive, how busy, since when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, insert, select, update
+
+from agentmill.store.db import Tx
+from agentmill.store.models import worker_processes as workers
+
+FORGET_AFTER = timedelta(days=1)  # stopped or silent workers are listed this long, then dropped
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerRecord:
+    id: str
+    name: str
+    host: str
+    pid: int
+    queue: str
+    concurrency: int
+    in_flight: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+
+
+def register_worker(
+    tx: Tx, *, worker_id: str, name: str, host: str, pid: int, queue: str, concurrency: int
+) -> None:
+    tx.conn.execute(
+        delete(workers).where(
+            (workers.c.id == worker_id) | (workers.c.heartbeat_at < tx.now - FORGET_AFTER)
+        )
+    )
+    tx.conn.execute(
+        insert(workers).values(
+            id=worker_id,
+            name=name,
+            host=host,
+            pid=pid,
+            queue=queue,
+            concurrency=concurrency,
+            in_flight=0,
+            started_at=tx.now,
+            heartbeat_at=tx.now,
+            stopped_at=None,
+        )
+    )
+
+
+def worker_heartbeat(tx: Tx, worker_id: str, *, in_flight: int, stopped: bool = False) -> None:
+    values: dict[str, object] = {"heartbeat_at": tx.now, "in_flight": in_flight}
+    if stopped:
+        values["stopped_at"] = tx.now
+    tx.conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+
+
+def list_workers(tx: Tx) -> list[WorkerRecord]:
+    rows = tx.conn.execute(select(workers).order_by(workers.c.started_at)).all()
+    return [WorkerRecord(**row._mapping) for row in rows]

@@ -1,0 +1,192 @@
+"""Several `agentmill worker` processes share one PostgreSQL queue: a few hundred runs with
+parallel steps and retries all finish although one worker is killed (`kill -9`) midway, no
+step succeeds twice, and the dead worker's steps are taken over once its lease runs out.
+A SIGTERM lets in-flight steps finish within the grace period and gives the rest back."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from agentmill.domain.states import RunStatus
+from agentmill.domain.validation import load_workflow_text
+from agentmill.engine.engine import Engine
+from agentmill.store.db import Tx
+from agentmill.store.models import events
+from agentmill.store.queries import list_events
+from tests.distributed.conftest import Workers
+
+pytestmark = pytest.mark.slow
+
+LOAD = """
+name: load
+agents:
+  fast: {model: scripted/fast, options: {latency: 0.02, reply: ok}}
+  flaky: {model: scripted/flaky, options: {latency: 0.02, reply: ok, fail_attempts: 1}}
+  slow: {model: scripted/slow, options: {latency: 0.4, reply: ok}}
+steps:
+  - {id: a, agent: fast, prompt: a}
+  - {id: b, agent: flaky, prompt: b, retry: {max_attempts: 4, backoff: 0.05}}
+  - {id: c, agent: slow, prompt: c}
+  - {id: d, agent: fast, prompt: d, needs: [a]}
+  - id: join
+    needs: [b, c, d]
+    value: "{{ steps.b.output }} {{ steps.d.output }}"
+outputs:
+  joined: "{{ steps.join.output }}"
+"""
+SLOW_ONE = """
+name: slow-one
+agents:
+  slow: {model: scripted/slow, options: {latency: %s, reply: done}}
+steps:
+  - {id: work, agent: slow, prompt: go}
+"""
+
+
+async def _start_many(engine: Engine, yaml_text: str, count: int) -> list[str]:
+    version = await engine.register(load_workflow_text(yaml_text))
+    return [await engine.start_run(version, {}) for _ in range(count)]
+
+
+async def _wait_final(engine: Engine, run_ids: list[str], within: float) -> dict[str, RunStatus]:
+    deadline = time.monotonic() + within
+    while True:
+        statuses = {run_id: (await engine.get_run(run_id)).status for run_id in run_ids}
+        if all(status.is_final for status in statuses.values()) or time.monotonic() > deadline:
+            return statuses
+        await asyncio.sleep(0.25)
+
+
+async def _all_events(engine: Engine) -> list[dict[str, object]]:
+    def read(tx: Tx) -> list[dict[str, object]]:
+        return [dict(r._mapping) for r in tx.conn.execute(events.select().order_by(events.c.id))]
+
+    return await engine.db.read(read)
+
+
+async def test_runs_survive_a_worker_killed_mid_run(starter: Engine, workers: Workers) -> None:
+    for name in ("w1", "w2", "w3"):
+        workers.start(name, "--concurrency", "40")
+    run_ids = await _start_many(starter, LOAD, 240)
+    # Kill w1 once it holds steps in flight (a slow step takes 0.4 s).
+    victim = workers.identity("w1")
+    for _ in range(400):
+        logged = await _all_events(starter)
+        held = [e for e in logged if e["type"] == "step.started" and e["data"] == {}]
+        if sum(1 for e in logged if e["type"] == "run.completed") >= 40 and held:
+            break
+        await asyncio.sleep(0.05)
+    workers.procs["w1"].send_signal(signal.SIGKILL)
+    workers.procs["w1"].wait(timeout=10)
+
+    statuses = await _wait_final(starter, run_ids, within=180)
+
+    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
+    assert not failed, [(r.id, r.status, r.error) for r in failed]
+    logged = await _all_events(starter)
+    succeeded = Counter(
+        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
+    )
+    assert len(succeeded) == len(run_ids) * 5
+    assert set(succeeded.values()) == {1}  # no step succeeded twice
+    taken_over = [
+        e for e in logged if e["type"] == "step.lease_expired" and e["data"]["owner"] == victim
+    ]
+    assert taken_over, "the killed worker held steps; they must have been taken over"
+    # Every run's flaky step lost its first attempt: it failed and was retried after its
+    # backoff, or it was on the killed worker and was taken over.
+    second_chances = {
+        e["run_id"]
+        for e in logged
+        if e["step_key"] == "b" and e["type"] in ("step.retrying", "step.lease_expired")
+    }
+    assert second_chances == set(run_ids)
+    for name in ("w2", "w3"):
+        assert workers.procs[name].poll() is None, workers.log(name)
+
+
+async def test_sigterm_finishes_in_flight_steps_within_the_grace_period(
+    starter: Engine, workers: Workers
+) -> None:
+    proc = workers.start("w1", "--grace", "20")
+    run_ids = await _start_many(starter, SLOW_ONE % 1.5, 5)
+    for _ in range(200):  # every step is running on w1
+        started = [e for e in await _all_events(starter) if e["type"] == "step.started"]
+        if len(started) == len(run_ids):
+            break
+        await asyncio.sleep(0.05)
+
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 30)
+    waited = time.monotonic() - sent
+
+    assert code == 0, workers.log("w1")
+    statuses = await _wait_final(starter, run_ids, within=1)
+    assert set(statuses.values()) == {RunStatus.COMPLETED}  # finished by w1 before it left
+    assert waited < 20  # it left as soon as its steps were done, not at the end of the grace
+    assert "stopping: no new work" in workers.log("w1")
+
+
+async def test_steps_left_at_the_end_of_the_grace_period_go_to_another_worker_at_once(
+    starter: Engine, workers: Workers
+) -> None:
+    proc = workers.start("w1", "--grace", "0.5", AGENTMILL_LEASE_SECONDS="60")
+    (run_id,) = await _start_many(starter, SLOW_ONE % 3, 1)
+    for _ in range(200):
+        if any(e["type"] == "step.started" for e in await starter.events(run_id=run_id)):
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 30) == 0, workers.log("w1")
+    workers.start("w2", AGENTMILL_LEASE_SECONDS="60")
+
+    # The lease would last a minute; the step was given back, so w2 starts it at once.
+    statuses = await _wait_final(starter, [run_id], within=30)
+
+    assert statuses[run_id] == RunStatus.COMPLETED
+    log = await starter.db.read(lambda tx: list_events(tx, run_id=run_id))
+    started = [e for e in log if e["type"] == "step.started"]
+    assert len(started) == 2
+    assert not any(e["type"] == "step.lease_expired" for e in log)
+    succeeded = [e for e in log if e["type"] == "step.succeeded"]
+    assert [e["attempt"] for e in succeeded] == [2]
+    assert any(e["type"] == "step.released" for e in log)
+
+
+async def test_workers_recover_when_their_database_connections_are_dropped(
+    starter: Engine, workers: Workers, fresh_pg: str
+) -> None:
+    for name in ("w1", "w2"):
+        workers.start(name, "--concurrency", "30")
+    run_ids = await _start_many(starter, LOAD, 120)
+    await asyncio.sleep(1.0)  # mid-load
+    admin = await asyncpg.connect(fresh_pg)
+    try:
+        for _ in range(3):  # every connection of every worker, three times over
+            dropped = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert dropped > 0
+            await asyncio.sleep(0.7)
+    finally:
+        await admin.close()
+
+    statuses = await _wait_final(starter, run_ids, within=120)
+
+    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
+    assert not failed, [(r.id, r.status, r.error) for r in failed]
+    logged = await _all_events(starter)
+    succeeded = Counter(
+        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
+    )
+    assert set(succeeded.values()) == {1}
+    for name in ("w1", "w2"):
+        assert workers.procs[name].poll() is None, workers.log(name)

@@ -80,3 +80,9 @@ def test_ids_are_prefixed_unique_and_ordered_by_time() -> None:
     assert len(first) == len("run_") + 26
     assert len(set(later)) == 1000
     assert all(first < other for other in later)
+
+
+def test_client_names_are_pinned() -> None:
+    import agentmill.client
+
+    assert set(agentmill.client.__all__) == {"ApiError", "AsyncClient", "Client"}

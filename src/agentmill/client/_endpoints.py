@@ -1,0 +1,436 @@
+"""Every endpoint of the HTTP API, once; the clients execute them (see ``_calls``).
+
+The names and signatures here are the clients' methods.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from agentmill.client._calls import (
+    API,
+    ApiError,
+    Call,
+    Emit,
+    Feed,
+    Flow,
+    Sleep,
+    Stream,
+    UseToken,
+    sse_data,
+)
+
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"})  # no engine import
+
+Source = str | dict[str, Any]
+Time = datetime | str
+
+
+def _obj(answer: Any) -> dict[str, Any]:
+    return dict(answer)
+
+
+def _objs(answer: Any) -> list[dict[str, Any]]:
+    return [dict(item) for item in answer]
+
+
+def _nothing(answer: Any) -> None:
+    return None
+
+
+def _p(value: str) -> str:
+    """An id as one path segment."""
+    return quote(value, safe="")
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    """Query parameters, leaving out the unset ones; times as ISO 8601."""
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def _body(source: Source) -> tuple[bytes, dict[str, str]]:
+    if isinstance(source, dict):
+        return json.dumps(source).encode(), {"Content-Type": "application/json"}
+    return source.encode(), {"Content-Type": "application/yaml"}
+
+
+def _name_of(source: Source) -> str:
+    if isinstance(source, dict) and set(source) != {"source"}:
+        return str(source["name"])
+    from agentmill.domain.validation import load_workflow_text
+
+    return load_workflow_text(source["source"] if isinstance(source, dict) else source).name
+
+
+def _list(values: str | Sequence[str] | None) -> list[str] | None:
+    return [values] if isinstance(values, str) else None if values is None else list(values)
+
+
+# health
+
+
+def health() -> Call[dict[str, Any]]:
+    """The server's health report (the database, the step queue, the embedded worker); also
+    when it answers 503 because one of them is down."""
+    return Call(method="GET", path="/health", shape=_obj, accept=frozenset({503}))
+
+
+# accounts
+
+
+def register(email: str, name: str, password: str) -> Call[dict[str, Any]]:
+    """Create an account; returns the user."""
+    body = {"email": email, "name": name, "password": password}
+    return Call(method="POST", path=f"{API}/auth/register", json=body, shape=_obj)
+
+
+def login(email: str, password: str) -> Flow[str]:
+    """Log in; the client sends the returned access token from now on."""
+    answer = yield Call(
+        method="POST",
+        path=f"{API}/auth/login",
+        json={"email": email, "password": password},
+        shape=_obj,
+    )
+    token = str(answer["access_token"])
+    yield UseToken(token)
+    return token
+
+
+def logout() -> Call[None]:
+    """End the login token this client sends; it stops working at once."""
+    return Call(method="POST", path=f"{API}/auth/logout", shape=_nothing)
+
+
+def me() -> Call[dict[str, Any]]:
+    """The signed-in account."""
+    return Call(method="GET", path=f"{API}/auth/me", shape=_obj)
+
+
+# workspaces and members
+
+
+def create_workspace(name: str) -> Call[dict[str, Any]]:
+    """Create a workspace; you become its owner."""
+    return Call(method="POST", path=f"{API}/workspaces", json={"name": name}, shape=_obj)
+
+
+def workspaces() -> Call[list[dict[str, Any]]]:
+    """Workspaces you are a member of (for an API key: its own)."""
+    return Call(method="GET", path=f"{API}/workspaces", shape=_objs)
+
+
+def workspace(workspace_id: str) -> Call[dict[str, Any]]:
+    """One workspace, with your role in it."""
+    return Call(method="GET", path=f"{API}/workspaces/{_p(workspace_id)}", shape=_obj)
+
+
+def rename_workspace(workspace_id: str, name: str) -> Call[dict[str, Any]]:
+    """Rename a workspace (owners)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}"
+    return Call(method="PATCH", path=path, json={"name": name}, shape=_obj)
+
+
+def delete_workspace(workspace_id: str) -> Call[None]:
+    """Delete a workspace and everything in it (owners)."""
+    return Call(method="DELETE", path=f"{API}/workspaces/{_p(workspace_id)}", shape=_nothing)
+
+
+def members(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """Members of a workspace and their roles."""
+    return Call(method="GET", path=f"{API}/workspaces/{_p(workspace_id)}/members", shape=_objs)
+
+
+def add_member(workspace_id: str, email: str, role: str = "member") -> Call[dict[str, Any]]:
+    """Add a registered user with a role (owner, admin, member or viewer)."""
+    return Call(
+        method="POST",
+        path=f"{API}/workspaces/{_p(workspace_id)}/members",
+        json={"email": email, "role": role},
+        shape=_obj,
+    )
+
+
+def change_member_role(workspace_id: str, user_id: str, role: str) -> Call[None]:
+    """Change a member's role; the last owner cannot be demoted."""
+    return Call(
+        method="PATCH",
+        path=f"{API}/workspaces/{_p(workspace_id)}/members/{_p(user_id)}",
+        json={"role": role},
+        shape=_nothing,
+    )
+
+
+def remove_member(workspace_id: str, user_id: str) -> Call[None]:
+    """Remove a member; the last owner cannot be removed."""
+    return Call(
+        method="DELETE",
+        path=f"{API}/workspaces/{_p(workspace_id)}/members/{_p(user_id)}",
+        shape=_nothing,
+    )
+
+
+# API keys
+
+
+def create_api_key(workspace_id: str, name: str, role: str = "member") -> Call[dict[str, Any]]:
+    """Create a key for a workspace. Its secret, ``key``, is in this answer only."""
+    body = {"workspace_id": workspace_id, "name": name, "role": role}
+    return Call(method="POST", path=f"{API}/api-keys", json=body, shape=_obj)
+
+
+def api_keys(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """A workspace's keys (never their secrets)."""
+    params = {"workspace_id": workspace_id}
+    return Call(method="GET", path=f"{API}/api-keys", params=params, shape=_objs)
+
+
+def revoke_api_key(workspace_id: str, key_id: str) -> Call[None]:
+    """Revoke a key; it stops working at once."""
+    return Call(
+        method="DELETE",
+        path=f"{API}/api-keys/{_p(key_id)}",
+        params={"workspace_id": workspace_id},
+        shape=_nothing,
+    )
+
+
+# workflows
+
+
+def create_workflow(workspace_id: str, source: Source) -> Call[dict[str, Any]]:
+    """Create a workflow from YAML text or a JSON-like dict (409 if its name exists)."""
+    content, headers = _body(source)
+    return Call(
+        method="POST",
+        path=f"{API}/workspaces/{_p(workspace_id)}/workflows",
+        content=content,
+        headers=headers,
+        shape=_obj,
+    )
+
+
+def push_workflow(workspace_id: str, source: Source) -> Flow[dict[str, Any]]:
+    """Create the workflow, or add a version if one with its name exists."""
+    try:
+        created: dict[str, Any] = yield create_workflow(workspace_id, source)
+        return created
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        conflict = exc
+    name = _name_of(source)
+    listed: list[dict[str, Any]] = yield workflows(workspace_id)
+    existing = next((w for w in listed if w["name"] == name), None)
+    if existing is None:  # deleted in between
+        raise conflict
+    updated: dict[str, Any] = yield update_workflow(existing["id"], source)
+    return updated
+
+
+def workflows(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """Workflows in a workspace."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/workflows"
+    return Call(method="GET", path=path, shape=_objs)
+
+
+def workflow(workflow_id: str) -> Call[dict[str, Any]]:
+    """A workflow with its latest spec."""
+    return Call(method="GET", path=f"{API}/workflows/{_p(workflow_id)}", shape=_obj)
+
+
+def update_workflow(workflow_id: str, source: Source) -> Call[dict[str, Any]]:
+    """Save a new version (the name must stay); an identical spec keeps the latest version."""
+    content, headers = _body(source)
+    return Call(
+        method="PUT",
+        path=f"{API}/workflows/{_p(workflow_id)}",
+        content=content,
+        headers=headers,
+        shape=_obj,
+    )
+
+
+def delete_workflow(workflow_id: str) -> Call[None]:
+    """Delete a workflow and its finished runs."""
+    return Call(method="DELETE", path=f"{API}/workflows/{_p(workflow_id)}", shape=_nothing)
+
+
+def versions(workflow_id: str) -> Call[list[dict[str, Any]]]:
+    """Every version of a workflow, oldest first."""
+    return Call(method="GET", path=f"{API}/workflows/{_p(workflow_id)}/versions", shape=_objs)
+
+
+# runs
+
+
+def start_run(
+    workflow_id: str, inputs: dict[str, Any] | None = None, version: int | None = None
+) -> Call[dict[str, Any]]:
+    """Start a run (of the latest version unless ``version`` is given); returns it."""
+    return Call(
+        method="POST",
+        path=f"{API}/workflows/{_p(workflow_id)}/runs",
+        json={"inputs": inputs or {}, "version": version},
+        shape=_obj,
+    )
+
+
+def run(run_id: str) -> Call[dict[str, Any]]:
+    """A run: status, inputs, outputs, error, usage."""
+    return Call(method="GET", path=f"{API}/runs/{_p(run_id)}", shape=_obj)
+
+
+def runs(
+    workspace_id: str,
+    *,
+    status: str | None = None,
+    workflow_id: str | None = None,
+    created_after: Time | None = None,
+    created_before: Time | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Call[dict[str, Any]]:
+    """One page of a workspace's runs, newest first: ``{"runs": [...], "next_cursor": ...}``;
+    pass ``next_cursor`` back as ``cursor`` for the next page."""
+    params = _params(
+        status=status,
+        workflow_id=workflow_id,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit,
+        cursor=cursor,
+    )
+    path = f"{API}/workspaces/{_p(workspace_id)}/runs"
+    return Call(method="GET", path=path, params=params, shape=_obj)
+
+
+def iter_runs(
+    workspace_id: str,
+    *,
+    status: str | None = None,
+    workflow_id: str | None = None,
+    created_after: Time | None = None,
+    created_before: Time | None = None,
+    page_size: int = 50,
+) -> Feed[dict[str, Any]]:
+    """Every matching run, newest first, fetching ``page_size`` at a time."""
+    cursor = None
+    while True:
+        page = yield runs(
+            workspace_id,
+            status=status,
+            workflow_id=workflow_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=page_size,
+            cursor=cursor,
+        )
+        for item in page["runs"]:
+            yield Emit(item)
+        cursor = page["next_cursor"]
+        if not cursor:
+            return
+
+
+def steps(run_id: str) -> Call[list[dict[str, Any]]]:
+    """A run's steps in the order they became ready."""
+    return Call(method="GET", path=f"{API}/runs/{_p(run_id)}/steps", shape=_objs)
+
+
+def metrics(run_id: str) -> Call[dict[str, Any]]:
+    """Tokens, cost and durations of a run, per step and in total."""
+    return Call(method="GET", path=f"{API}/runs/{_p(run_id)}/metrics", shape=_obj)
+
+
+def cancel(run_id: str) -> Call[dict[str, Any]]:
+    """Cancel a run and everything under it; returns the run."""
+    return Call(method="POST", path=f"{API}/runs/{_p(run_id)}/cancel", shape=_obj)
+
+
+def decide(
+    run_id: str,
+    step: str,
+    *,
+    approved: bool,
+    comment: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Call[dict[str, Any]]:
+    """Approve or reject a waiting human step; ``payload`` is merged into its output. Returns
+    the run."""
+    action = "approve" if approved else "reject"
+    return Call(
+        method="POST",
+        path=f"{API}/runs/{_p(run_id)}/steps/{_p(step)}/{action}",
+        json={"comment": comment, "payload": payload or {}},
+        shape=_obj,
+    )
+
+
+def approve(
+    run_id: str, step: str, *, comment: str | None = None, payload: dict[str, Any] | None = None
+) -> Call[dict[str, Any]]:
+    """Approve a waiting human step; the run continues from it."""
+    return decide(run_id, step, approved=True, comment=comment, payload=payload)
+
+
+def reject(
+    run_id: str, step: str, *, comment: str | None = None, payload: dict[str, Any] | None = None
+) -> Call[dict[str, Any]]:
+    """Reject a waiting human step."""
+    return decide(run_id, step, approved=False, comment=comment, payload=payload)
+
+
+def events(
+    run_id: str,
+    *,
+    after: int | None = None,
+    level: str | Sequence[str] | None = None,
+    source: str | Sequence[str] | None = None,
+) -> Feed[dict[str, Any]]:
+    """The run's events (and its sub-runs'), replayed then live, until the run ends.
+
+    ``after`` resumes after that event id (``Last-Event-ID``); ``level`` (info, warning, error)
+    and ``source`` (engine, llm, step) keep only those events.
+    """
+    headers = {"Last-Event-ID": str(after)} if after is not None else None
+    params = _params(level=_list(level), source=_list(source))
+    path = f"{API}/runs/{_p(run_id)}/events"
+    yield Stream(
+        Call(method="GET", path=path, params=params, headers=headers, shape=_nothing), sse_data
+    )
+
+
+def wait(run_id: str, *, timeout: float = 600, poll: float = 0.2) -> Flow[dict[str, Any]]:
+    """Poll until the run ends or waits for a person (or ``timeout`` passes); returns the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current: dict[str, Any] = yield run(run_id)
+        if (
+            current["status"] in FINAL
+            or current["status"] == "WAITING"
+            or time.monotonic() > deadline
+        ):
+            return current
+        yield Sleep(poll)
+
+
+# usage
+
+
+def usage(
+    workspace_id: str, *, since: Time | None = None, until: Time | None = None
+) -> Call[dict[str, Any]]:
+    """Model calls, tokens and cost in ``[since, until)`` (default: the last 30 days), in total,
+    per model and per workflow."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/usage"
+    return Call(method="GET", path=path, params=_params(since=since, until=until), shape=_obj)

@@ -53,5 +53,4 @@ def test_an_api_process_and_a_worker_process_run_a_workflow(
             assert alive["alive"] == 1
             assert alive["processes"][0]["name"] == "w1"
     finally:
-        out = stop(api)
-    assert "serves the API only" in out
+        stop(api)

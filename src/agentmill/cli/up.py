@@ -101,9 +101,9 @@ async def serve(
         console.print(
             f"  POST {url}/api/v1/runs/<run id>/steps/review/approve (try it in {url}/docs)"
         )
-    console.print("Press Ctrl-C to stop.")
     if not workers:
         console.print("this process serves the API only: start `agentmill worker` to run steps")
+    console.print("Press Ctrl-C to stop.")
     app = create_app(settings, database_url=database_url, workers=workers, bind_host=host)
     server = _Server(
         uvicorn.Config(

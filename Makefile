@@ -36,9 +36,10 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-bench: install ## Engine and API benchmarks (SQLite and PostgreSQL)
+bench: install ## Engine, API and distributed benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

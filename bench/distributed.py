@@ -7,7 +7,10 @@
 3. 10,000 runs at once, each waiting on a 1 s scripted call, held by one worker process: wall
    time from the first start to the last finish, and the worker's peak RSS.
 
-    python bench/distributed.py [--runs 300] [--waiting 10000] [--skip-waiting]
+Each measure runs with the database's own queue (``sql``) and with Redis Streams (``redis``).
+
+    python bench/distributed.py [--queue sql|redis|all] [--runs 300] [--waiting 10000]
+                                [--skip-waiting]
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from agentmill.store.migrate import upgrade
 from agentmill.store.models import events
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+QUEUES = {"sql": None, "redis": REDIS_URL}
 PARALLEL = """
 name: bench-parallel
 agents:
@@ -65,9 +70,11 @@ async def drop_database(url: str) -> None:
 
 
 def start_workers(
-    url: str, count: int, concurrency: int, logs: Path
+    url: str, count: int, concurrency: int, logs: Path, queue: str
 ) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "AGENTMILL_DATABASE_URL": url, "AGENTMILL_POLL_INTERVAL": "0.5"}
+    if QUEUES[queue]:
+        env["AGENTMILL_QUEUE_URL"] = str(QUEUES[queue])
     procs = []
     for i in range(count):
         with (logs / f"w{i}.log").open("wb") as log:
@@ -135,14 +142,14 @@ async def with_engine(url: str) -> Engine:
     return Engine(db)
 
 
-async def throughput(workers: int, runs: int, logs: Path) -> float:
+async def throughput(workers: int, runs: int, logs: Path, queue: str) -> float:
     url = await create_database()
     engine = await with_engine(url)
     try:
         version = await engine.register(load_workflow_text(parallel_spec(10)))
         for _ in range(runs):
             await engine.start_run(version, {})
-        procs = start_workers(url, workers, 200, logs)
+        procs = start_workers(url, workers, 200, logs, queue)
         try:
             await wait_finished(engine, runs, within=600)
         finally:
@@ -157,12 +164,12 @@ async def throughput(workers: int, runs: int, logs: Path) -> float:
         await drop_database(url)
 
 
-async def lag(seconds: float, rate: float, logs: Path) -> tuple[float, float, int]:
+async def lag(seconds: float, rate: float, logs: Path, queue: str) -> tuple[float, float, int]:
     url = await create_database()
     engine = await with_engine(url)
     try:
         version = await engine.register(load_workflow_text(parallel_spec(4, latency=0.01)))
-        procs = start_workers(url, 2, 200, logs)
+        procs = start_workers(url, 2, 200, logs, queue)
         try:
             await asyncio.sleep(3)  # the workers are up and idle
             started = 0
@@ -190,14 +197,14 @@ async def lag(seconds: float, rate: float, logs: Path) -> tuple[float, float, in
         await drop_database(url)
 
 
-async def waiting(runs: int, logs: Path) -> tuple[float, float]:
+async def waiting(runs: int, logs: Path, queue: str) -> tuple[float, float]:
     url = await create_database()
     engine = await with_engine(url)
     try:
         version = await engine.register(load_workflow_text(parallel_spec(1, latency=1.0)))
         for _ in range(runs):
             await engine.start_run(version, {})
-        (proc,) = start_workers(url, 1, runs, logs)
+        (proc,) = start_workers(url, 1, runs, logs, queue)
         try:
             await wait_finished(engine, runs, within=600)
             rss = peak_rss_mib(proc.pid)
@@ -217,20 +224,23 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="runs of 10 parallel steps")
     parser.add_argument("--waiting", type=int, default=10_000)
     parser.add_argument("--skip-waiting", action="store_true")
+    parser.add_argument("--queue", choices=["sql", "redis", "all"], default="all")
     args = parser.parse_args()
+    queues = ["sql", "redis"] if args.queue == "all" else [args.queue]
     logs = Path(tempfile.mkdtemp(prefix="agentmill-bench-dist-"))
     print(f"PostgreSQL, `agentmill worker` subprocesses; worker logs in {logs}", flush=True)
     print(f"{'measure':<44} {'value':>12}")
-    for count in (1, 2, 4):
-        rate = await throughput(count, args.runs, logs)
-        print(f"{f'steps/s, {count} worker(s)':<44} {rate:>12.0f}", flush=True)
-    p50, p95, samples = await lag(10, 20, logs)
-    print(f"{'ready→started lag p50 ms':<44} {p50:>12.1f}")
-    print(f"{f'ready→started lag p95 ms ({samples} steps)':<44} {p95:>12.1f}", flush=True)
-    if not args.skip_waiting:
-        wall, rss = await waiting(args.waiting, logs)
-        print(f"{f'{args.waiting} waiting runs, wall s':<44} {wall:>12.2f}")
-        print(f"{f'{args.waiting} waiting runs, worker peak RSS MiB':<44} {rss:>12.0f}")
+    for queue in queues:
+        for count in (1, 2, 4):
+            rate = await throughput(count, args.runs, logs, queue)
+            print(f"{f'{queue}: steps/s, {count} worker(s)':<44} {rate:>12.0f}", flush=True)
+        p50, p95, samples = await lag(10, 20, logs, queue)
+        print(f"{f'{queue}: ready→started lag p50 ms':<44} {p50:>12.1f}")
+        print(f"{f'{queue}: lag p95 ms ({samples} steps)':<44} {p95:>12.1f}", flush=True)
+        if not args.skip_waiting:
+            wall, rss = await waiting(args.waiting, logs, queue)
+            print(f"{f'{queue}: {args.waiting} waiting runs, wall s':<44} {wall:>12.2f}")
+            print(f"{f'{queue}: {args.waiting} waiting, worker peak RSS MiB':<44} {rss:>12.0f}")
     print("targets (DESIGN.md): ≥ 2,000 steps/s with 4 workers; lag p95 ≤ 50 ms;")
     print("                     10,000 waiting runs in ≤ 10 s wall under 1 GiB")
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=0.5, gt=0, description="Seconds between queue polls when no work was signalled."
     )
+    queue_url: str | None = Field(
+        default=None,
+        description="Where workers take steps from: unset (or `sql`) for the database's own "
+        "queue; `redis://host:6379/0` for Redis Streams.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,

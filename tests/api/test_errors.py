@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from agentmill.api.app import create_app
 from agentmill.config import Settings
+from agentmill.errors import ConfigError
+from agentmill.queue import queue_backend
 from agentmill.store.db import Database
 from tests.api.conftest import new_workspace, signup
 
@@ -168,3 +171,29 @@ async def test_metrics_report_the_queue_for_autoscaling(database_url: str) -> No
     assert values["agentmill_queue_in_flight_steps"] == 0
     assert values["agentmill_queue_lag_seconds"] > 0
     assert values["agentmill_workers_alive"] == 0  # an API-only process runs no steps
+
+
+@pytest.mark.parametrize(
+    ("queue_url", "status", "queue"),
+    [("redis://127.0.0.1:6379/0", 200, "ok"), ("redis://127.0.0.1:1/0", 503, "down: ")],
+    ids=["redis-up", "redis-down"],
+)
+async def test_health_reports_the_redis_queue(
+    database_url: str, queue_url: str, status: int, queue: str
+) -> None:
+    settings = Settings(secret_key="test-secret", queue_url=queue_url)
+    api_only = create_app(settings, database_url=database_url, workers=False)
+    async with api_only.router.lifespan_context(api_only):
+        transport = httpx.ASGITransport(app=api_only)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            health = await http.get("/health")
+    assert health.status_code == status
+    assert health.json()["queue"]["backend"] == "redis"
+    assert health.json()["queue"]["status"].startswith(queue)
+
+
+def test_a_queue_url_that_is_no_queue_is_refused_clearly() -> None:
+    with pytest.raises(ConfigError, match="AGENTMILL_QUEUE_URL 'amqp://x' is not a queue"):
+        queue_backend("amqp://x")
+    assert queue_backend(None) == queue_backend("sql") == "sql"
+    assert queue_backend("redis://h:6379/0") == "redis"

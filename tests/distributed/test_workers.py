@@ -6,9 +6,13 @@ A SIGTERM lets in-flight steps finish within the grace period and gives the rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,9 +23,11 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Tx
 from agentmill.store.models import events
 from agentmill.store.queries import list_events
+from tests.cli.test_up import free_port
 from tests.distributed.conftest import Workers
 
 pytestmark = pytest.mark.slow
+REDIS_URL = "redis://127.0.0.1:6379/0"  # each test's stream is named after its own database
 
 LOAD = """
 name: load
@@ -70,9 +76,13 @@ async def _all_events(engine: Engine) -> list[dict[str, object]]:
     return await engine.db.read(read)
 
 
-async def test_runs_survive_a_worker_killed_mid_run(starter: Engine, workers: Workers) -> None:
+@pytest.mark.parametrize("queue", ["sql", "redis"])
+async def test_runs_survive_a_worker_killed_mid_run(
+    starter: Engine, workers: Workers, queue: str
+) -> None:
+    env = {"AGENTMILL_QUEUE_URL": REDIS_URL} if queue == "redis" else {}
     for name in ("w1", "w2", "w3"):
-        workers.start(name, "--concurrency", "40")
+        workers.start(name, "--concurrency", "40", **env)
     run_ids = await _start_many(starter, LOAD, 240)
     # Kill w1 once it holds steps in flight (a slow step takes 0.4 s).
     victim = workers.identity("w1")
@@ -180,6 +190,51 @@ async def test_workers_recover_when_their_database_connections_are_dropped(
         await admin.close()
 
     statuses = await _wait_final(starter, run_ids, within=120)
+
+    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
+    assert not failed, [(r.id, r.status, r.error) for r in failed]
+    logged = await _all_events(starter)
+    succeeded = Counter(
+        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
+    )
+    assert set(succeeded.values()) == {1}
+    for name in ("w1", "w2"):
+        assert workers.procs[name].poll() is None, workers.log(name)
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return server
+        time.sleep(0.05)
+    raise AssertionError("redis-server did not start")
+
+
+async def test_workers_carry_on_when_redis_restarts_and_loses_its_data(
+    starter: Engine, workers: Workers, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = _start_redis(port, tmp_path)
+    queue = {"AGENTMILL_QUEUE_URL": f"redis://127.0.0.1:{port}/0"}
+    try:
+        for name in ("w1", "w2"):
+            workers.start(name, "--concurrency", "30", **queue)
+        run_ids = await _start_many(starter, LOAD, 120)
+        await asyncio.sleep(1.0)  # mid-load
+        server.kill()
+        server.wait(timeout=10)
+        await asyncio.sleep(1.0)
+        server = _start_redis(port, tmp_path)  # empty: every message in it is gone
+
+        statuses = await _wait_final(starter, run_ids, within=120)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
 
     failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
     assert not failed, [(r.id, r.status, r.error) for r in failed]

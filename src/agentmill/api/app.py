@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from redis.asyncio import Redis
 
 from agentmill import __version__
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
@@ -25,6 +26,7 @@ from agentmill.api.routes import (
 )
 from agentmill.config import Settings, get_settings
 from agentmill.engine.engine import Engine
+from agentmill.queue import queue_backend
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 
@@ -60,12 +62,21 @@ def create_app(
         stop = asyncio.Event()
         worker = asyncio.create_task(engine.worker(name="embedded").run(stop)) if workers else None
         app.state.worker = worker
+        # Only for /health: workers talk to the Redis queue, the API does not.
+        redis = (
+            Redis.from_url(settings.queue_url)
+            if settings.queue_url and queue_backend(settings.queue_url) == "redis"
+            else None
+        )
+        app.state.redis = redis
         try:
             yield
         finally:
             stop.set()
             if worker is not None:
                 await worker
+            if redis is not None:
+                await redis.aclose()
             await db.close()
 
     app = FastAPI(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport
+from agentmill.queue import StepQueue, open_queue
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
 from agentmill.store.repositories import workers
@@ -58,6 +59,13 @@ class Worker:
         self.poll_interval = poll_interval
         self.grace_seconds = grace_seconds
         self._hurry = asyncio.Event()
+        self.queue: StepQueue = open_queue(
+            engine.settings.queue_url,
+            engine,
+            owner=self.owner,
+            free=lambda: self.concurrency - len(self._tasks),
+            root_run_id=root_run_id,
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._claims: dict[str, Claim] = {}
         self._lost: set[str] = set()
@@ -80,6 +88,7 @@ class Worker:
         ``grace_seconds`` to finish, cancel the rest and give their leases back."""
         if self.root_run_id is None:  # a shared worker reports in (a CLI run's does not)
             await self._report(register=True)
+        await self.queue.start(self._wake.set)
         unsubscribe_local = self.engine.db.subscribe(self._on_events)
         unsubscribe_remote = self.engine.db.subscribe_remote(self._on_remote)
         self._unsubscribe = lambda: (unsubscribe_local(), unsubscribe_remote())
@@ -131,6 +140,7 @@ class Worker:
             await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
             heartbeat.cancel()
             await self._shutdown()
+            await self.queue.close()
             if self.root_run_id is None:
                 await self._report(stopped=True)
 
@@ -167,7 +177,7 @@ class Worker:
                     name=self.name,
                     host=host,
                     pid=int(pid),
-                    queue="sql",
+                    queue=self.queue.name,
                     concurrency=self.concurrency,
                 )
             else:
@@ -191,6 +201,7 @@ class Worker:
                 await self.engine.db.write(
                     lambda tx: self.engine.transitions.release(tx, owner=self.owner, step_ids=ids)
                 )
+            await self.queue.done(ids)  # given back: the queue carries them again
 
     def _spawn(self, claim: Claim) -> None:
         task = asyncio.create_task(self._execute(claim), name=f"step:{claim.step_key}")
@@ -211,13 +222,16 @@ class Worker:
         compiled = await engine.compiled(claim.version_id, claim.spec_path)
         report = await execute(claim, compiled, engine.gateway)
         if claim.step_id in self._lost:
+            await self.queue.done([claim.step_id])
             return
         capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
         try:
             claims = await self._record(claim, report, capacity)
         except StaleClaim as exc:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
+            await self.queue.done([claim.step_id])
             return
+        await self.queue.done([claim.step_id])
         for next_claim in claims:
             self._spawn(next_claim)
 
@@ -287,12 +301,7 @@ class Worker:
         )
 
     async def _claim(self, limit: int) -> list[Claim]:
-        def claim(tx: Tx) -> list[Claim]:
-            return self.engine.transitions.claim(
-                tx, owner=self.owner, limit=limit, root_run_id=self.root_run_id
-            )
-
-        return await self.engine.db.write(claim)
+        return await self.queue.take(limit)
 
     async def _extend(self, step_ids: list[str]) -> set[str]:
         def extend(tx: Tx) -> set[str]:
@@ -314,6 +323,7 @@ class Worker:
             except Exception:
                 log.exception("heartbeat failed; will retry")
                 continue
+            await self.queue.keep_alive(set(ids) - lost)
             for step_id in lost:
                 task = self._tasks.get(step_id)
                 if task is not None:

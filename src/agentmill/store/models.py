@@ -193,6 +193,9 @@ class Step(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     available_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # When the Redis queue last carried this step; it is due again once ``available_at`` is
+    # later (a retry, a release) or the message looks lost (see queue/redis_streams.py).
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     input: Mapped[Any] = mapped_column(JsonValue, nullable=True)
     output: Mapped[Any] = mapped_column(JsonValue, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)

@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
 
 from agentmill.api.deps import DbDep
 from agentmill.observability.metrics import CONTENT_TYPE, render
+from agentmill.queue import queue_backend
 from agentmill.store.queries import queue_stats
 from agentmill.store.repositories.workers import WorkerRecord, list_workers
 
@@ -32,11 +34,14 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
             {"status": "unavailable", "database": down, "queue": down, "worker": worker},
             status_code=503,
         )
-    ok = worker != "stopped"
+    settings = request.app.state.settings
+    backend = queue_backend(settings.queue_url)
+    queue_status = await _ping(request.app.state.redis) if backend == "redis" else "ok"
+    ok = worker != "stopped" and queue_status == "ok"
     body: dict[str, object] = {
         "status": "ok" if ok else "unavailable",
         "database": "ok",
-        "queue": {"status": "ok", "backend": "sql", **asdict(stats)},
+        "queue": {"status": queue_status, "backend": backend, **asdict(stats)},
         "worker": worker,
         "workers": _liveness(processes, request.app.state.settings.lease_seconds),
     }
@@ -62,6 +67,14 @@ def _liveness(processes: list[WorkerRecord], lease_seconds: float) -> dict[str, 
             }
         )
     return {"alive": sum(p["state"] == "alive" for p in listed), "processes": listed}
+
+
+async def _ping(client: Redis) -> str:
+    try:
+        await asyncio.wait_for(client.ping(), timeout=2)
+    except Exception as exc:  # unreachable, refused, timed out: the queue is down
+        return f"down: {type(exc).__name__}"
+    return "ok"
 
 
 def _worker_state(task: asyncio.Task[None] | None) -> str:

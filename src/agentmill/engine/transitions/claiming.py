@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, or_, select, update
 
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.claims import Claim, owner_is_dead
@@ -20,6 +21,20 @@ from agentmill.store.models import runs, steps
 from agentmill.store.notify import STEPS_CHANNEL
 
 
+def _claimable(now: datetime) -> tuple[Select[Any], Select[Any]]:
+    """Steps that may start at ``now``: ready and due; and held under a lease that expired."""
+    ready = select(steps.c.id).where(
+        steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
+        steps.c.available_at <= now,
+    )
+    expired = select(steps.c.id, steps.c.attempt, steps.c.failures, steps.c.lease_owner).where(
+        steps.c.status == StepStatus.RUNNING,
+        steps.c.lease_expires_at.is_not(None),
+        steps.c.lease_expires_at < now,
+    )
+    return ready, expired
+
+
 class ClaimTransitions(TransitionsBase):
     """Leasing ready steps to workers."""
 
@@ -29,21 +44,33 @@ class ClaimTransitions(TransitionsBase):
         """Lease up to ``limit`` ready steps: queued, due for retry, or whose lease expired."""
         if limit <= 0:
             return []
-        ready = select(steps.c.id).where(
-            steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
-            steps.c.available_at <= tx.now,
-        )
-        expired = select(steps.c.id, steps.c.attempt, steps.c.failures, steps.c.lease_owner).where(
-            steps.c.status == StepStatus.RUNNING,
-            steps.c.lease_expires_at.is_not(None),
-            steps.c.lease_expires_at < tx.now,
-        )
+        ready, expired = _claimable(tx.now)
         if root_run_id:
             ready = ready.where(steps.c.root_run_id == root_run_id)
             expired = expired.where(steps.c.root_run_id == root_run_id)
-        ready = ready.order_by(steps.c.available_at).limit(limit)
-        expired = expired.limit(limit)
-        if tx.is_postgres:
+        return self._take(
+            tx, owner, ready.order_by(steps.c.available_at).limit(limit), expired, limit
+        )
+
+    def claim_ids(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> list[Claim]:
+        """Lease these steps (a queue delivered their ids) if they may start now: ready and
+        due, or held under a lease that expired. Any other is left as it is."""
+        ids = sorted(set(step_ids))
+        if not ids:
+            return []
+        ready, expired = _claimable(tx.now)
+        return self._take(
+            tx,
+            owner,
+            ready.where(steps.c.id.in_(ids)),
+            expired.where(steps.c.id.in_(ids)),
+            len(ids),
+        )
+
+    def _take(
+        self, tx: Tx, owner: str, ready: Select[Any], expired: Select[Any], limit: int
+    ) -> list[Claim]:
+        if tx.is_postgres:  # another worker's claim in flight skips, it does not wait
             ready = ready.with_for_update(skip_locked=True)
             expired = expired.with_for_update(skip_locked=True)
         ids = list(tx.conn.scalars(ready))
@@ -61,6 +88,35 @@ class ClaimTransitions(TransitionsBase):
         claims = self._lease(tx, ids, owner, lost)
         self._write_events(tx)
         return claims
+
+    def to_publish(self, tx: Tx, *, limit: int, redeliver_after: float | None = None) -> list[str]:
+        """Ready steps a message queue has not carried since they became ready (new, retried,
+        given back), marked as carried now. With ``redeliver_after`` (seconds), also the ones
+        whose message may have been lost: still ready that long after it was sent, or held
+        under a lease that expired since (a worker died and no one took its message over)."""
+        unsent = or_(steps.c.published_at.is_(None), steps.c.published_at < steps.c.available_at)
+        if redeliver_after is not None:
+            stale = tx.now - timedelta(seconds=redeliver_after)
+            unsent = or_(unsent, steps.c.published_at < stale)
+        ready, expired = _claimable(tx.now)
+        due = ready.where(unsent).order_by(steps.c.available_at).limit(limit)
+        if tx.is_postgres:  # two relays never send the same rows at once
+            due = due.with_for_update(skip_locked=True)
+        ids = list(tx.conn.scalars(due))
+        if redeliver_after is not None and len(ids) < limit:
+            orphaned = expired.where(
+                or_(
+                    steps.c.published_at.is_(None),
+                    steps.c.published_at < steps.c.lease_expires_at,
+                ),
+                steps.c.lease_expires_at < tx.now - timedelta(seconds=redeliver_after),
+            ).limit(limit - len(ids))
+            if tx.is_postgres:
+                orphaned = orphaned.with_for_update(skip_locked=True)
+            ids += [row.id for row in tx.conn.execute(orphaned)]
+        if ids:
+            tx.conn.execute(update(steps).where(steps.c.id.in_(ids)).values(published_at=tx.now))
+        return ids
 
     def heartbeat(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> set[str]:
         """Extend our leases; returns the ids we no longer hold (cancelled or taken over)."""

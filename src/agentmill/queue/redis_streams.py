@@ -1,0 +1,255 @@
+"""Redis Streams as the step queue (``AGENTMILL_QUEUE_URL=redis://host:6379/0``).
+
+One stream per database (``agentmill:<database>:steps``) with one consumer group, ``workers``;
+each message carries a step id.
+
+* **Publishing (an outbox).** A step becomes ready in the transaction that records it; a relay
+  in every worker then marks ready steps as sent (``steps.published_at``, ``FOR UPDATE SKIP
+  LOCKED``, committed) and ``XADD``s them. A crash between the two cannot lose a step: a step
+  still ready long after it was sent is sent again. A rolled-back step is never sent, because
+  the relay reads only committed rows. A retry or a step given back becomes due again by itself
+  (its ``available_at`` moves past ``published_at``). The relay wakes on this process's commits,
+  on other processes' ``NOTIFY``, when a retry falls due, and every poll interval.
+* **Delivery.** ``XREADGROUP`` reads only as many messages as the worker has free slots; the
+  worker then claims those steps in the database. A message whose step cannot start (finished,
+  cancelled, already running elsewhere) is acknowledged and dropped; a claimed one stays pending
+  until the step's result is recorded, and its idle time is reset with every lease heartbeat.
+* **Dead workers.** ``XAUTOCLAIM`` takes over messages idle for longer than a lease: their
+  worker stopped heartbeating, so their steps' leases have expired and the claim takes them
+  over. A step whose message is gone (trimmed, or Redis restarted without its data) and whose
+  lease expired is sent again by the relay.
+* **Redis down.** Reads, acknowledgements and sends back off and retry; nothing is lost because
+  the database still says which steps are ready, and the relay sends them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as redis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.engine import make_url
+
+from agentmill.engine.claims import Claim
+from agentmill.store.db import Tx
+from agentmill.store.notify import STEPS_CHANNEL
+
+if TYPE_CHECKING:
+    from agentmill.engine.engine import Engine
+
+log = structlog.get_logger("agentmill.queue")
+
+GROUP = "workers"
+PUBLISH_BATCH = 500
+MAX_LENGTH = 1_000_000  # approximate trim; a trimmed unread message is sent again (see above)
+
+
+def stream_name(database_url: str) -> str:
+    """One stream per database, so deployments can share a Redis server."""
+    database = make_url(database_url).database or "agentmill"
+    return f"agentmill:{Path(database).name}:steps"
+
+
+class RedisQueue:
+    name = "redis"
+
+    def __init__(self, url: str, engine: Engine, *, owner: str, free: Callable[[], int]) -> None:
+        self._redis = redis.from_url(url, decode_responses=True, health_check_interval=10)
+        self._engine = engine
+        self._owner = owner
+        self._free = free
+        self._stream = stream_name(engine.db.url)
+        lease = engine.settings.lease_seconds
+        self._idle_ms = int(lease * 1000)  # a message idle this long lost its worker
+        self._redeliver_after = max(5.0, 2 * lease)
+        self._poll = engine.settings.poll_interval
+        self._buffer: list[tuple[str, str]] = []  # (message id, step id), read but not taken
+        self._messages: dict[str, list[str]] = {}  # step id -> its pending message ids
+        self._relay_wake = asyncio.Event()
+        self._wake: Callable[[], None] = lambda: None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: list[Callable[[], object]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._next_sweep = 0.0  # loop time of the next look for lost messages
+        self._group_ready = False
+
+    # ------------------------------------------------------------------ the worker's side
+
+    async def start(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._unsubscribe = [
+            self._engine.db.subscribe(self._on_local_events),
+            self._engine.db.subscribe_remote(self._on_remote),
+        ]
+        for name, loop in (
+            ("read", self._read_loop),
+            ("relay", self._relay_loop),
+            ("reclaim", self._reclaim_loop),
+        ):
+            self._tasks.append(asyncio.create_task(self._forever(name, loop)))
+
+    async def take(self, limit: int) -> list[Claim]:
+        batch, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        if not batch:
+            return []
+        transitions = self._engine.transitions
+        wanted = [step_id for _, step_id in batch]
+
+        def claim(tx: Tx) -> list[Claim]:
+            return transitions.claim_ids(tx, owner=self._owner, step_ids=wanted)
+
+        claims = await self._engine.db.write(claim)
+        claimed = {c.step_id for c in claims}
+        drop = []
+        for message_id, step_id in batch:
+            if step_id in claimed:
+                self._messages.setdefault(step_id, []).append(message_id)
+            else:  # finished, cancelled, running elsewhere, or a duplicate
+                drop.append(message_id)
+        await self._ack(drop)
+        return claims
+
+    async def done(self, step_ids: Iterable[str]) -> None:
+        await self._ack([m for step_id in step_ids for m in self._messages.pop(step_id, [])])
+
+    async def keep_alive(self, step_ids: Iterable[str]) -> None:
+        ids = [m for step_id in step_ids for m in self._messages.get(step_id, [])]
+        if ids:
+            with contextlib.suppress(RedisError, OSError):  # the next heartbeat tries again
+                # Resets their idle time: no one takes them over while we run them.
+                await self._redis.xclaim(
+                    self._stream, GROUP, self._owner, 0, list[Any](ids), justid=True
+                )
+
+    async def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
+
+    # ------------------------------------------------------------------ loops
+
+    async def _forever(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await loop()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis or the database unreachable: back off, go on
+                failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                log.warning(f"queue {name} failed; retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+
+    async def _read_loop(self) -> None:
+        room = self._free() - len(self._buffer)
+        if room <= 0:
+            await asyncio.sleep(0.02)
+            return
+        try:
+            answer = await self._redis.xreadgroup(
+                GROUP, self._owner, {self._stream: ">"}, count=room, block=1000
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # Redis restarted without its data
+            await self._ensure_group()
+            return
+        streams: Any = answer or []  # RESP2: [[stream, entries]]; RESP3: {stream: entries}
+        batches = streams.values() if isinstance(streams, dict) else (e for _, e in streams)
+        self._receive(entry for entries in batches for entry in entries)
+
+    async def _reclaim_loop(self) -> None:
+        await asyncio.sleep(self._idle_ms / 2000)
+        room = self._free() - len(self._buffer)
+        if room <= 0:
+            return
+        _, entries, _deleted = await self._redis.xautoclaim(
+            self._stream, GROUP, self._owner, self._idle_ms, "0-0", count=room
+        )
+        if entries:
+            log.info("took over messages of a silent worker", messages=len(entries))
+        self._receive(entries)
+
+    def _receive(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        received = [(mid, fields["step"]) for mid, fields in entries if fields and "step" in fields]
+        if received:
+            self._buffer.extend(received)
+            self._wake()
+
+    async def _relay_loop(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._relay_wake.wait(), timeout=self._poll)
+        self._relay_wake.clear()
+        await self._ensure_group()
+        loop = asyncio.get_running_loop()
+        sweep = loop.time() >= self._next_sweep
+        if sweep:
+            self._next_sweep = loop.time() + self._redeliver_after / 2
+        transitions = self._engine.transitions
+        redeliver = self._redeliver_after if sweep else None
+        while True:
+            ids = await self._engine.db.write(
+                lambda tx: transitions.to_publish(
+                    tx, limit=PUBLISH_BATCH, redeliver_after=redeliver
+                )
+            )
+            if ids:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for step_id in ids:
+                        pipe.xadd(self._stream, {"step": step_id}, maxlen=MAX_LENGTH)
+                    await pipe.execute()
+            if len(ids) < PUBLISH_BATCH:
+                return
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _ack(self, message_ids: list[str]) -> None:
+        if message_ids:
+            # A lost acknowledgement is harmless: the message is taken over later, its step
+            # is found finished, and it is acknowledged then.
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.xack(self._stream, GROUP, *message_ids)
+
+    # ------------------------------------------------------------------ relay wake-ups
+
+    def _on_local_events(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            kind = event["type"]
+            if kind in ("step.queued", "step.released"):
+                self._relay_wake.set()
+            elif kind == "step.retrying":
+                self._relay_later(float(event["data"].get("delay", 0)))
+
+    def _on_remote(self, channel: str, payload: str) -> None:
+        if channel == STEPS_CHANNEL:
+            self._relay_later(float(payload or 0))
+
+    def _relay_later(self, delay: float) -> None:
+        if delay <= 0:
+            self._relay_wake.set()
+            return
+        self._timers = [t for t in self._timers if not t.cancelled()]
+        self._timers.append(
+            asyncio.get_running_loop().call_later(delay + 0.001, self._relay_wake.set)
+        )

@@ -1,0 +1,156 @@
+"""The Redis Streams queue (real Redis, real PostgreSQL): steps go out through the outbox,
+come back through the consumer group, and a duplicate, lost or orphaned message changes
+nothing but is made good."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as redis
+from sqlalchemy import update
+
+from agentmill.config import Settings
+from agentmill.domain.states import RunStatus
+from agentmill.domain.validation import load_workflow_text
+from agentmill.engine.engine import Engine
+from agentmill.queue.redis_streams import GROUP, stream_name
+from agentmill.store.db import Database
+from agentmill.store.models import steps
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FLOW = """
+name: fan
+agents:
+  m: {model: scripted/m, options: {reply: ok, latency: 0.01}}
+  flaky: {model: scripted/f, options: {reply: ok, fail_attempts: 1}}
+steps:
+  - {id: a, agent: m, prompt: a}
+  - {id: b, agent: flaky, prompt: b, retry: {max_attempts: 3, backoff: 0.05}}
+  - {id: c, agent: m, prompt: c, needs: [a, b]}
+"""
+
+
+@pytest.fixture
+async def engines(fresh_pg: str) -> AsyncIterator[list[Engine]]:
+    """Two engines (as two worker processes would have) using the Redis queue."""
+    settings = Settings(queue_url=REDIS_URL, lease_seconds=2, poll_interval=0.2)
+    databases = [Database(fresh_pg), Database(fresh_pg)]
+    for db in databases:
+        await db.start()
+    yield [Engine(db, settings=settings) for db in databases]
+    for db in databases:
+        await db.close()
+    client = redis.from_url(REDIS_URL)
+    await client.delete(stream_name(fresh_pg))
+    await client.aclose()
+
+
+async def _run_all(engines: list[Engine], count: int) -> list[str]:
+    version = await engines[0].register(load_workflow_text(FLOW))
+    run_ids = [await engines[0].start_run(version, {}) for _ in range(count)]
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(e.worker(name=f"w{i}").run(stop)) for i, e in enumerate(engines)]
+    try:
+        for _ in range(600):
+            runs = [await engines[0].get_run(r) for r in run_ids]
+            if all(r.status.is_final for r in runs):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert {r.status for r in runs} == {RunStatus.COMPLETED}
+    return run_ids
+
+
+async def _pending(fresh_pg: str) -> int:
+    client = redis.from_url(REDIS_URL)
+    try:
+        return int((await client.xpending(stream_name(fresh_pg), GROUP))["pending"])
+    finally:
+        await client.aclose()
+
+
+async def test_runs_complete_through_the_stream_and_every_message_is_acknowledged(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    run_ids = await _run_all(engines, 20)
+
+    log = await engines[0].events()
+    succeeded = Counter((e["run_id"], e["step_key"]) for e in log if e["type"] == "step.succeeded")
+    assert len(succeeded) == 3 * len(run_ids)
+    assert set(succeeded.values()) == {1}
+    client = redis.from_url(REDIS_URL)
+    try:
+        sent = await client.xlen(stream_name(fresh_pg))
+    finally:
+        await client.aclose()
+    # a and b of every run, and b again after its retry, went through Redis
+    assert sent >= 3 * len(run_ids)
+    assert await _pending(fresh_pg) == 0
+    owners = {w["queue"] for w in await engines[0].db.read(_workers)}
+    assert owners == {"redis"}
+
+
+def _workers(tx: object) -> list[dict[str, object]]:
+    from sqlalchemy import select
+
+    from agentmill.store.models import worker_processes
+
+    return [dict(r._mapping) for r in tx.conn.execute(select(worker_processes))]  # type: ignore[attr-defined]
+
+
+async def test_a_duplicate_message_for_a_finished_step_changes_nothing(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    (run_id,) = await _run_all(engines, 1)
+    before = await engines[0].events(run_id=run_id)
+    step_ids = [s.id for s in await engines[0].steps(run_id)]
+    client = redis.from_url(REDIS_URL)
+    try:
+        for step_id in step_ids:
+            await client.xadd(stream_name(fresh_pg), {"step": step_id})
+    finally:
+        await client.aclose()
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(engines[1].worker(name="late").run(stop))
+    for _ in range(100):
+        if await _pending(fresh_pg) == 0:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await worker
+
+    assert await engines[0].events(run_id=run_id) == before
+    assert await _pending(fresh_pg) == 0  # read, found finished, acknowledged
+
+
+async def test_a_step_whose_message_was_lost_is_sent_again(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    version = await engines[0].register(load_workflow_text(FLOW))
+    run_id = await engines[0].start_run(version, {})
+    # As if a relay had sent the ready steps and Redis then lost them.
+    await engines[0].db.write(
+        lambda tx: tx.conn.execute(
+            update(steps).values(published_at=tx.now - timedelta(minutes=10))
+        )
+    )
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(engines[1].worker(name="w").run(stop))
+    try:
+        for _ in range(200):
+            if (await engines[0].get_run(run_id)).status.is_final:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await worker
+    assert (await engines[0].get_run(run_id)).status == RunStatus.COMPLETED

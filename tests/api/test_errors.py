@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from agentmill.api.app import create_app
 from agentmill.config import Settings
 from agentmill.store.db import Database
 from tests.api.conftest import new_workspace, signup
+
+
+@pytest.fixture
+def database_url(own_database_url: str) -> str:
+    """/health counts the whole step queue, so each test here has a database of its own
+    (other tests' runs stay in the session's PostgreSQL database)."""
+    return own_database_url
 
 
 async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient) -> None:

@@ -174,6 +174,18 @@ class Client:
             self._call("POST", f"/runs/{run_id}/steps/{step}/{action}", json={"comment": comment})
         )
 
+    # dead letters
+    def dead_letters(
+        self, workspace_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """Steps that failed for good, newest first: ``{"dead_letters": […], "next_cursor"}``."""
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return dict(self._call("GET", f"/workspaces/{workspace_id}/dead-letters", params=params))
+
+    def redrive(self, step_id: str) -> dict[str, Any]:
+        """Run a dead letter again; returns its root run, which continues from that step."""
+        return dict(self._call("POST", f"/dead-letters/{step_id}/redrive"))
+
     def events(self, run_id: str, *, after: int | None = None) -> Iterator[dict[str, Any]]:
         """The run's events, replayed then live, until the run ends."""
         headers = {"Last-Event-ID": str(after)} if after else {}
@@ -265,6 +277,17 @@ class AsyncClient:
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         return dict(await self._call("POST", f"/runs/{run_id}/cancel"))
+
+    async def dead_letters(
+        self, workspace_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return dict(
+            await self._call("GET", f"/workspaces/{workspace_id}/dead-letters", params=params)
+        )
+
+    async def redrive(self, step_id: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/dead-letters/{step_id}/redrive"))
 
     async def events(
         self, run_id: str, *, after: int | None = None

@@ -14,6 +14,7 @@ from agentmill.api.errors import BodySizeLimit, install_error_handlers
 from agentmill.api.routes import (
     api_keys,
     auth,
+    dead_letters,
     events,
     health,
     home,
@@ -76,7 +77,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, workspaces, api_keys, workflows, runs, events, streams, usage):
+    modules = (auth, workspaces, api_keys, workflows, runs, events, streams, usage, dead_letters)
+    for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

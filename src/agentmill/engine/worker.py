@@ -228,7 +228,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for event in events:
             kind = event["type"]
-            if kind == "step.queued":
+            if kind in ("step.queued", "step.redriven"):
                 self._wake.set()
             elif kind == "step.retrying":
                 delay = float(event["data"].get("delay", 0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -30,9 +31,9 @@ def _pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
-@pytest.fixture(scope="session")
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test session, migrated to head."""
+@asynccontextmanager
+async def _new_pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, migrated to head, dropped afterwards."""
     name = f"agentmill_test_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
@@ -40,13 +41,22 @@ async def pg_database() -> AsyncIterator[str]:
     finally:
         await admin.close()
     url = _pg_url(name)
-    await upgrade(Database(url))
-    yield url
-    admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await upgrade(Database(url))
+        yield url
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    async with _new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -63,6 +73,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return url
     url: str = request.getfixturevalue("pg_database")
     return url
+
+
+@pytest.fixture(params=BACKENDS)
+async def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Like ``database_url``, but on PostgreSQL a database of this test's own rather than the
+    session's: for tests that count rows across the whole database (the step queue)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'agentmill.db'}"
+        await upgrade(Database(url))
+        yield url
+        return
+    async with _new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

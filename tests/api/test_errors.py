@@ -16,6 +16,13 @@ from agentmill.store.db import Database
 from tests.api.conftest import new_workspace, signup
 
 
+@pytest.fixture
+def database_url(own_database_url: str) -> str:
+    """/health counts the whole step queue, so each test here has a database of its own
+    (other tests' runs stay in the session's PostgreSQL database)."""
+    return own_database_url
+
+
 async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient) -> None:
     missing = await client.get("/api/v1/nothing-here")
     assert missing.status_code == 404

@@ -74,11 +74,20 @@ ENDPOINTS = [
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/approve", Permission.RUN_APPROVE, {}),
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/reject", Permission.RUN_APPROVE, {}),
     Endpoint("GET", "/api/v1/workspaces/{ws}/usage", Permission.USAGE_READ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/dead-letters", Permission.WORKFLOW_READ),
+    Endpoint("POST", "/api/v1/dead-letters/{dead_letter}/redrive", Permission.WORKFLOW_EXECUTE),
 ]
 COVERED = {e.permission for e in ENDPOINTS}
 GATE = {
     "name": "gate",
     "steps": [{"id": "gate", "type": "human"}, {"id": "after", "needs": ["gate"], "value": 1}],
+}
+FAILS_ONCE = {
+    "name": "fails-once",
+    "agents": {
+        "m": {"model": "scripted/m", "options": {"fail_attempts": 1, "fail_with": "bad_request"}}
+    },
+    "steps": [{"id": "call", "agent": "m", "prompt": "x"}],
 }
 
 
@@ -117,6 +126,27 @@ async def _waiting_run(client: httpx.AsyncClient, owner: Account, ws: str) -> tu
     return workflow["id"], run["id"]
 
 
+async def _dead_letter(client: httpx.AsyncClient, owner: Account, ws: str) -> str:
+    """A run that failed, and the id of its failed step."""
+    workflow = (
+        await client.post(
+            f"/api/v1/workspaces/{ws}/workflows", json=FAILS_ONCE, headers=owner.headers
+        )
+    ).json()
+    run = (
+        await client.post(
+            f"/api/v1/workflows/{workflow['id']}/runs", json={}, headers=owner.headers
+        )
+    ).json()
+    for _ in range(200):
+        run = (await client.get(f"/api/v1/runs/{run['id']}", headers=owner.headers)).json()
+        if run["status"] == "FAILED":
+            break
+        await asyncio.sleep(0.02)
+    steps = (await client.get(f"/api/v1/runs/{run['id']}/steps", headers=owner.headers)).json()
+    return str(steps[0]["id"])
+
+
 async def _workspace_with(client: httpx.AsyncClient, role: Role) -> tuple[Account, Account, str]:
     owner = await signup(client, "Owner")
     ws = await new_workspace(client, owner)
@@ -144,6 +174,8 @@ async def test_each_role_may_do_exactly_what_the_table_says(
         names["workflow"], names["run"] = await _waiting_run(client, owner, ws)
         if endpoint.method == "DELETE":  # a workflow with unfinished runs cannot be deleted
             await client.post(f"/api/v1/runs/{names['run']}/cancel", headers=owner.headers)
+    if "{dead_letter}" in endpoint.path:
+        names["dead_letter"] = await _dead_letter(client, owner, ws)
 
     response = await client.request(
         endpoint.method,
@@ -169,6 +201,8 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     await new_workspace(client, intruder, "Mine")
     names = {"ws": theirs, "other": intruder.email}
     names["workflow"], names["run"] = await _waiting_run(client, victim, theirs)
+    if "{dead_letter}" in endpoint.path:
+        names["dead_letter"] = await _dead_letter(client, victim, theirs)
 
     response = await client.request(
         endpoint.method,
@@ -188,7 +222,13 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     workflows = (
         await client.get(f"/api/v1/workspaces/{theirs}/workflows", headers=victim.headers)
     ).json()
-    assert [(w["name"], w["latest_version"]) for w in workflows] == [("gate", 1)]
+    expected = {("gate", 1), ("fails-once", 1)} if "dead_letter" in names else {("gate", 1)}
+    assert {(w["name"], w["latest_version"]) for w in workflows} == expected
+    if "dead_letter" in names:  # not re-driven by the intruder
+        letters = await client.get(
+            f"/api/v1/workspaces/{theirs}/dead-letters", headers=victim.headers
+        )
+        assert [d["step_id"] for d in letters.json()["dead_letters"]] == [names["dead_letter"]]
 
 
 async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> None:

@@ -15,6 +15,7 @@ from agentmill.api.errors import BodySizeLimit, install_error_handlers
 from agentmill.api.routes import (
     api_keys,
     auth,
+    dead_letters,
     events,
     health,
     home,
@@ -88,7 +89,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    for module in (auth, workspaces, api_keys, workflows, runs, events, streams, usage):
+    modules = (auth, workspaces, api_keys, workflows, runs, events, streams, usage, dead_letters)
+    for module in modules:
         app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
     app.include_router(health.router)
     app.include_router(home.router)

@@ -49,6 +49,11 @@ class Principal:
     key_id: str | None = None
     user_id: str = ""
 
+    @property
+    def who(self) -> str:
+        """How the caller is named in a run's events (who cancelled, approved, re-drove)."""
+        return self.user.email if self.user else f"API key {self.key_id}"
+
 
 async def authenticate(db: Database, settings: Settings, secret: str) -> Principal:
     """Who ``secret`` (an API key or a login access token) belongs to; NotAuthenticated if no one."""

@@ -26,13 +26,15 @@ async def follow(
 ) -> AsyncGenerator[dict[str, Any] | None]:
     """Events ``fetch(tx, after)`` returns, as they commit, in id order. Wakes on this
     process's commits and polls for other processes'. Yields None after each idle wait (a
-    caller's chance to send a keep-alive or notice its client left), and ends after the final
-    event of ``until_run``."""
+    caller's chance to send a keep-alive or notice its client left), and ends once the log
+    holds nothing after the final event of ``until_run`` (the events its end wrote, such as the
+    steps it cancelled, come first; a run that was re-driven goes on with ``run.resumed``)."""
     wake = asyncio.Event()
     unsubscribe_local = db.subscribe(lambda _events: wake.set())
     unsubscribe_remote = db.subscribe_remote(
         lambda channel, _root: wake.set() if channel == EVENTS_CHANNEL else None
     )
+    ended = False
     try:
         while True:
             wake.clear()
@@ -40,10 +42,15 @@ async def follow(
             for event in batch:
                 after = event["id"]
                 yield event
-                if until_run and event["run_id"] == until_run and event["type"] in FINAL_RUN_EVENTS:
-                    return
+                if until_run and event["run_id"] == until_run:
+                    if event["type"] in FINAL_RUN_EVENTS:
+                        ended = True
+                    elif event["type"] == "run.resumed":
+                        ended = False
             if batch:
                 continue  # there may be more right away
+            if ended:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=POLL_SECONDS)
             yield None

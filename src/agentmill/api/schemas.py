@@ -164,6 +164,30 @@ class StepPublic(BaseModel):
     finished_at: datetime | None
 
 
+class DeadLetterPublic(BaseModel):
+    step_id: str
+    run_id: str = Field(description="The step's run: a sub-run for a step of a sub-workflow.")
+    root_run_id: str
+    workflow: str
+    workflow_id: str
+    step_key: str = Field(description="`each[2]` for a map's item.")
+    kind: str
+    attempts: int
+    error: str | None = Field(description="The last attempt's error.")
+    failed_at: datetime
+    redrivable: bool = Field(
+        description="False when the run went on past the failure (`on_failure: continue`): "
+        "the steps after it already ran, and are not run again."
+    )
+
+
+class DeadLetterPage(BaseModel):
+    dead_letters: list[DeadLetterPublic]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
 class Decision(_In):
     comment: str | None = Field(default=None, max_length=10_000)
     payload: dict[str, Any] = Field(

@@ -36,6 +36,8 @@ _ICON = {
 }
 _EVENT_STATUS = {
     "step.queued": "QUEUED",
+    "step.redriven": "QUEUED",
+    "step.resumed": "RUNNING",
     "step.started": "RUNNING",
     "step.retrying": "RETRYING",
     "step.waiting": "WAITING",

@@ -1,4 +1,5 @@
-"""Commands that talk to a running server: ``agentmill workflows …`` and ``agentmill runs …``."""
+"""Commands that talk to a running server: ``agentmill workflows …``, ``agentmill runs …`` and
+``agentmill dead-letters …``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 workflows_app = typer.Typer(help="Workflows on a server.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs on a server.", no_args_is_help=True)
+dead_letters_app = typer.Typer(
+    help="Steps that failed for good on a server, and re-driving them.", no_args_is_help=True
+)
 
 Server = Annotated[str, typer.Option("--server", envvar="AGENTMILL_SERVER", help="Server URL.")]
 ApiKey = Annotated[
@@ -37,10 +41,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """A table on a terminal (ids never cut); tab-separated lines when piped, for scripts."""
-    if not out.is_terminal:
-        out.print("\t".join(headers), markup=False)
-        for row in rows:
-            out.print("\t".join(row), markup=False)
+    if not out.is_terminal:  # written as is: rich would expand the tabs to spaces
+        for line in (headers, *rows):
+            out.file.write("\t".join(line) + "\n")
         return
     table = Table(*headers)
     table.columns[0].no_wrap = True
@@ -196,6 +199,49 @@ def cancel(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -
         except ApiError as exc:
             raise _fail(exc) from None
     out.print(f"{run['id']} · {run['status']}")
+
+
+@dead_letters_app.command("list")
+def list_dead_letters(
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+    workspace: Workspace = None,
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 20,
+) -> None:
+    """Steps that exhausted their attempts (or hit an error that is not retried), with the last
+    error. Re-drive one with `agentmill dead-letters redrive STEP_ID`."""
+    with _client(server, api_key) as client:
+        try:
+            page = client.dead_letters(_workspace(client, workspace), limit=limit)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    _print_table(
+        ["step", "run", "workflow", "key", "tries", "failed", "redrive", "error"],
+        [
+            [
+                d["step_id"],
+                d["root_run_id"],
+                d["workflow"],
+                d["step_key"],
+                str(d["attempts"]),
+                d["failed_at"],
+                "yes" if d["redrivable"] else "no (the run went on)",
+                d["error"] or "",
+            ]
+            for d in page["dead_letters"]
+        ],
+    )
+
+
+@dead_letters_app.command("redrive")
+def redrive(step_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -> None:
+    """Run a dead letter again with a fresh set of attempts; its run continues from it."""
+    with _client(server, api_key) as client:
+        try:
+            run = client.redrive(step_id)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    out.print(f"{step_id} re-driven · run {run['id']} · {run['status']}")
 
 
 def _event_line(event: dict[str, Any]) -> str:

@@ -216,6 +216,10 @@ class Client:
     # usage
     usage = _sync(api.usage)
 
+    # dead letters
+    dead_letters = _sync(api.dead_letters)
+    redrive = _sync(api.redrive)
+
 
 class AsyncClient:
     """Asynchronous client with the same methods as :class:`Client`: awaitable, and async
@@ -348,3 +352,7 @@ class AsyncClient:
     wait = _async(api.wait)
     # usage
     usage = _async(api.usage)
+
+    # dead letters
+    dead_letters = _async(api.dead_letters)
+    redrive = _async(api.redrive)

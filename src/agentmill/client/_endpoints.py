@@ -434,3 +434,19 @@ def usage(
     per model and per workflow."""
     path = f"{API}/workspaces/{_p(workspace_id)}/usage"
     return Call(method="GET", path=path, params=_params(since=since, until=until), shape=_obj)
+
+
+# dead letters
+
+
+def dead_letters(
+    workspace_id: str, *, limit: int = 50, cursor: str | None = None
+) -> Call[dict[str, Any]]:
+    """Steps that failed for good, newest first: ``{"dead_letters": […], "next_cursor"}``."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/dead-letters"
+    return Call(method="GET", path=path, params=_params(limit=limit, cursor=cursor), shape=_obj)
+
+
+def redrive(step_id: str) -> Call[dict[str, Any]]:
+    """Run a dead letter again; returns its root run, which continues from that step."""
+    return Call(method="POST", path=f"{API}/dead-letters/{_p(step_id)}/redrive", shape=_obj)

@@ -18,9 +18,11 @@ from agentmill.domain.states import RunStatus
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.transitions import Transitions, spec_loader
 from agentmill.engine.worker import Worker
+from agentmill.errors import ConfigError
 from agentmill.gateway import Gateway
 from agentmill.store import queries
 from agentmill.store.db import Database
+from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
 from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
@@ -92,6 +94,24 @@ class Engine:
                 payload=payload,
             )
         )
+
+    async def dead_letters(
+        self, workspace_id: str = LOCAL_WORKSPACE, *, cursor: str | None = None, limit: int = 50
+    ) -> DeadLetterPage:
+        """Steps that failed for good, newest first (``cursor``: a page's ``next_cursor``)."""
+        try:
+            position = queries.decode_cursor(cursor) if cursor else None
+        except ValueError:
+            raise ConfigError("cursor is not one this server gave out") from None
+        return await self.db.read(
+            lambda tx: list_dead_letters(tx, workspace_id, cursor=position, limit=limit)
+        )
+
+    async def redrive(self, step_id: str, *, by: str | None = None) -> RunView:
+        """Run the dead letter ``step_id`` again, with a fresh set of attempts, and reopen the
+        runs its failure ended; returns the root run. The run continues from that step."""
+        root_run_id = await self.db.write(lambda tx: self.transitions.redrive(tx, step_id, by=by))
+        return await self.get_run(root_run_id)
 
     async def get_run(self, run_id: str) -> RunView:
         return await self.db.read(lambda tx: queries.get_run(tx, run_id))

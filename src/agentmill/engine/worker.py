@@ -333,7 +333,7 @@ class Worker:
     def _on_events(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             kind = event["type"]
-            if kind == "step.queued":
+            if kind in ("step.queued", "step.redriven"):
                 self._wake.set()
             elif kind == "step.retrying":
                 self._wake_later(float(event["data"].get("delay", 0)))

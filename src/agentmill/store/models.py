@@ -143,6 +143,8 @@ class Run(Base):
     inputs: Mapped[dict[str, Any]] = mapped_column(JsonValue)
     outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
     error: Mapped[str | None] = mapped_column(Text)
+    # The key of the step whose failure ended the run (a dead letter's trace; see redrive.py).
+    failed_step: Mapped[str | None] = mapped_column(String(96))
     pending_steps: Mapped[int] = mapped_column(Integer)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -169,6 +171,12 @@ class Step(Base):
             sqlite_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
             postgresql_where=text("status = 'RUNNING' AND lease_expires_at IS NOT NULL"),
         ),
+        Index(  # dead letters, newest first: failed steps only
+            "ix_steps_failed",
+            "finished_at",
+            sqlite_where=text("status = 'FAILED'"),
+            postgresql_where=text("status = 'FAILED'"),
+        ),
         Index(  # map items only: most steps have no parent and skip this index
             "ix_steps_parent",
             "parent_step_id",
@@ -187,7 +195,8 @@ class Step(Base):
     parent_step_id: Mapped[str | None] = mapped_column(Id)
     map_index: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # the lease's fencing token
+    # Attempts spent: the failed ones, and every attempt before a re-drive.
     failures: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     lease_owner: Mapped[str | None] = mapped_column(String(128))

@@ -215,7 +215,12 @@ def list_runs(
 
 
 def encode_cursor(run: RunView) -> str:
-    return base64.urlsafe_b64encode(f"{run.created_at.isoformat()}|{run.id}".encode()).decode()
+    return cursor_at(run.created_at, run.id)
+
+
+def cursor_at(at: datetime, id_: str) -> str:
+    """A page position: the time and id of the last row seen (read back by decode_cursor)."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{id_}".encode()).decode()
 
 
 def decode_cursor(text: str) -> tuple[datetime, str]:

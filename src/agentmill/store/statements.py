@@ -53,11 +53,13 @@ _RUN_COLUMNS = (
     runs.c.status,
     runs.c.pending_steps,
     runs.c.inputs,
-    runs.c.deadline_at,
 )
 LOAD_RUN = Prepared(select(*_RUN_COLUMNS).where(runs.c.id == bindparam("b_id")))
-# What changes during a run; the rest of the row is immutable and cached per process.
-_RUN_STATUS = select(runs.c.status, runs.c.pending_steps).where(runs.c.id == bindparam("b_id"))
+# What changes during a run (a re-drive moves the deadline); the rest of the row is immutable
+# and cached per process.
+_RUN_STATUS = select(runs.c.status, runs.c.pending_steps, runs.c.deadline_at).where(
+    runs.c.id == bindparam("b_id")
+)
 RUN_STATUS = Prepared(_RUN_STATUS)
 LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
 

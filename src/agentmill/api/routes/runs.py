@@ -141,8 +141,7 @@ async def cancel_run(
     """Cancel a run and everything under it; a finished run stays as it is."""
     await run_access(db, principal, run_id, Permission.RUN_CANCEL)
     engine = _engine(request)
-    who = principal.user.email if principal.user else f"API key {principal.key_id}"
-    await engine.cancel(run_id, f"cancelled by {who}")
+    await engine.cancel(run_id, f"cancelled by {principal.who}")
     return run_public(await engine.get_run(run_id))
 
 
@@ -174,8 +173,12 @@ async def _decide(
 ) -> RunPublic:
     await run_access(db, principal, run_id, Permission.RUN_APPROVE)
     engine = _engine(request)
-    who = principal.user.email if principal.user else f"API key {principal.key_id}"
     await engine.decide(
-        run_id, step_key, approved=approved, by=who, comment=body.comment, payload=body.payload
+        run_id,
+        step_key,
+        approved=approved,
+        by=principal.who,
+        comment=body.comment,
+        payload=body.payload,
     )
     return run_public(await engine.get_run(run_id))

@@ -67,7 +67,6 @@ class _RunInfo:
     version_id: str
     spec_path: str
     inputs: dict[str, Any]
-    deadline_at: datetime | None
     compiled: CompiledWorkflow
 
 
@@ -173,7 +172,11 @@ class TransitionsBase:
                 values["cost"] = runs.c.cost + state.cost
             tx.conn.execute(update(runs).where(runs.c.id == state.id).values(**values))
             note_run_row(
-                tx, state.id, status=values.get("status"), pending=values.get("pending_steps")
+                tx,
+                state.id,
+                status=values.get("status"),
+                pending=values.get("pending_steps"),
+                deadline=values.get("deadline_at"),
             )
         state.written_pending = state.pending_steps
         state.changes.clear()
@@ -197,7 +200,6 @@ class TransitionsBase:
                 version_id=row.version_id,
                 spec_path=row.spec_path,
                 inputs=row.inputs,
-                deadline_at=row.deadline_at,
                 compiled=self._compiled(tx, row.version_id, row.spec_path),
             )
             if len(self._run_cache) >= _RUN_CACHE_SIZE:
@@ -210,7 +212,12 @@ class TransitionsBase:
             current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
             if current is None:
                 raise NotFound(f"run {run_id!r} not found")
-            row = {"status": current.status, "pending": current.pending_steps, "locked": lock}
+            row = {
+                "status": current.status,
+                "pending": current.pending_steps,
+                "deadline": current.deadline_at,
+                "locked": lock,
+            }
             tx.accumulators[_ROW + run_id] = row
             if lock:
                 # We may have waited for the lock behind another step's commit: stamp what we
@@ -226,7 +233,7 @@ class TransitionsBase:
             status=RunStatus(row["status"]),
             pending_steps=row["pending"] + _pending_delta(tx, run_id),
             inputs=fixed.inputs,
-            deadline_at=fixed.deadline_at,
+            deadline_at=row["deadline"],
             compiled=fixed.compiled,
         )
 
@@ -399,11 +406,17 @@ class TransitionsBase:
         ) -> None: ...
 
 
-_ROW = "run-row:"  # key prefix: a run's status and stored pending count, as read in this commit
+# Key prefix: a run's status, stored pending count and deadline, as read in this commit.
+_ROW = "run-row:"
 
 
 def note_run_row(
-    tx: Tx, run_id: str, *, status: str | None = None, pending: int | None = None
+    tx: Tx,
+    run_id: str,
+    *,
+    status: str | None = None,
+    pending: int | None = None,
+    deadline: datetime | None = None,
 ) -> None:
     """Keep this commit's view of a run row right after writing it directly."""
     row = tx.accumulators.get(_ROW + run_id)
@@ -412,6 +425,8 @@ def note_run_row(
             row["status"] = status
         if pending is not None:
             row["pending"] = pending
+        if deadline is not None:  # only ever moved, never removed
+            row["deadline"] = deadline
 
 
 def _pending_delta(tx: Tx, run_id: str) -> int:

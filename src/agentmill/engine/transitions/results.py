@@ -358,6 +358,7 @@ class ResultTransitions(TransitionsBase):
         if step.on_failure == "continue" and run_status == RunStatus.FAILED:
             self._step_final(tx, state, step_key, None, StepStatus.FAILED, owner, budget, claims)
         else:
+            state.changes["failed_step"] = step_key  # what a re-drive reopens (redrive.py)
             self._end_run(tx, state, run_status, message)
 
     def _fan_out(

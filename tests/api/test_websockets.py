@@ -17,13 +17,19 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.api.test_events import SLOW
 from tests.cli.test_up import free_port, start_up, stop
+from tests.conftest import BACKENDS
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real server on SQLite, then on PostgreSQL (where other processes' commits arrive
+    through NOTIFY)."""
     workdir: Path = tmp_path_factory.mktemp("ws")
     port = free_port()
-    proc, _ = start_up(workdir, port)
+    database = [] if request.param == "sqlite" else ["--db", request.getfixturevalue("pg_database")]
+    proc, _ = start_up(workdir, port, *database)
     try:
         yield f"127.0.0.1:{port}"
     finally:

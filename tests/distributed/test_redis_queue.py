@@ -17,7 +17,7 @@ from agentmill.config import Settings
 from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
-from agentmill.queue.redis_streams import GROUP, stream_name
+from agentmill.queue.redis_streams import GROUP, RedisQueue, stream_name
 from agentmill.store.db import Database
 from agentmill.store.models import steps
 
@@ -154,3 +154,27 @@ async def test_a_step_whose_message_was_lost_is_sent_again(
         stop.set()
         await worker
     assert (await engines[0].get_run(run_id)).status == RunStatus.COMPLETED
+
+
+async def test_messages_read_but_not_taken_go_back_when_a_worker_stops(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    version = await engines[0].register(load_workflow_text(FLOW))
+    await engines[0].start_run(version, {})  # a and b are ready
+    queue = RedisQueue(REDIS_URL, engines[0], owner="quitter", free=lambda: 10)
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    await asyncio.wait_for(woke.wait(), timeout=10)  # its relay sent them, its reader has them
+    client = redis.from_url(REDIS_URL, decode_responses=True)
+    stream = stream_name(fresh_pg)
+    try:
+        held = await client.xpending_range(stream, GROUP, "-", "+", 10, consumername="quitter")
+        assert len(held) == 2
+
+        await queue.close()  # stops without taking them
+
+        assert await client.xpending_range(stream, GROUP, "-", "+", 10, "quitter") == []
+        entries = await client.xrange(stream)
+        assert Counter(fields["step"] for _, fields in entries).most_common(1)[0][1] == 2
+    finally:
+        await client.aclose()

@@ -63,7 +63,7 @@ class Worker:
             engine.settings.queue_url,
             engine,
             owner=self.owner,
-            free=lambda: self.concurrency - len(self._tasks),
+            free=lambda: 0 if self._stopping else self.concurrency - len(self._tasks),
             root_run_id=root_run_id,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}

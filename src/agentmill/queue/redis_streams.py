@@ -134,7 +134,21 @@ class RedisQueue:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._hand_back()
         await self._redis.aclose()
+
+    async def _hand_back(self) -> None:
+        """Messages read but not taken go back to the stream for other workers now, rather
+        than wait, pending on this consumer, until someone takes them over."""
+        unread, self._buffer = self._buffer, []
+        if not unread:
+            return
+        with contextlib.suppress(RedisError, OSError):  # else: taken over after a lease
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _, step_id in unread:
+                    pipe.xadd(self._stream, {"step": step_id}, maxlen=MAX_LENGTH)
+                pipe.xack(self._stream, GROUP, *(message_id for message_id, _ in unread))
+                await pipe.execute()
 
     # ------------------------------------------------------------------ loops
 

@@ -535,3 +535,13 @@ def test_image_user_exists_and_compose_does_not_override_it() -> None:
     for name, service in services().items():
         if is_ours(service):
             assert str(service.get("user", uid)).split(":")[0] not in {"0", "root"}, name
+
+
+def test_agentmill_worker_takes_the_queues_to_serve() -> None:
+    runner = CliRunner()
+    shown = runner.invoke(cli_app, ["worker", "--help"])
+    assert shown.exit_code == 0
+    assert in_help("--queue", shown.output)
+    refused = runner.invoke(cli_app, ["worker", "--queue", "GPU"])
+    assert refused.exit_code == 2
+    assert "lowercase letters" in refused.output

@@ -8,17 +8,18 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from agentmill.config import Settings
 from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
 from agentmill.queue.redis_streams import GROUP, RedisQueue, stream_name
-from agentmill.store.db import Database
+from agentmill.store.db import Database, Tx
 from agentmill.store.models import steps
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -45,7 +46,7 @@ async def engines(fresh_pg: str) -> AsyncIterator[list[Engine]]:
     for db in databases:
         await db.close()
     client = redis.from_url(REDIS_URL)
-    await client.delete(stream_name(fresh_pg))
+    await client.delete(stream_name(fresh_pg), stream_name(fresh_pg, "gpu"))
     await client.aclose()
 
 
@@ -176,5 +177,100 @@ async def test_messages_read_but_not_taken_go_back_when_a_worker_stops(
         assert await client.xpending_range(stream, GROUP, "-", "+", 10, "quitter") == []
         entries = await client.xrange(stream)
         assert Counter(fields["step"] for _, fields in entries).most_common(1)[0][1] == 2
+    finally:
+        await client.aclose()
+
+
+ROUTED = """
+name: routed
+steps:
+  - {id: a, value: "a"}
+  - {id: b, needs: [a], queue: gpu, value: "{{ steps.a.output }}b"}
+  - {id: c, needs: [b], value: "{{ steps.b.output }}c"}
+outputs:
+  c: "{{ steps.c.output }}"
+"""
+
+
+async def _step(engine: Engine, run_id: str, key: str) -> Any:
+    def read(tx: Tx) -> Any:
+        query = select(steps).where(steps.c.run_id == run_id, steps.c.step_key == key)
+        return tx.conn.execute(query).one_or_none()
+
+    return await engine.db.read(read)
+
+
+async def test_each_named_queue_has_its_stream_and_only_its_workers_read_it(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    assert stream_name(fresh_pg, "default") == stream_name(fresh_pg)
+    assert stream_name(fresh_pg, "gpu") == stream_name(fresh_pg) + ":gpu"
+    version = await engines[0].register(load_workflow_text(ROUTED))
+    run_id = await engines[0].start_run(version, {})
+    stop = asyncio.Event()
+    cpu = engines[0].worker(name="cpu")  # serves "default"
+    tasks = [asyncio.create_task(cpu.run(stop))]
+    try:
+        for _ in range(400):
+            b = await _step(engines[0], run_id, "b")
+            if b is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # relayed and read meanwhile, but by nobody serving gpu
+        b = await _step(engines[0], run_id, "b")
+        assert (b.queue, b.status, b.attempt) == ("gpu", "QUEUED", 0)
+        assert b.published_at is not None  # sent, to the gpu stream
+        client = redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            sent = await client.xrange(stream_name(fresh_pg, "gpu"))
+            assert [fields["step"] for _, fields in sent] == [b.id]
+        finally:
+            await client.aclose()
+
+        gpu = engines[1].worker(name="gpu", queues=("gpu",))
+        tasks.append(asyncio.create_task(gpu.run(stop)))
+        for _ in range(400):
+            run = await engines[0].get_run(run_id)
+            if run.status.is_final:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert run.status == RunStatus.COMPLETED
+    assert run.outputs == {"c": "abc"}
+    client = redis.from_url(REDIS_URL)
+    try:
+        for queue in ("default", "gpu"):
+            pending = await client.xpending(stream_name(fresh_pg, queue), GROUP)
+            assert int(pending["pending"]) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_redis_worker_serving_every_queue_finds_the_new_streams(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    # A first step is never claimed inline: it reaches the worker through the gpu stream.
+    gpu_first = "name: gpu-first\nsteps:\n  - {id: g, value: 1, queue: gpu}\n"
+    version = await engines[0].register(load_workflow_text(gpu_first))
+    run_id = await engines[0].start_run(version, {})
+    stop = asyncio.Event()
+    everything = engines[0].worker(name="all", queues=None)
+    task = asyncio.create_task(everything.run(stop))
+    try:
+        for _ in range(400):
+            run = await engines[0].get_run(run_id)
+            if run.status.is_final:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert run.status == RunStatus.COMPLETED
+    client = redis.from_url(REDIS_URL)
+    try:
+        assert await client.xlen(stream_name(fresh_pg, "gpu")) == 1
+        assert int((await client.xpending(stream_name(fresh_pg, "gpu"), GROUP))["pending"]) == 0
     finally:
         await client.aclose()

@@ -1395,3 +1395,51 @@ def test_a_need_listed_twice_is_reported() -> None:
             needs: [a, a]
             value: 2
         """) == [("steps[1].needs[1]", "step 'b' lists 'a' twice in needs", 6, 16)]
+
+
+# ---------------------------------------------------------------- named queues
+
+
+def test_steps_and_map_items_go_to_the_default_queue_unless_they_name_one() -> None:
+    spec = load_workflow_text("""\
+name: q
+steps:
+  - id: a
+    value: 1
+  - id: b
+    value: 2
+    queue: gpu
+  - id: m
+    over: "[1, 2]"
+    queue: fan-out_2
+    step:
+      value: "{{ item }}"
+      queue: rate-limited
+""")
+    a, b, m = spec.steps
+    assert (a.queue, b.queue, m.queue) == ("default", "gpu", "fan-out_2")
+    assert isinstance(m, MapStep)
+    assert m.step.queue == "rate-limited"
+
+
+@pytest.mark.parametrize("name", ["GPU", "", "has space", "a" * 33, "dots.not.allowed"])
+def test_a_bad_queue_name_is_reported_where_it_is(name: str) -> None:
+    message = (
+        f"queue {name!r} must be 1 to 32 lowercase letters, digits, '-' or '_' "
+        "(for example 'gpu' or 'rate-limited')"
+    )
+    assert problems(f"""\
+name: q
+steps:
+  - id: a
+    value: 1
+    queue: "{name}"
+  - id: m
+    over: "[1]"
+    step:
+      value: 1
+      queue: "{name}"
+""") == [
+        ("steps[0].queue", message, 5, 5),
+        ("steps[1].step.queue", message, 10, 7),
+    ]

@@ -61,7 +61,11 @@ def create_app(
         app.state.settings = settings
         app.state.engine = engine
         stop = asyncio.Event()
-        worker = asyncio.create_task(engine.worker(name="embedded").run(stop)) if workers else None
+        worker = (
+            asyncio.create_task(engine.worker(name="embedded", queues=None).run(stop))
+            if workers
+            else None
+        )
         app.state.worker = worker
         # Only for /health: workers talk to the Redis queue, the API does not.
         redis = (

@@ -193,13 +193,30 @@ def worker(
             "given back to the queue."
         ),
     ] = 30.0,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            help="A named queue to serve (a step's `queue:` in the spec); repeat it to serve "
+            "several. Default: default.",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Run steps only (distributed mode), beside any number of other workers.
 
-    Takes ready steps from the database's queue, holds a lease on each with heartbeats, and
-    records results. A killed worker's steps are taken over when their leases expire.
+    Takes ready steps of the named queues it serves, holds a lease on each with heartbeats,
+    and records results. A killed worker's steps are taken over when their leases expire.
     """
+    from agentmill.domain.spec import DEFAULT_QUEUE, check_queue_name
+
+    queues = tuple(dict.fromkeys(queue or [DEFAULT_QUEUE]))
+    for name_ in queues:
+        try:
+            check_queue_name(name_)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--queue") from None
     from agentmill.cli.worker import run_worker
     from agentmill.config import get_settings
     from agentmill.observability.logging import configure_logging
@@ -212,6 +229,7 @@ def worker(
         name=name,
         concurrency=concurrency or settings.worker_concurrency,
         grace_seconds=grace,
+        queues=queues,
     )
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from sqlalchemy.engine import make_url
 
 from agentmill.config import Settings
+from agentmill.domain.spec import DEFAULT_QUEUE
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
@@ -26,6 +27,7 @@ async def work(
     concurrency: int,
     grace_seconds: float,
     console: Console,
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,),
 ) -> None:
     """Run steps until SIGTERM or Ctrl-C; then stop taking work, let in-flight steps finish
     for up to ``grace_seconds``, and give the rest back so other workers take them at once.
@@ -39,7 +41,7 @@ async def work(
     await db.start()
     stop = asyncio.Event()
     worker = Engine(db, settings=settings).worker(
-        name=name, concurrency=concurrency, grace_seconds=grace_seconds
+        name=name, concurrency=concurrency, grace_seconds=grace_seconds, queues=queues
     )
     loop = asyncio.get_running_loop()
 
@@ -59,8 +61,10 @@ async def work(
     url = make_url(database_url).render_as_string(hide_password=True)
     console.print(
         f"worker {escape(worker.owner)} running: up to {concurrency} steps at once, "
-        f"database {escape(url)}. Ctrl-C or SIGTERM stops it cleanly."
+        f"queues {escape(', '.join(queues))}, database {escape(url)}. "
+        "Ctrl-C or SIGTERM stops it cleanly."
     )
+    log.info("worker serving queues", worker=worker.owner, queues=list(queues))
     try:
         await worker.run(stop)
     finally:
@@ -77,6 +81,7 @@ def run_worker(
     name: str | None,
     concurrency: int,
     grace_seconds: float,
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,),
 ) -> None:
     console = Console(highlight=False, soft_wrap=True, stderr=True)
     asyncio.run(
@@ -87,5 +92,6 @@ def run_worker(
             concurrency=concurrency,
             grace_seconds=grace_seconds,
             console=console,
+            queues=queues,
         )
     )

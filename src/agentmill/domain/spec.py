@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+QUEUE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+DEFAULT_QUEUE = "default"
 MODEL_NAME_RE = re.compile(r"^(?P<provider>[a-z0-9][a-z0-9_.-]*)/(?P<model>[^\s/][^\s]*)$")
 
 
@@ -30,6 +32,16 @@ def check_model_name(value: str) -> str:
         raise ValueError(
             f"model {value!r} is not of the form 'provider/model' "
             "(for example 'openai/gpt-4o-mini' or 'scripted/echo')"
+        )
+    return value
+
+
+def check_queue_name(value: str) -> str:
+    """Queue names are 1-32 lowercase letters, digits, ``-`` or ``_`` (e.g. ``gpu``)."""
+    if not QUEUE_NAME_RE.match(value):
+        raise ValueError(
+            f"queue {value!r} must be 1 to 32 lowercase letters, digits, '-' or '_' "
+            "(for example 'gpu' or 'rate-limited')"
         )
     return value
 
@@ -95,6 +107,10 @@ class _Execution(_Strict):
     retry: RetrySpec | None = None
     timeout: float | None = Field(default=None, gt=0, description="Seconds per attempt.")
     output_schema: dict[str, Any] | None = None
+    queue: Annotated[str, AfterValidator(check_queue_name)] = Field(
+        default=DEFAULT_QUEUE,
+        description="The named queue this step is routed to; only workers serving it run it.",
+    )
 
 
 class _LlmFields(BaseModel):

@@ -151,7 +151,8 @@ class Engine:
                     settled.set()
 
         unsubscribe = self.db.subscribe(watch)
-        worker = self.worker(root_run_id=run_id, **(worker_options or {}))
+        options = {"queues": None, **(worker_options or {})}  # a run's steps, on any queue
+        worker = self.worker(root_run_id=run_id, **options)
         task = asyncio.create_task(worker.run(stop))
         try:
             while True:

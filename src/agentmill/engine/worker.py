@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
+from agentmill.domain.spec import DEFAULT_QUEUE
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport
@@ -50,8 +51,12 @@ class Worker:
         root_run_id: str | None = None,
         poll_interval: float = 0.5,
         grace_seconds: float = 0.0,
+        queues: tuple[str, ...] | None = (DEFAULT_QUEUE,),
     ) -> None:
         self.engine = engine
+        # The named queues whose steps this worker runs (None: every queue).
+        self.queues = None if queues is None else tuple(dict.fromkeys(queues))
+        self._serves = None if queues is None else frozenset(queues)
         self.owner = worker_identity(name)
         self.name = name or "worker"
         self.concurrency = concurrency
@@ -65,6 +70,7 @@ class Worker:
             owner=self.owner,
             free=lambda: 0 if self._stopping else self.concurrency - len(self._tasks),
             root_run_id=root_run_id,
+            queues=self.queues,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._claims: dict[str, Claim] = {}
@@ -178,6 +184,7 @@ class Worker:
                     host=host,
                     pid=int(pid),
                     queue=self.queue.name,
+                    queues=self.queues,
                     concurrency=self.concurrency,
                 )
             else:
@@ -245,7 +252,9 @@ class Worker:
         for attempt in range(_RECORD_RETRIES):
             try:
                 return await engine.db.write(
-                    lambda tx: engine.transitions.record(tx, claim, report, capacity=capacity),
+                    lambda tx: engine.transitions.record(
+                        tx, claim, report, capacity=capacity, queues=self._serves
+                    ),
                     alone=self._alone(),
                 )
             except StaleClaim:

@@ -61,14 +61,16 @@ def open_queue(
     owner: str,
     free: Callable[[], int],
     root_run_id: str | None = None,
+    queues: tuple[str, ...] | None = None,
 ) -> StepQueue:
-    """The queue ``url`` selects, for the worker ``owner`` (``free()``: its empty slots)."""
+    """The queue ``url`` selects, for the worker ``owner`` (``free()``: its empty slots),
+    carrying the steps of the named ``queues`` it serves (None: every queue)."""
     if queue_backend(url) == "sql" or root_run_id is not None:
         # A worker bound to one run (``agentmill run``) claims that run's steps directly.
         from agentmill.queue.sql import SqlQueue
 
-        return SqlQueue(engine, owner=owner, root_run_id=root_run_id)
+        return SqlQueue(engine, owner=owner, root_run_id=root_run_id, queues=queues)
     from agentmill.queue.redis_streams import RedisQueue
 
     assert url is not None
-    return RedisQueue(url, engine, owner=owner, free=free)
+    return RedisQueue(url, engine, owner=owner, free=free, queues=queues)

@@ -1,20 +1,24 @@
 """Redis Streams as the step queue (``AGENTMILL_QUEUE_URL=redis://host:6379/0``).
 
-One stream per database (``agentmill:<database>:steps``) with one consumer group, ``workers``;
-each message carries a step id.
+One stream per database and named queue with one consumer group, ``workers``; each message
+carries a step id. The ``default`` queue's stream is ``agentmill:<database>:steps`` (its name
+from before named queues), any other queue's is ``agentmill:<database>:steps:<queue>``.
 
 * **Publishing (an outbox).** A step becomes ready in the transaction that records it; a relay
   in every worker then marks ready steps as sent (``steps.published_at``, ``FOR UPDATE SKIP
-  LOCKED``, committed) and ``XADD``s them. A crash between the two cannot lose a step: a step
+  LOCKED``, committed) and ``XADD``s each to its queue's stream (a relay sends every queue's
+  steps, whichever queues its worker serves). A crash between the two cannot lose a step: a step
   still ready long after it was sent is sent again. A rolled-back step is never sent, because
   the relay reads only committed rows. A retry or a step given back becomes due again by itself
   (its ``available_at`` moves past ``published_at``). The relay wakes on this process's commits,
   on other processes' ``NOTIFY``, when a retry falls due, and every poll interval.
-* **Delivery.** ``XREADGROUP`` reads only as many messages as the worker has free slots; the
-  worker then claims those steps in the database. A message whose step cannot start (finished,
+* **Delivery.** ``XREADGROUP`` reads, over the streams of the queues the worker serves, only
+  as many messages as the worker has free slots; the worker then claims those steps in the
+  database. A worker that serves every queue finds the streams by name (``SCAN``) as they
+  appear. A message whose step cannot start (finished,
   cancelled, already running elsewhere) is acknowledged and dropped; a claimed one stays pending
   until the step's result is recorded, and its idle time is reset with every lease heartbeat.
-* **Dead workers.** ``XAUTOCLAIM`` takes over messages idle for longer than a lease: their
+* **Dead workers.** ``XAUTOCLAIM`` (per stream) takes over messages idle for longer than a lease: their
   worker stopped heartbeating, so their steps' leases have expired and the claim takes them
   over. A step whose message is gone (trimmed, or Redis restarted without its data) and whose
   lease expired is sent again by the relay.
@@ -35,6 +39,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
+from agentmill.domain.spec import DEFAULT_QUEUE
 from agentmill.engine.claims import Claim
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -49,34 +54,49 @@ PUBLISH_BATCH = 500
 MAX_LENGTH = 1_000_000  # approximate trim; a trimmed unread message is sent again (see above)
 
 
-def stream_name(database_url: str) -> str:
-    """One stream per database, so deployments can share a Redis server."""
+def stream_name(database_url: str, queue: str = DEFAULT_QUEUE) -> str:
+    """One stream per database and named queue, so deployments can share a Redis server."""
     database = make_url(database_url).database or "agentmill"
-    return f"agentmill:{Path(database).name}:steps"
+    base = f"agentmill:{Path(database).name}:steps"
+    return base if queue == DEFAULT_QUEUE else f"{base}:{queue}"
 
 
 class RedisQueue:
     name = "redis"
 
-    def __init__(self, url: str, engine: Engine, *, owner: str, free: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        url: str,
+        engine: Engine,
+        *,
+        owner: str,
+        free: Callable[[], int],
+        queues: tuple[str, ...] | None = None,
+    ) -> None:
         self._redis = redis.from_url(url, decode_responses=True, health_check_interval=10)
         self._engine = engine
         self._owner = owner
         self._free = free
-        self._stream = stream_name(engine.db.url)
+        self._queues = queues  # the named queues served; None: every queue
+        self._all = queues is None
+        # The streams read: those of the queues served (found by SCAN when serving all).
+        names = (DEFAULT_QUEUE,) if queues is None else queues
+        self._streams = [stream_name(engine.db.url, q) for q in dict.fromkeys(names)]
+        self._next_scan = 0.0  # loop time of the next look for new streams (serving all)
         lease = engine.settings.lease_seconds
         self._idle_ms = int(lease * 1000)  # a message idle this long lost its worker
         self._redeliver_after = max(5.0, 2 * lease)
         self._poll = engine.settings.poll_interval
-        self._buffer: list[tuple[str, str]] = []  # (message id, step id), read but not taken
-        self._messages: dict[str, list[str]] = {}  # step id -> its pending message ids
+        # (stream, message id, step id), read but not taken
+        self._buffer: list[tuple[str, str, str]] = []
+        self._messages: dict[str, list[tuple[str, str]]] = {}  # step id -> (stream, message id)
         self._relay_wake = asyncio.Event()
         self._wake: Callable[[], None] = lambda: None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], object]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._next_sweep = 0.0  # loop time of the next look for lost messages
-        self._group_ready = False
+        self._groups: set[str] = set()  # streams whose consumer group exists
 
     # ------------------------------------------------------------------ the worker's side
 
@@ -98,19 +118,21 @@ class RedisQueue:
         if not batch:
             return []
         transitions = self._engine.transitions
-        wanted = [step_id for _, step_id in batch]
+        wanted = [step_id for _, _, step_id in batch]
 
         def claim(tx: Tx) -> list[Claim]:
-            return transitions.claim_ids(tx, owner=self._owner, step_ids=wanted)
+            return transitions.claim_ids(
+                tx, owner=self._owner, step_ids=wanted, queues=self._queues
+            )
 
         claims = await self._engine.db.write(claim)
         claimed = {c.step_id for c in claims}
         drop = []
-        for message_id, step_id in batch:
+        for stream, message_id, step_id in batch:
             if step_id in claimed:
-                self._messages.setdefault(step_id, []).append(message_id)
+                self._messages.setdefault(step_id, []).append((stream, message_id))
             else:  # finished, cancelled, running elsewhere, or a duplicate
-                drop.append(message_id)
+                drop.append((stream, message_id))
         await self._ack(drop)
         return claims
 
@@ -118,13 +140,11 @@ class RedisQueue:
         await self._ack([m for step_id in step_ids for m in self._messages.pop(step_id, [])])
 
     async def keep_alive(self, step_ids: Iterable[str]) -> None:
-        ids = [m for step_id in step_ids for m in self._messages.get(step_id, [])]
-        if ids:
+        by_stream = _by_stream(m for step_id in step_ids for m in self._messages.get(step_id, []))
+        for stream, ids in by_stream.items():
             with contextlib.suppress(RedisError, OSError):  # the next heartbeat tries again
                 # Resets their idle time: no one takes them over while we run them.
-                await self._redis.xclaim(
-                    self._stream, GROUP, self._owner, 0, list[Any](ids), justid=True
-                )
+                await self._redis.xclaim(stream, GROUP, self._owner, 0, list[Any](ids), justid=True)
 
     async def close(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -145,9 +165,10 @@ class RedisQueue:
             return
         with contextlib.suppress(RedisError, OSError):  # else: taken over after a lease
             async with self._redis.pipeline(transaction=False) as pipe:
-                for _, step_id in unread:
-                    pipe.xadd(self._stream, {"step": step_id}, maxlen=MAX_LENGTH)
-                pipe.xack(self._stream, GROUP, *(message_id for message_id, _ in unread))
+                for stream, _, step_id in unread:
+                    pipe.xadd(stream, {"step": step_id}, maxlen=MAX_LENGTH)
+                for stream, ids in _by_stream((s, m) for s, m, _ in unread).items():
+                    pipe.xack(stream, GROUP, *ids)
                 await pipe.execute()
 
     # ------------------------------------------------------------------ loops
@@ -171,34 +192,66 @@ class RedisQueue:
         if room <= 0:
             await asyncio.sleep(0.02)
             return
+        if self._all:
+            await self._find_streams()
         try:
             answer = await self._redis.xreadgroup(
-                GROUP, self._owner, {self._stream: ">"}, count=room, block=1000
+                GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=room, block=1000
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self._group_ready = False  # Redis restarted without its data
-            await self._ensure_group()
+            self._groups.clear()  # Redis restarted without its data
+            await self._ensure_groups()
             return
         streams: Any = answer or []  # RESP2: [[stream, entries]]; RESP3: {stream: entries}
-        batches = streams.values() if isinstance(streams, dict) else (e for _, e in streams)
-        self._receive(entry for entries in batches for entry in entries)
+        pairs = streams.items() if isinstance(streams, dict) else streams
+        for stream, entries in pairs:
+            self._receive(stream, entries)
+
+    async def _find_streams(self) -> None:
+        """Serving every queue: read the streams of queues that appeared since the last look."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_scan:
+            return
+        self._next_scan = loop.time() + self._poll
+        base = stream_name(self._engine.db.url)
+        found = [
+            key
+            async for key in self._redis.scan_iter(match=f"{base}:*", count=1000, _type="stream")
+        ]
+        new = [key for key in sorted(found) if key not in self._streams]
+        if new:
+            self._streams.extend(new)
+            await self._ensure_groups()
 
     async def _reclaim_loop(self) -> None:
         await asyncio.sleep(self._idle_ms / 2000)
         room = self._free() - len(self._buffer)
         if room <= 0:
             return
-        _, entries, _deleted = await self._redis.xautoclaim(
-            self._stream, GROUP, self._owner, self._idle_ms, "0-0", count=room
-        )
-        if entries:
-            log.info("took over messages of a silent worker", messages=len(entries))
-        self._receive(entries)
+        for stream in list(self._streams):
+            room = self._free() - len(self._buffer)
+            if room <= 0:
+                return
+            try:
+                _, entries, _deleted = await self._redis.xautoclaim(
+                    stream, GROUP, self._owner, self._idle_ms, "0-0", count=room
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                continue  # the read loop creates the group again
+            if entries:
+                log.info(
+                    "took over messages of a silent worker", messages=len(entries), stream=stream
+                )
+            self._receive(stream, entries)
 
-    def _receive(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
-        received = [(mid, fields["step"]) for mid, fields in entries if fields and "step" in fields]
+    def _receive(self, stream: str, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        received = [
+            (stream, mid, fields["step"]) for mid, fields in entries if fields and "step" in fields
+        ]
         if received:
             self._buffer.extend(received)
             self._wake()
@@ -207,7 +260,7 @@ class RedisQueue:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._relay_wake.wait(), timeout=self._poll)
         self._relay_wake.clear()
-        await self._ensure_group()
+        await self._ensure_groups()
         loop = asyncio.get_running_loop()
         sweep = loop.time() >= self._next_sweep
         if sweep:
@@ -215,35 +268,40 @@ class RedisQueue:
         transitions = self._engine.transitions
         redeliver = self._redeliver_after if sweep else None
         while True:
-            ids = await self._engine.db.write(
+            due = await self._engine.db.write(
                 lambda tx: transitions.to_publish(
                     tx, limit=PUBLISH_BATCH, redeliver_after=redeliver
                 )
             )
-            if ids:
+            if due:
+                url = self._engine.db.url
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for step_id in ids:
-                        pipe.xadd(self._stream, {"step": step_id}, maxlen=MAX_LENGTH)
+                    for step_id, queue in due:
+                        pipe.xadd(stream_name(url, queue), {"step": step_id}, maxlen=MAX_LENGTH)
                     await pipe.execute()
-            if len(ids) < PUBLISH_BATCH:
+            if len(due) < PUBLISH_BATCH:
                 return
 
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
+    async def _ensure_groups(self) -> None:
+        """The consumer group of every stream read. A group starts at the stream's first
+        message, so what a relay sent before any worker of its queue started is delivered."""
+        for stream in self._streams:
+            if stream in self._groups:
+                continue
+            try:
+                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._groups.add(stream)
 
-    async def _ack(self, message_ids: list[str]) -> None:
-        if message_ids:
-            # A lost acknowledgement is harmless: the message is taken over later, its step
-            # is found finished, and it is acknowledged then.
+    async def _ack(self, messages: list[tuple[str, str]]) -> None:
+        """Acknowledge (stream, message id) pairs."""
+        # A lost acknowledgement is harmless: the message is taken over later, its step is
+        # found finished, and it is acknowledged then.
+        for stream, ids in _by_stream(messages).items():
             with contextlib.suppress(RedisError, OSError):
-                await self._redis.xack(self._stream, GROUP, *message_ids)
+                await self._redis.xack(stream, GROUP, *ids)
 
     # ------------------------------------------------------------------ relay wake-ups
 
@@ -267,3 +325,11 @@ class RedisQueue:
         self._timers.append(
             asyncio.get_running_loop().call_later(delay + 0.001, self._relay_wake.set)
         )
+
+
+def _by_stream(messages: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Message ids grouped by their stream."""
+    grouped: dict[str, list[str]] = {}
+    for stream, message_id in messages:
+        grouped.setdefault(stream, []).append(message_id)
+    return grouped

@@ -18,8 +18,16 @@ class SqlQueue:
 
     name = "sql"
 
-    def __init__(self, engine: Engine, *, owner: str, root_run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        owner: str,
+        root_run_id: str | None = None,
+        queues: tuple[str, ...] | None = None,
+    ) -> None:
         self._engine = engine
+        self._queues = queues
         self._owner = owner
         self._root_run_id = root_run_id
 
@@ -31,7 +39,11 @@ class SqlQueue:
 
         def claim(tx: Tx) -> list[Claim]:
             return transitions.claim(
-                tx, owner=self._owner, limit=limit, root_run_id=self._root_run_id
+                tx,
+                owner=self._owner,
+                limit=limit,
+                root_run_id=self._root_run_id,
+                queues=self._queues,
             )
 
         return await self._engine.db.write(claim)

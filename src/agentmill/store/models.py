@@ -192,6 +192,8 @@ class Step(Base):
     step_key: Mapped[str] = mapped_column(String(96))
     spec_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
+    # The named queue the step is routed to (the spec's ``queue``); workers claim only theirs.
+    queue: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
     parent_step_id: Mapped[str | None] = mapped_column(Id)
     map_index: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
@@ -292,6 +294,8 @@ class WorkerProcess(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     queue: Mapped[str] = mapped_column(String(16))  # the queue backend it takes work from
+    # The named queues it serves, comma-separated; NULL: every queue.
+    queues: Mapped[str | None] = mapped_column(Text)
     concurrency: Mapped[int] = mapped_column(Integer)
     in_flight: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)

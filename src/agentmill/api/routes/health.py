@@ -63,6 +63,7 @@ def _liveness(processes: list[WorkerRecord], lease_seconds: float) -> dict[str, 
                 "state": state,
                 "in_flight": process.in_flight,
                 "concurrency": process.concurrency,
+                "queues": None if process.queues is None else list(process.queues),
                 "last_seen_s": round(silent, 3),
             }
         )

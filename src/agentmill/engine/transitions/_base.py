@@ -73,6 +73,21 @@ class _RunInfo:
 _RUN_CACHE_SIZE = 20_000
 
 
+@dataclass
+class Inline:
+    """What a worker may claim in the transaction that unblocks steps: up to ``left`` more,
+    only from the named ``queues`` it serves (None: every queue)."""
+
+    left: int
+    queues: frozenset[str] | None = None
+
+    def takes(self, queue: str) -> bool:
+        return self.left > 0 and (self.queues is None or queue in self.queues)
+
+
+NONE = Inline(0)  # claims nothing; never decremented, so it may be shared
+
+
 @dataclass(frozen=True, kw_only=True)
 class NewRun:
     run_id: str
@@ -333,6 +348,7 @@ class TransitionsBase:
             parent: tuple[RunState, str] | None = None,
             owner: str | None = None,
             capacity: int = 0,
+            queues: frozenset[str] | None = None,
             run_id: str | None = None,
         ) -> NewRun: ...
 
@@ -350,7 +366,7 @@ class TransitionsBase:
             parent_step_id: str | None,
             status: StepStatus,
             owner: str | None,
-            budget: list[int],
+            budget: Inline,
             claims: list[Claim],
         ) -> None: ...
 
@@ -360,7 +376,7 @@ class TransitionsBase:
             state: RunState,
             step_id: str,
             owner: str | None,
-            budget: list[int],
+            budget: Inline,
             claims: list[Claim],
         ) -> None: ...
 
@@ -372,12 +388,13 @@ class TransitionsBase:
             step_key: str,
             spec_id: str,
             kind: str,
+            queue: str,
             retry: RetrySpec | None,
             parent_step_id: str | None,
             map_index: int | None,
             input: Any,
             owner: str | None,
-            budget: list[int],
+            budget: Inline,
             claims: list[Claim],
         ) -> None: ...
 
@@ -391,7 +408,7 @@ class TransitionsBase:
             message: str,
             run_status: RunStatus,
             owner: str | None,
-            budget: list[int],
+            budget: Inline,
             claims: list[Claim],
         ) -> None: ...
 
@@ -401,7 +418,7 @@ class TransitionsBase:
             state: RunState,
             parent_step_id: str,
             owner: str | None,
-            budget: list[int],
+            budget: Inline,
             claims: list[Claim],
         ) -> None: ...
 

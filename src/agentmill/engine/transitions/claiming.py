@@ -12,6 +12,7 @@ from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.claims import Claim, owner_is_dead
 from agentmill.engine.transitions._base import (
     LOST_LEASES_ALLOWED,
+    NONE,
     RunState,
     TransitionsBase,
     note_run_row,
@@ -21,8 +22,11 @@ from agentmill.store.models import runs, steps
 from agentmill.store.notify import STEPS_CHANNEL
 
 
-def _claimable(now: datetime) -> tuple[Select[Any], Select[Any]]:
-    """Steps that may start at ``now``: ready and due; and held under a lease that expired."""
+def _claimable(
+    now: datetime, queues: Iterable[str] | None = None
+) -> tuple[Select[Any], Select[Any]]:
+    """Steps that may start at ``now``: ready and due; and held under a lease that expired.
+    With ``queues``, only the steps routed to those named queues."""
     ready = select(steps.c.id).where(
         steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
         steps.c.available_at <= now,
@@ -32,6 +36,11 @@ def _claimable(now: datetime) -> tuple[Select[Any], Select[Any]]:
         steps.c.lease_expires_at.is_not(None),
         steps.c.lease_expires_at < now,
     )
+    if queues is not None:
+        served = sorted(set(queues))
+        only = steps.c.queue == served[0] if len(served) == 1 else steps.c.queue.in_(served)
+        ready = ready.where(only)
+        expired = expired.where(only)
     return ready, expired
 
 
@@ -39,12 +48,19 @@ class ClaimTransitions(TransitionsBase):
     """Leasing ready steps to workers."""
 
     def claim(
-        self, tx: Tx, *, owner: str, limit: int, root_run_id: str | None = None
+        self,
+        tx: Tx,
+        *,
+        owner: str,
+        limit: int,
+        root_run_id: str | None = None,
+        queues: Iterable[str] | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` ready steps: queued, due for retry, or whose lease expired."""
+        """Lease up to ``limit`` ready steps: queued, due for retry, or whose lease expired;
+        only from the named ``queues`` (None: every queue)."""
         if limit <= 0:
             return []
-        ready, expired = _claimable(tx.now)
+        ready, expired = _claimable(tx.now, queues)
         if root_run_id:
             ready = ready.where(steps.c.root_run_id == root_run_id)
             expired = expired.where(steps.c.root_run_id == root_run_id)
@@ -52,13 +68,21 @@ class ClaimTransitions(TransitionsBase):
             tx, owner, ready.order_by(steps.c.available_at).limit(limit), expired, limit
         )
 
-    def claim_ids(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> list[Claim]:
+    def claim_ids(
+        self,
+        tx: Tx,
+        *,
+        owner: str,
+        step_ids: Iterable[str],
+        queues: Iterable[str] | None = None,
+    ) -> list[Claim]:
         """Lease these steps (a queue delivered their ids) if they may start now: ready and
-        due, or held under a lease that expired. Any other is left as it is."""
+        due, or held under a lease that expired, and (with ``queues``) routed to one of those
+        named queues. Any other is left as it is."""
         ids = sorted(set(step_ids))
         if not ids:
             return []
-        ready, expired = _claimable(tx.now)
+        ready, expired = _claimable(tx.now, queues)
         return self._take(
             tx,
             owner,
@@ -89,9 +113,11 @@ class ClaimTransitions(TransitionsBase):
         self._write_events(tx)
         return claims
 
-    def to_publish(self, tx: Tx, *, limit: int, redeliver_after: float | None = None) -> list[str]:
-        """Ready steps a message queue has not carried since they became ready (new, retried,
-        given back), marked as carried now. With ``redeliver_after`` (seconds), also the ones
+    def to_publish(
+        self, tx: Tx, *, limit: int, redeliver_after: float | None = None
+    ) -> list[tuple[str, str]]:
+        """(step id, named queue) of the ready steps a message queue has not carried since they
+        became ready (new, retried, given back), marked as carried now. With ``redeliver_after`` (seconds), also the ones
         whose message may have been lost: still ready that long after it was sent, or held
         under a lease that expired since (a worker died and no one took its message over)."""
         unsent = or_(steps.c.published_at.is_(None), steps.c.published_at < steps.c.available_at)
@@ -99,24 +125,27 @@ class ClaimTransitions(TransitionsBase):
             stale = tx.now - timedelta(seconds=redeliver_after)
             unsent = or_(unsent, steps.c.published_at < stale)
         ready, expired = _claimable(tx.now)
+        ready = ready.add_columns(steps.c.queue)
+        expired = expired.add_columns(steps.c.queue)
         due = ready.where(unsent).order_by(steps.c.available_at).limit(limit)
         if tx.is_postgres:  # two relays never send the same rows at once
             due = due.with_for_update(skip_locked=True)
-        ids = list(tx.conn.scalars(due))
-        if redeliver_after is not None and len(ids) < limit:
+        found = [(row.id, row.queue) for row in tx.conn.execute(due)]
+        if redeliver_after is not None and len(found) < limit:
             orphaned = expired.where(
                 or_(
                     steps.c.published_at.is_(None),
                     steps.c.published_at < steps.c.lease_expires_at,
                 ),
                 steps.c.lease_expires_at < tx.now - timedelta(seconds=redeliver_after),
-            ).limit(limit - len(ids))
+            ).limit(limit - len(found))
             if tx.is_postgres:
                 orphaned = orphaned.with_for_update(skip_locked=True)
-            ids += [row.id for row in tx.conn.execute(orphaned)]
-        if ids:
+            found += [(row.id, row.queue) for row in tx.conn.execute(orphaned)]
+        if found:
+            ids = [step_id for step_id, _ in found]
             tx.conn.execute(update(steps).where(steps.c.id.in_(ids)).values(published_at=tx.now))
-        return ids
+        return found
 
     def heartbeat(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> set[str]:
         """Extend our leases; returns the ids we no longer hold (cancelled or taken over)."""
@@ -292,7 +321,7 @@ class ClaimTransitions(TransitionsBase):
             message,
             RunStatus.FAILED,
             None,
-            [0],
+            NONE,
             [],
         )
         self._flush(tx, state)

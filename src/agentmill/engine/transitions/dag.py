@@ -13,6 +13,7 @@ from agentmill.domain.spec import (
 from agentmill.domain.states import StepStatus
 from agentmill.engine.claims import Claim
 from agentmill.engine.transitions._base import (
+    Inline,
     RunState,
     TransitionsBase,
     max_attempts_of,
@@ -34,7 +35,7 @@ class DagTransitions(TransitionsBase):
         parent_step_id: str | None,
         status: StepStatus,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         """A step reached SUCCEEDED, SKIPPED or (continuing) FAILED: start what it unblocks."""
@@ -74,7 +75,7 @@ class DagTransitions(TransitionsBase):
         state: RunState,
         step_id: str,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         step = state.compiled.steps[step_id]
@@ -86,6 +87,7 @@ class DagTransitions(TransitionsBase):
                 step_key=step_id,
                 spec_id=step_id,
                 kind=step.type,
+                queue=step.queue,
                 status=StepStatus.SKIPPED,
                 attempt=0,
                 failures=0,
@@ -107,7 +109,7 @@ class DagTransitions(TransitionsBase):
         state: RunState,
         step_id: str,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         step = state.compiled.steps[step_id]
@@ -117,6 +119,7 @@ class DagTransitions(TransitionsBase):
             step_key=step_id,
             spec_id=step_id,
             kind=step.type,
+            queue=step.queue,
             retry=step.retry,
             parent_step_id=None,
             map_index=None,
@@ -134,16 +137,18 @@ class DagTransitions(TransitionsBase):
         step_key: str,
         spec_id: str,
         kind: str,
+        queue: str,
         retry: RetrySpec | None,
         parent_step_id: str | None,
         map_index: int | None,
         input: Any,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         step_id = new_id("stp")
-        claim_now = owner is not None and budget[0] > 0
+        # Claimed at once for the worker finishing its predecessor, if it serves the queue.
+        claim_now = owner is not None and budget.takes(queue)
         max_attempts = max_attempts_of(retry)
         sql.INSERT_STEP.run(
             tx.conn,
@@ -154,6 +159,7 @@ class DagTransitions(TransitionsBase):
                 "step_key": step_key,
                 "spec_id": spec_id,
                 "kind": kind,
+                "queue": queue,
                 "parent_step_id": parent_step_id,
                 "map_index": map_index,
                 "status": StepStatus.RUNNING if claim_now else StepStatus.QUEUED,
@@ -176,7 +182,7 @@ class DagTransitions(TransitionsBase):
             self._event(tx, state, "step.queued", step_key, 0)
             return
         assert owner is not None
-        budget[0] -= 1
+        budget.left -= 1
         self._event(tx, state, "step.started", step_key, 1)
         reads = state.compiled.reads[spec_id]
         claims.append(

@@ -23,6 +23,8 @@ from agentmill.engine.outcomes import (
     WaitForHuman,
 )
 from agentmill.engine.transitions._base import (
+    NONE,
+    Inline,
     RunState,
     TransitionsBase,
     attempt_usage,
@@ -40,13 +42,22 @@ from agentmill.store.models import steps
 class ResultTransitions(TransitionsBase):
     """What an attempt produced, and the decisions people make on waiting steps."""
 
-    def record(self, tx: Tx, claim: Claim, report: StepReport, *, capacity: int = 0) -> list[Claim]:
-        """Write what an attempt produced. Returns steps claimed for the same worker."""
+    def record(
+        self,
+        tx: Tx,
+        claim: Claim,
+        report: StepReport,
+        *,
+        capacity: int = 0,
+        queues: frozenset[str] | None = None,
+    ) -> list[Claim]:
+        """Write what an attempt produced. Returns steps claimed for the same worker: up to
+        ``capacity`` of the steps it unblocked, from the named ``queues`` (None: any)."""
         state = self._lock_run(tx, claim.run_id)
         if state.status.is_final:
             raise StaleClaim(f"run {claim.run_id} is {state.status}")
         claims: list[Claim] = []
-        budget = [capacity]
+        budget = Inline(capacity, queues)
         outcome = report.outcome
         if isinstance(outcome, Succeeded | Skipped):
             status = StepStatus.SUCCEEDED if isinstance(outcome, Succeeded) else StepStatus.SKIPPED
@@ -108,7 +119,8 @@ class ResultTransitions(TransitionsBase):
                 spec_path=spec_path,
                 parent=(state, claim.step_id),
                 owner=claim.owner,
-                capacity=budget[0],
+                capacity=budget.left,
+                queues=budget.queues,
                 run_id=child_id,
             )
             claims.extend(child.claims)
@@ -180,7 +192,7 @@ class ResultTransitions(TransitionsBase):
             if state.status == RunStatus.WAITING and not still_waiting:
                 self._set_status(tx, state, RunStatus.RUNNING)
             self._step_final(
-                tx, state, step_key, row.parent_step_id, StepStatus.SUCCEEDED, None, [0], []
+                tx, state, step_key, row.parent_step_id, StepStatus.SUCCEEDED, None, NONE, []
             )
         self._flush(tx, state)
         self._write_events(tx)
@@ -245,7 +257,7 @@ class ResultTransitions(TransitionsBase):
         claim: Claim,
         report: StepReport,
         outcome: Failed,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         failures = claim.failures + 1
@@ -316,7 +328,7 @@ class ResultTransitions(TransitionsBase):
         message: str,
         run_status: RunStatus,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         """A step failed for good: fail its map, continue past it, or end the run."""
@@ -369,7 +381,7 @@ class ResultTransitions(TransitionsBase):
         report: StepReport,
         outcome: FanOut,
         values: dict[str, Any],
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         step = state.compiled.steps[claim.spec_id]
@@ -430,7 +442,7 @@ class ResultTransitions(TransitionsBase):
         index: int,
         item: Any,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         self._insert_step(
@@ -439,6 +451,7 @@ class ResultTransitions(TransitionsBase):
             step_key=f"{step.id}[{index}]",
             spec_id=step.id,
             kind=step.step.type,
+            queue=step.step.queue,
             retry=step.step.retry,
             parent_step_id=parent_step_id,
             map_index=index,
@@ -454,7 +467,7 @@ class ResultTransitions(TransitionsBase):
         state: RunState,
         parent_step_id: str,
         owner: str | None,
-        budget: list[int],
+        budget: Inline,
         claims: list[Claim],
     ) -> None:
         """A map child succeeded: start the next item, or finish the map when all are done."""

@@ -12,6 +12,8 @@ from agentmill.domain.states import ACTIVE_RUN_STATUSES, RunStatus, StepStatus
 from agentmill.domain.templates import TemplateError, render_value
 from agentmill.engine.claims import Claim
 from agentmill.engine.transitions._base import (
+    NONE,
+    Inline,
     NewRun,
     RunState,
     TransitionsBase,
@@ -37,9 +39,11 @@ class RunTransitions(TransitionsBase):
         parent: tuple[RunState, str] | None = None,
         owner: str | None = None,
         capacity: int = 0,
+        queues: frozenset[str] | None = None,
         run_id: str | None = None,
     ) -> NewRun:
-        """Insert a run and queue its first steps (claiming up to ``capacity`` for ``owner``)."""
+        """Insert a run and queue its first steps (claiming up to ``capacity`` for ``owner``,
+        from the named ``queues`` it serves; None: any)."""
         compiled = self._compiled(tx, version_id, spec_path)
         run_id = run_id or new_id("run")
         root = parent[0].root_run_id if parent else run_id
@@ -91,7 +95,7 @@ class RunTransitions(TransitionsBase):
         )
         self._event(tx, state, "run.created", inputs=inputs, workflow=compiled.spec.name)
         claims: list[Claim] = []
-        budget = [capacity]
+        budget = Inline(capacity, queues)
         for step_id in compiled.roots:
             self._make_ready(tx, state, step_id, owner, budget, claims)
         if claims:
@@ -244,7 +248,7 @@ class RunTransitions(TransitionsBase):
                 **usage,
             )
             self._step_final(
-                tx, parent, row.step_key, row.parent_step_id, StepStatus.SUCCEEDED, None, [0], []
+                tx, parent, row.step_key, row.parent_step_id, StepStatus.SUCCEEDED, None, NONE, []
             )
         else:
             message = f"sub-workflow run {child.id} {status.lower()}: {error}"
@@ -270,7 +274,7 @@ class RunTransitions(TransitionsBase):
                 message,
                 run_status,
                 None,
-                [0],
+                NONE,
                 [],
             )
         self._flush(tx, parent)

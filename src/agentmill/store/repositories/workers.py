@@ -20,6 +20,7 @@ class WorkerRecord:
     host: str
     pid: int
     queue: str
+    queues: tuple[str, ...] | None  # the named queues it serves; None: every queue
     concurrency: int
     in_flight: int
     started_at: datetime
@@ -28,7 +29,15 @@ class WorkerRecord:
 
 
 def register_worker(
-    tx: Tx, *, worker_id: str, name: str, host: str, pid: int, queue: str, concurrency: int
+    tx: Tx,
+    *,
+    worker_id: str,
+    name: str,
+    host: str,
+    pid: int,
+    queue: str,
+    concurrency: int,
+    queues: tuple[str, ...] | None = None,
 ) -> None:
     tx.conn.execute(
         delete(workers).where(
@@ -42,6 +51,7 @@ def register_worker(
             host=host,
             pid=pid,
             queue=queue,
+            queues=None if queues is None else ",".join(queues),
             concurrency=concurrency,
             in_flight=0,
             started_at=tx.now,
@@ -60,4 +70,12 @@ def worker_heartbeat(tx: Tx, worker_id: str, *, in_flight: int, stopped: bool = 
 
 def list_workers(tx: Tx) -> list[WorkerRecord]:
     rows = tx.conn.execute(select(workers).order_by(workers.c.started_at)).all()
-    return [WorkerRecord(**row._mapping) for row in rows]
+    return [
+        WorkerRecord(
+            **{
+                **row._mapping,
+                "queues": None if row.queues is None else tuple(row.queues.split(",")),
+            }
+        )
+        for row in rows
+    ]

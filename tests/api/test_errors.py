@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +24,31 @@ def database_url(own_database_url: str) -> str:
     """/health counts the whole step queue, so each test here has a database of its own
     (other tests' runs stay in the session's PostgreSQL database)."""
     return own_database_url
+
+
+@asynccontextmanager
+async def api_only(database_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app that serves the API but runs no steps (like `agentmill api`)."""
+    app = create_app(
+        Settings(secret_key="test-secret", **settings), database_url=database_url, workers=False
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+async def _start_run(http: httpx.AsyncClient, steps: list[str]) -> None:
+    owner = await signup(http)
+    ws = await new_workspace(http, owner)
+    workflow = await http.post(
+        f"/api/v1/workspaces/{ws}/workflows",
+        json={"name": "queued", "steps": [{"id": k, "value": 1} for k in steps]},
+        headers=owner.headers,
+    )
+    await http.post(
+        f"/api/v1/workflows/{workflow.json()['id']}/runs", json={}, headers=owner.headers
+    )
 
 
 async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient) -> None:
@@ -124,24 +152,10 @@ async def test_health_is_unavailable_when_the_embedded_worker_stopped(
 
 
 async def test_health_counts_ready_steps_of_an_api_only_process(database_url: str) -> None:
-    api_only = create_app(
-        Settings(secret_key="test-secret"), database_url=database_url, workers=False
-    )
-    async with api_only.router.lifespan_context(api_only):
-        transport = httpx.ASGITransport(app=api_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            owner = await signup(http)
-            ws = await new_workspace(http, owner)
-            workflow = await http.post(
-                f"/api/v1/workspaces/{ws}/workflows",
-                json={"name": "two", "steps": [{"id": "a", "value": 1}, {"id": "b", "value": 2}]},
-                headers=owner.headers,
-            )
-            await http.post(
-                f"/api/v1/workflows/{workflow.json()['id']}/runs", json={}, headers=owner.headers
-            )
-            await asyncio.sleep(0.05)
-            health = await http.get("/health")
+    async with api_only(database_url) as http:
+        await _start_run(http, ["a", "b"])
+        await asyncio.sleep(0.05)
+        health = await http.get("/health")
     assert health.status_code == 200
     assert health.json()["worker"] == "off"
     queue = health.json()["queue"]
@@ -150,23 +164,9 @@ async def test_health_counts_ready_steps_of_an_api_only_process(database_url: st
 
 
 async def test_metrics_report_the_queue_for_autoscaling(database_url: str) -> None:
-    api_only = create_app(
-        Settings(secret_key="test-secret"), database_url=database_url, workers=False
-    )
-    async with api_only.router.lifespan_context(api_only):
-        transport = httpx.ASGITransport(app=api_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            owner = await signup(http)
-            ws = await new_workspace(http, owner)
-            workflow = await http.post(
-                f"/api/v1/workspaces/{ws}/workflows",
-                json={"name": "three", "steps": [{"id": k, "value": 1} for k in "abc"]},
-                headers=owner.headers,
-            )
-            await http.post(
-                f"/api/v1/workflows/{workflow.json()['id']}/runs", json={}, headers=owner.headers
-            )
-            metrics = await http.get("/metrics")
+    async with api_only(database_url) as http:
+        await _start_run(http, ["a", "b", "c"])
+        metrics = await http.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     values = {
@@ -188,12 +188,8 @@ async def test_metrics_report_the_queue_for_autoscaling(database_url: str) -> No
 async def test_health_reports_the_redis_queue(
     database_url: str, queue_url: str, status: int, queue: str
 ) -> None:
-    settings = Settings(secret_key="test-secret", queue_url=queue_url)
-    api_only = create_app(settings, database_url=database_url, workers=False)
-    async with api_only.router.lifespan_context(api_only):
-        transport = httpx.ASGITransport(app=api_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            health = await http.get("/health")
+    async with api_only(database_url, queue_url=queue_url) as http:
+        health = await http.get("/health")
     assert health.status_code == status
     assert health.json()["queue"]["backend"] == "redis"
     assert health.json()["queue"]["status"].startswith(queue)

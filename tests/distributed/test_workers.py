@@ -76,6 +76,20 @@ async def _all_events(engine: Engine) -> list[dict[str, object]]:
     return await engine.db.read(read)
 
 
+async def _completed_once(
+    engine: Engine, statuses: dict[str, RunStatus]
+) -> tuple[list[dict[str, object]], Counter[tuple[object, object]]]:
+    """Every run completed and no step succeeded twice; returns the log and the successes."""
+    failed = [await engine.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
+    assert not failed, [(r.id, r.status, r.error) for r in failed]
+    logged = await _all_events(engine)
+    succeeded = Counter(
+        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
+    )
+    assert set(succeeded.values()) == {1}  # no step succeeded twice
+    return logged, succeeded
+
+
 @pytest.mark.parametrize("queue", ["sql", "redis"])
 async def test_runs_survive_a_worker_killed_mid_run(
     starter: Engine, workers: Workers, queue: str
@@ -97,14 +111,8 @@ async def test_runs_survive_a_worker_killed_mid_run(
 
     statuses = await _wait_final(starter, run_ids, within=180)
 
-    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
-    assert not failed, [(r.id, r.status, r.error) for r in failed]
-    logged = await _all_events(starter)
-    succeeded = Counter(
-        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
-    )
+    logged, succeeded = await _completed_once(starter, statuses)
     assert len(succeeded) == len(run_ids) * 5
-    assert set(succeeded.values()) == {1}  # no step succeeded twice
     taken_over = [
         e for e in logged if e["type"] == "step.lease_expired" and e["data"]["owner"] == victim
     ]
@@ -191,13 +199,7 @@ async def test_workers_recover_when_their_database_connections_are_dropped(
 
     statuses = await _wait_final(starter, run_ids, within=120)
 
-    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
-    assert not failed, [(r.id, r.status, r.error) for r in failed]
-    logged = await _all_events(starter)
-    succeeded = Counter(
-        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
-    )
-    assert set(succeeded.values()) == {1}
+    await _completed_once(starter, statuses)
     for name in ("w1", "w2"):
         assert workers.procs[name].poll() is None, workers.log(name)
 
@@ -236,12 +238,6 @@ async def test_workers_carry_on_when_redis_restarts_and_loses_its_data(
         server.kill()
         server.wait(timeout=10)
 
-    failed = [await starter.get_run(r) for r, s in statuses.items() if s != RunStatus.COMPLETED]
-    assert not failed, [(r.id, r.status, r.error) for r in failed]
-    logged = await _all_events(starter)
-    succeeded = Counter(
-        (e["run_id"], e["step_key"]) for e in logged if e["type"] == "step.succeeded"
-    )
-    assert set(succeeded.values()) == {1}
+    await _completed_once(starter, statuses)
     for name in ("w1", "w2"):
         assert workers.procs[name].poll() is None, workers.log(name)

@@ -51,9 +51,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(
-            url, sqlite_synchronous=settings.sqlite_synchronous, pool_size=settings.db_pool_size
-        )
+        db = Database.from_settings(settings, url)
         await upgrade(db)
         await db.start()
         engine = Engine(db, settings=settings)

@@ -66,7 +66,7 @@ async def run_command(options: RunOptions) -> int:
             err.print(f"[red]error:[/] {escape(str(exc))}")
             return EXIT_INVALID
 
-    db = Database(options.database_url or get_settings().resolved_database_url)
+    db = Database.from_settings(get_settings(), options.database_url)
     await upgrade(db)
     await db.start()
     engine = Engine(db)

@@ -32,11 +32,7 @@ async def work(
     """Run steps until SIGTERM or Ctrl-C; then stop taking work, let in-flight steps finish
     for up to ``grace_seconds``, and give the rest back so other workers take them at once.
     A second signal stops waiting."""
-    db = Database(
-        database_url,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        pool_size=settings.db_pool_size,
-    )
+    db = Database.from_settings(settings, database_url)
     await upgrade(db)
     await db.start()
     stop = asyncio.Event()

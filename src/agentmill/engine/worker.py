@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from agentmill.domain.spec import DEFAULT_QUEUE
+from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport
@@ -75,10 +76,9 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._claims: dict[str, Claim] = {}
         self._lost: set[str] = set()
-        self._wake = asyncio.Event()
+        self._wake = Alarm()
         self._stopping = False
         self._unsubscribe: Callable[[], object] | None = None
-        self._timers: list[asyncio.TimerHandle] = []
         self._saturated = False  # the last claim filled every free slot: more may be waiting
 
     @property
@@ -139,8 +139,7 @@ class Worker:
                 wake_wait.cancel()
         finally:
             self._stopping = True
-            for timer in self._timers:
-                timer.cancel()
+            self._wake.cancel_pending()
             if self._unsubscribe is not None:
                 self._unsubscribe()
             await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
@@ -345,7 +344,7 @@ class Worker:
             if kind in ("step.queued", "step.redriven"):
                 self._wake.set()
             elif kind == "step.retrying":
-                self._wake_later(float(event["data"].get("delay", 0)))
+                self._wake.set_after(float(event["data"].get("delay", 0)))
             elif kind == "step.cancelled":
                 self._cancel_local(event["run_id"], event["step_key"])
 
@@ -353,15 +352,7 @@ class Worker:
         """Another process made steps ready (now, or after a retry's delay)."""
         if channel != STEPS_CHANNEL:
             return
-        delay = float(payload or 0)
-        if delay <= 0:
-            self._wake.set()
-        else:
-            self._wake_later(delay)
-
-    def _wake_later(self, delay: float) -> None:
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(asyncio.get_running_loop().call_later(delay + 0.001, self._wake.set))
+        self._wake.set_after(float(payload or 0))
 
     def _cancel_local(self, run_id: str, step_key: str) -> None:
         """A step we are running was cancelled (its run ended): stop it now."""

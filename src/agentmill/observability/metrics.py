@@ -44,11 +44,7 @@ class _Snapshot(Collector):
             value=stats.oldest_ready_age_s,
         )
         now = datetime.now(UTC)
-        alive = [
-            w
-            for w in self.workers
-            if w.stopped_at is None and (now - w.heartbeat_at).total_seconds() <= self.lease_seconds
-        ]
+        alive = [w for w in self.workers if w.state(now, self.lease_seconds) == "alive"]
         yield GaugeMetricFamily(
             "agentmill_workers_alive", "Worker processes that reported recently.", value=len(alive)
         )

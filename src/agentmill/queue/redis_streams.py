@@ -40,6 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
 from agentmill.domain.spec import DEFAULT_QUEUE
+from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -90,11 +91,10 @@ class RedisQueue:
         # (stream, message id, step id), read but not taken
         self._buffer: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[tuple[str, str]]] = {}  # step id -> (stream, message id)
-        self._relay_wake = asyncio.Event()
+        self._relay_wake = Alarm()
         self._wake: Callable[[], None] = lambda: None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], object]] = []
-        self._timers: list[asyncio.TimerHandle] = []
         self._next_sweep = 0.0  # loop time of the next look for lost messages
         self._groups: set[str] = set()  # streams whose consumer group exists
 
@@ -149,8 +149,7 @@ class RedisQueue:
     async def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        for timer in self._timers:
-            timer.cancel()
+        self._relay_wake.cancel_pending()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -311,20 +310,11 @@ class RedisQueue:
             if kind in ("step.queued", "step.released"):
                 self._relay_wake.set()
             elif kind == "step.retrying":
-                self._relay_later(float(event["data"].get("delay", 0)))
+                self._relay_wake.set_after(float(event["data"].get("delay", 0)))
 
     def _on_remote(self, channel: str, payload: str) -> None:
         if channel == STEPS_CHANNEL:
-            self._relay_later(float(payload or 0))
-
-    def _relay_later(self, delay: float) -> None:
-        if delay <= 0:
-            self._relay_wake.set()
-            return
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(
-            asyncio.get_running_loop().call_later(delay + 0.001, self._relay_wake.set)
-        )
+            self._relay_wake.set_after(float(payload or 0))
 
 
 def _by_stream(messages: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

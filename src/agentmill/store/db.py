@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agentmill.config import Settings
 from agentmill.errors import ConfigError
 from agentmill.store.notify import Listener, PgListener
 
@@ -147,6 +148,15 @@ class Database:
         self._readers: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
         self._remote: PgListener | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None) -> Database:
+        """The database ``url`` (default: the settings' own) with the settings' tuning."""
+        return cls(
+            url or settings.resolved_database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_size=settings.db_pool_size,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

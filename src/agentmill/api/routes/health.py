@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from agentmill.api.deps import DbDep
 from agentmill.observability.metrics import CONTENT_TYPE, render
 from agentmill.queue import queue_backend
-from agentmill.store.queries import queue_stats
+from agentmill.store.db import Database
+from agentmill.store.queries import QueueStats, queue_stats
 from agentmill.store.repositories.workers import WorkerRecord, list_workers
 
 router = APIRouter(tags=["health"])
@@ -27,7 +28,7 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
     down."""
     worker = _worker_state(request.app.state.worker)
     try:
-        stats, processes = await db.read(lambda tx: (queue_stats(tx), list_workers(tx)))
+        stats, processes = await _snapshot(db)
     except Exception as exc:  # any failure to reach the database is "down"
         down = f"down: {type(exc).__name__}"
         return JSONResponse(
@@ -49,25 +50,26 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
 
 
 def _liveness(processes: list[WorkerRecord], lease_seconds: float) -> dict[str, Any]:
-    """Worker processes that reported within a lease period are alive (they report every
-    third of one)."""
     now = datetime.now(UTC)
     listed = []
     for process in processes:
-        silent = (now - process.heartbeat_at).total_seconds()
-        state = "stopped" if process.stopped_at else "alive" if silent <= lease_seconds else "lost"
         listed.append(
             {
                 "id": process.id,
                 "name": process.name,
-                "state": state,
+                "state": process.state(now, lease_seconds),
                 "in_flight": process.in_flight,
                 "concurrency": process.concurrency,
                 "queues": None if process.queues is None else list(process.queues),
-                "last_seen_s": round(silent, 3),
+                "last_seen_s": round(process.silent_for(now), 3),
             }
         )
     return {"alive": sum(p["state"] == "alive" for p in listed), "processes": listed}
+
+
+async def _snapshot(db: Database) -> tuple[QueueStats, list[WorkerRecord]]:
+    """The step queue and the worker processes, in one read."""
+    return await db.read(lambda tx: (queue_stats(tx), list_workers(tx)))
 
 
 async def _ping(client: Redis) -> str:
@@ -87,6 +89,6 @@ def _worker_state(task: asyncio.Task[None] | None) -> str:
 @router.get("/metrics", response_model=None)
 async def metrics(request: Request, db: DbDep) -> Response:
     """Prometheus metrics: queue depth, in flight, lag, and live workers (for autoscaling)."""
-    stats, processes = await db.read(lambda tx: (queue_stats(tx), list_workers(tx)))
+    stats, processes = await _snapshot(db)
     lease = request.app.state.settings.lease_seconds
     return Response(render(stats, processes, lease), media_type=CONTENT_TYPE)

@@ -27,6 +27,17 @@ class WorkerRecord:
     heartbeat_at: datetime
     stopped_at: datetime | None
 
+    def silent_for(self, now: datetime) -> float:
+        """Seconds since it last reported."""
+        return (now - self.heartbeat_at).total_seconds()
+
+    def state(self, now: datetime, lease_seconds: float) -> str:
+        """``alive`` if it reported within a lease period (it reports every third of one),
+        ``stopped`` if it said goodbye, else ``lost``."""
+        if self.stopped_at:
+            return "stopped"
+        return "alive" if self.silent_for(now) <= lease_seconds else "lost"
+
 
 def register_worker(
     tx: Tx,

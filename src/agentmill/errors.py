@@ -4,6 +4,7 @@
 
     AgentMillError
     ├── ConfigError            a mistake in configuration or use; reported to the person at once
+    │   └── UnknownModel       a model name no configured provider serves
     ├── SpecError              a workflow spec is invalid; carries every problem found
     ├── NotFound               a workflow, run or step does not exist (or is another tenant's)
     ├── Conflict               the request does not fit the current state (approve a finished step)
@@ -11,8 +12,11 @@
     ├── PermissionDenied       authenticated, but the role does not allow this
     └── StepError              raised while a step executes
         ├── RetryableError     transient: timeouts, 429, 5xx, lost connections; retried with backoff
+        │   └── RateLimited    our own rate limit is full; retry after ``retry_after`` seconds
         └── StepFailed         terminal for the step (4xx, bad template, invalid output)
             └── BudgetExceeded a budget would be overspent; ends the run BUDGET_EXCEEDED
+
+Errors from a provider carry the upstream HTTP ``status`` when there was one.
 
 HTTP status codes are chosen in ``api/`` only; nothing here knows about HTTP.
 """
@@ -83,16 +87,31 @@ class StepError(AgentMillError):
     """Raised while a step executes."""
 
 
+class UnknownModel(ConfigError):
+    """No configured provider serves the named model."""
+
+
 class RetryableError(StepError):
     """A transient failure; the engine retries the step with backoff."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
+
+
+class RateLimited(RetryableError):
+    """A rate limit of ours is full: HTTP callers get 429, steps are retried after the wait."""
 
 
 class StepFailed(StepError):
     """A terminal failure of one step; retrying would not help."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BudgetExceeded(StepFailed):

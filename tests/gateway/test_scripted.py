@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from agentmill.errors import RetryableError, StepFailed
+from agentmill.errors import RetryableError, StepFailed, UnknownModel
 from agentmill.gateway import (
     CallContext,
     ChatRequest,
@@ -386,13 +386,13 @@ async def test_the_gateway_measures_latency() -> None:
 
 async def test_an_unknown_provider_names_the_configured_ones() -> None:
     gateway = Gateway([ScriptedProvider(), Recorder()])
-    with pytest.raises(StepFailed) as caught:
+    with pytest.raises(UnknownModel) as caught:
         await gateway.chat(request(model="openai/gpt-4o"))
     assert str(caught.value) == "unknown provider 'openai' (configured: recorder, scripted)"
 
 
 async def test_a_gateway_without_providers() -> None:
-    with pytest.raises(StepFailed) as caught:
+    with pytest.raises(UnknownModel) as caught:
         await Gateway([]).chat(request(model="scripted/echo"))
     assert str(caught.value) == "unknown provider 'scripted' (configured: none)"
 

@@ -58,6 +58,7 @@ def create_app(
         app.state.db = db
         app.state.settings = settings
         app.state.engine = engine
+        app.state.gateway = engine.gateway  # the /v1 endpoints share the engine's gateway
         stop = asyncio.Event()
         worker = (
             asyncio.create_task(engine.worker(name="embedded", queues=None).run(stop))

@@ -1,61 +1,41 @@
 """The LLM gateway: one call interface over every provider.
 
-This first version routes ``provider/model`` names to registered providers and times each call.
-Budgets, rate limits, breakers and failover build on :meth:`Gateway.chat` later.
+:class:`Gateway` is the only entry point: the engine calls it in-process and the OpenAI-compatible
+``/v1`` endpoints call it for HTTP clients. It routes ``provider/model`` names to providers and,
+around every call, enforces rate limits and budgets, retries and fails over, keeps each
+provider's circuit breaker, and prices and records usage.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
-
-from agentmill.errors import ConfigError, StepFailed
-from agentmill.gateway.providers.scripted import ScriptedProvider
+from agentmill.gateway.gateway import Gateway
 from agentmill.gateway.types import (
     CallContext,
+    ChatDelta,
     ChatRequest,
     ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
     Message,
     Provider,
     ToolCall,
+    ToolCallDelta,
+    ToolSpec,
     Usage,
 )
 
 __all__ = [
     "CallContext",
+    "ChatDelta",
     "ChatRequest",
     "ChatResponse",
+    "EmbedRequest",
+    "EmbedResponse",
     "Gateway",
     "Message",
     "Provider",
     "ToolCall",
+    "ToolCallDelta",
+    "ToolSpec",
     "Usage",
 ]
-
-
-class Gateway:
-    """Routes each call to its provider by the ``provider/`` prefix of the model name."""
-
-    def __init__(self, providers: list[Provider] | None = None) -> None:
-        self._providers: dict[str, Provider] = {}
-        for provider in providers if providers is not None else [ScriptedProvider()]:
-            self.register(provider)
-
-    def register(self, provider: Provider) -> None:
-        self._providers[provider.name] = provider
-
-    def provider(self, name: str) -> Provider:
-        try:
-            return self._providers[name]
-        except KeyError:
-            known = ", ".join(sorted(self._providers)) or "none"
-            raise ConfigError(f"unknown provider {name!r} (configured: {known})") from None
-
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        try:
-            provider = self.provider(request.provider)
-        except ConfigError as exc:
-            raise StepFailed(str(exc)) from None
-        started = time.perf_counter()
-        response = await provider.chat(request)
-        return replace(response, latency_ms=(time.perf_counter() - started) * 1000)

@@ -11,21 +11,38 @@ Options (an agent's or step's ``options``):
                    bad_request (400) | auth (401) (not retryable)
 ``price``          ``{input: USD, output: USD}`` per million tokens, to exercise cost accounting
 
+A reply that is a mapping with a ``tool_calls`` key asks for tools instead of answering:
+``{tool_calls: [{name: search, arguments: {q: bees}}], content: "optional text"}``.
+
 Without ``reply`` it echoes the prompt, saying plainly that no model was called; with a response
-schema it answers a JSON value that satisfies the schema.
+schema it answers a JSON value that satisfies the schema. Streams send the same answer in pieces
+of a few words; embeddings are deterministic unit vectors derived from each input's words, so
+texts sharing words are near each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Any
 
 from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.errors import RetryableError, StepFailed
-from agentmill.gateway.types import ChatRequest, ChatResponse, Usage
+from agentmill.gateway.config import ProviderConfig
+from agentmill.gateway.types import (
+    ChatDelta,
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 _RETRYABLE = {
     "server_error": "503 Service Unavailable (scripted failure)",
@@ -48,7 +65,8 @@ def estimate_tokens(text: str) -> int:
 class ScriptedProvider:
     """Answers from its options; see the module docstring."""
 
-    name = "scripted"
+    def __init__(self, config: ProviderConfig | str = "scripted") -> None:
+        self.name = config if isinstance(config, str) else config.name
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         options = request.options
@@ -58,10 +76,11 @@ class ScriptedProvider:
         self._maybe_fail(request, options)
         prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         system = next((m.content for m in request.messages if m.role == "system"), "")
-        content = self._answer(request, options, prompt, system)
+        content, calls = self._answer(request, options, prompt, system)
         usage = Usage(
             input_tokens=sum(estimate_tokens(m.content) for m in request.messages),
-            output_tokens=estimate_tokens(content),
+            output_tokens=estimate_tokens(content)
+            + sum(estimate_tokens(c.arguments_json) for c in calls),
         )
         price = options.get("price")
         if isinstance(price, Mapping):
@@ -72,7 +91,41 @@ class ScriptedProvider:
             usage = Usage(
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=cost
             )
-        return ChatResponse(content=content, model=request.model, usage=usage)
+        return ChatResponse(
+            content=content,
+            model=request.model,
+            usage=usage,
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else "stop",
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        response = await self.chat(request)
+        words = response.content.split(" ")
+        for i in range(0, len(words), 3):
+            piece = " ".join(words[i : i + 3])
+            yield ChatDelta(text=piece if i == 0 else " " + piece)
+        for index, call in enumerate(response.tool_calls):
+            arguments = call.arguments_json
+            half = len(arguments) // 2  # split, as real providers do, so clients must join
+            yield ChatDelta(
+                tool_calls=(
+                    ToolCallDelta(
+                        index=index, id=call.id, name=call.name, arguments=arguments[:half]
+                    ),
+                )
+            )
+            yield ChatDelta(tool_calls=(ToolCallDelta(index=index, arguments=arguments[half:]),))
+        yield ChatDelta(finish_reason=response.finish_reason, usage=response.usage)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        dimensions = request.dimensions or 64
+        vectors = tuple(_word_vector(text, dimensions) for text in request.inputs)
+        tokens = sum(estimate_tokens(text) for text in request.inputs)
+        return EmbedResponse(vectors=vectors, model=request.model, usage=Usage(input_tokens=tokens))
+
+    async def aclose(self) -> None:
+        return None
 
     @staticmethod
     def _maybe_fail(request: ChatRequest, options: Mapping[str, Any]) -> None:
@@ -91,13 +144,37 @@ class ScriptedProvider:
 
     def _answer(
         self, request: ChatRequest, options: Mapping[str, Any], prompt: str, system: str
-    ) -> str:
+    ) -> tuple[str, tuple[ToolCall, ...]]:
         reply: Any = None
         if "replies" in options and isinstance(options["replies"], list) and options["replies"]:
             replies = options["replies"]
             reply = replies[min(request.context.turn, len(replies) - 1)]
         elif "reply" in options:
             reply = options["reply"]
+        if isinstance(reply, Mapping) and "tool_calls" in reply:
+            return self._tool_calls(request, reply)
+        return self._text(request, reply, prompt, system), ()
+
+    def _tool_calls(
+        self, request: ChatRequest, reply: Mapping[str, Any]
+    ) -> tuple[str, tuple[ToolCall, ...]]:
+        calls = reply["tool_calls"]
+        if not isinstance(calls, list) or not all(
+            isinstance(c, Mapping) and isinstance(c.get("name"), str) for c in calls
+        ):
+            raise StepFailed("scripted tool_calls must be a list of {name, arguments} mappings")
+        turn = request.context.turn
+        made = tuple(
+            ToolCall(
+                id=str(c.get("id") or f"call_{turn}_{i}"),
+                name=c["name"],
+                arguments=dict(c.get("arguments") or {}),
+            )
+            for i, c in enumerate(calls)
+        )
+        return str(reply.get("content") or ""), made
+
+    def _text(self, request: ChatRequest, reply: Any, prompt: str, system: str) -> str:
         if reply is None:
             if request.response_schema is not None:
                 return json.dumps(example_for_schema(request.response_schema))
@@ -159,3 +236,14 @@ def example_for_schema(schema: Mapping[str, Any], name: str = "item") -> Any:
         return None
     text = f"{name} (scripted)".ljust(int(schema.get("minLength", 0)), ".")
     return text[: int(schema["maxLength"])] if "maxLength" in schema else text
+
+
+def _word_vector(text: str, dimensions: int) -> tuple[float, ...]:
+    """Each word adds a fixed pseudo-random direction; the sum is normalized to length 1."""
+    vector = [0.0] * dimensions
+    for word in text.lower().split():
+        digest = hashlib.shake_256(word.strip(".,;:!?\"'()").encode()).digest(dimensions)
+        for i, byte in enumerate(digest):
+            vector[i] += (byte - 127.5) / 127.5
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return tuple(v / norm for v in vector)

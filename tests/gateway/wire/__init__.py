@@ -1,0 +1,1 @@
+"""Local servers that speak each provider's wire protocol, for tests and benchmarks."""

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
         description="Where workers take steps from: unset (or `sql`) for the database's own "
         "queue; `redis://host:6379/0` for Redis Streams.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for state every process must share: budgets and rate limits. "
+        "Defaults to the queue's Redis when AGENTMILL_QUEUE_URL is one; without Redis they are "
+        "kept per process (right for one process, the embedded mode).",
+    )
+    config: Path | None = Field(
+        default=None,
+        description="The gateway's configuration file (providers, models, prices, fallbacks); "
+        "default `agentmill.yaml` in the working directory, when there is one.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,
@@ -62,6 +73,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest request body the API accepts."
     )
+
+    @property
+    def shared_redis_url(self) -> str | None:
+        """The Redis that budgets and rate limits live in, if any."""
+        if self.redis_url:
+            return self.redis_url
+        if self.queue_url and self.queue_url.startswith(("redis://", "rediss://")):
+            return self.queue_url
+        return None
 
     @property
     def resolved_database_url(self) -> str:

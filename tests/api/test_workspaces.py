@@ -74,6 +74,22 @@ ENDPOINTS = [
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/approve", Permission.RUN_APPROVE, {}),
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/reject", Permission.RUN_APPROVE, {}),
     Endpoint("GET", "/api/v1/workspaces/{ws}/usage", Permission.USAGE_READ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/budgets", Permission.USAGE_READ),
+    Endpoint(
+        "POST",
+        "/api/v1/workspaces/{ws}/budgets",
+        Permission.BUDGETS_MANAGE,
+        {"scope": "workspace", "limit_usd": "5"},
+    ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/rate-limits", Permission.USAGE_READ),
+    Endpoint(
+        "POST",
+        "/api/v1/workspaces/{ws}/rate-limits",
+        Permission.BUDGETS_MANAGE,
+        {"scope": "api_key", "requests_per_minute": 60},
+    ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/markup", Permission.USAGE_READ),
+    Endpoint("PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}),
     Endpoint("GET", "/api/v1/workspaces/{ws}/dead-letters", Permission.WORKFLOW_READ),
     Endpoint("POST", "/api/v1/dead-letters/{dead_letter}/redrive", Permission.WORKFLOW_EXECUTE),
 ]

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
@@ -15,7 +17,7 @@ from agentmill.errors import ConfigError
 from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx, normalize_url
 from agentmill.store.migrate import alembic_config, upgrade
-from agentmill.store.models import llm_calls
+from agentmill.store.models import Base, llm_calls
 
 TABLES = {
     "workflows",
@@ -30,6 +32,8 @@ TABLES = {
     "memberships",
     "api_keys",
     "revoked_tokens",
+    "budgets",
+    "rate_limits",
 }
 
 
@@ -47,6 +51,20 @@ async def test_migrations_create_every_table_and_are_idempotent(database_url: st
     assert names >= TABLES
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert version == head
+
+
+async def test_the_migrations_build_exactly_the_tables_the_models_describe(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    await db.start()
+    try:
+        diff = await db.read(
+            lambda tx: compare_metadata(MigrationContext.configure(tx.conn), Base.metadata)
+        )
+    finally:
+        await db.close()
+    assert diff == []
 
 
 def call_row(cost: Decimal, when: datetime, run_id: str = "r") -> dict[str, object]:

@@ -20,6 +20,7 @@ from agentmill.api.routes import (
     health,
     home,
     runs,
+    spending,
     streams,
     usage,
     workflows,
@@ -81,6 +82,7 @@ def create_app(
                 await worker
             if redis is not None:
                 await redis.aclose()
+            await engine.aclose()
             await db.close()
 
     app = FastAPI(
@@ -92,7 +94,18 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    modules = (auth, workspaces, api_keys, workflows, runs, events, streams, usage, dead_letters)
+    modules = (
+        auth,
+        workspaces,
+        api_keys,
+        workflows,
+        runs,
+        events,
+        streams,
+        usage,
+        dead_letters,
+        spending,
+    )
     for module in modules:
         app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
     app.include_router(health.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
@@ -222,6 +222,7 @@ class UsageLinePublic(BaseModel):
     input_tokens: int
     output_tokens: int
     cost: Decimal = Field(description="What the providers charge, in USD.")
+    price: Decimal = Field(description="What the workspace is charged (cost plus markup), in USD.")
 
 
 class UsagePublic(BaseModel):
@@ -231,3 +232,88 @@ class UsagePublic(BaseModel):
     total: UsageLinePublic
     by_model: list[UsageLinePublic]
     by_workflow: list[UsageLinePublic]
+
+
+# ---------------------------------------------------------------- spending controls
+
+
+class BudgetCreate(_In):
+    scope: Literal["workspace", "api_key", "user", "run"] = Field(
+        description="What the budget limits: the whole workspace, or API keys, users or runs."
+    )
+    subject_id: str | None = Field(
+        default=None,
+        description="The one API key, user or run it limits; leave out for *each* of them "
+        "(every key gets this budget of its own). Not allowed for workspace budgets.",
+    )
+    period: Literal["total", "monthly", "daily"] = Field(
+        default="monthly", description="The budget starts afresh each period (UTC)."
+    )
+    limit_usd: Decimal = Field(gt=0, max_digits=18, decimal_places=9)
+    soft_ratio: Decimal = Field(
+        default=Decimal("0.8"),
+        gt=0,
+        le=1,
+        description="Spending past this share of the limit logs a warning once per period.",
+    )
+
+
+class BudgetPublic(BaseModel):
+    id: str
+    scope: str
+    subject_id: str | None
+    period: str
+    limit_usd: Decimal
+    soft_ratio: Decimal
+    spent_usd: Decimal | None = Field(
+        description="Charged so far this period; null for a budget of each key, user or run."
+    )
+    created_at: datetime
+
+
+class RateLimitCreate(_In):
+    scope: Literal["workspace", "api_key", "user"]
+    subject_id: str | None = Field(
+        default=None, description="The one API key or user; leave out for each of them."
+    )
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+
+
+class RateLimitPublic(BaseModel):
+    id: str
+    scope: str
+    subject_id: str | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    created_at: datetime
+
+
+class MarkupUpdate(_In):
+    markup: Decimal = Field(
+        ge=0, le=100, max_digits=12, decimal_places=6, description="0.2 charges 20% over cost."
+    )
+
+
+class MarkupPublic(BaseModel):
+    workspace_id: str
+    markup: Decimal
+
+
+class ModelHealthPublic(BaseModel):
+    provider: str
+    model: str
+    state: Literal["closed", "open", "half_open"]
+    calls: int = Field(description="Calls in the recent window.")
+    error_rate: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    consecutive_failures: int
+    last_error: str | None
+    retry_in_seconds: float | None = Field(description="While open: when the next probe goes.")
+
+
+class ProvidersHealth(BaseModel):
+    providers: list[str] = Field(description="Configured providers.")
+    models: list[ModelHealthPublic] = Field(description="Models called since this process began.")

@@ -90,6 +90,7 @@ async def run_command(options: RunOptions) -> int:
                 return EXIT_INVALID
         return await _drive(engine, run_id, options, out, err)
     finally:
+        await engine.aclose()
         await db.close()
 
 

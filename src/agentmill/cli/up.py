@@ -52,10 +52,13 @@ async def load_examples(
     """Put the example workflows into the new workspace and start a run of each."""
     engine = Engine(db, settings=settings)
     started = []
-    for spec, source in await asyncio.to_thread(_read_examples, folder):
-        version = await engine.register(spec, source, workspace_id=workspace_id)
-        await engine.start_run(version, {})
-        started.append(spec.name)
+    try:
+        for spec, source in await asyncio.to_thread(_read_examples, folder):
+            version = await engine.register(spec, source, workspace_id=workspace_id)
+            await engine.start_run(version, {})
+            started.append(spec.name)
+    finally:
+        await engine.aclose()
     return started
 
 

@@ -36,7 +36,8 @@ async def work(
     await upgrade(db)
     await db.start()
     stop = asyncio.Event()
-    worker = Engine(db, settings=settings).worker(
+    engine = Engine(db, settings=settings)
+    worker = engine.worker(
         name=name, concurrency=concurrency, grace_seconds=grace_seconds, queues=queues
     )
     loop = asyncio.get_running_loop()
@@ -66,6 +67,7 @@ async def work(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await engine.aclose()
         await db.close()
     console.print("stopped.")
 

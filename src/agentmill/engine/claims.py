@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCaller:
+    """On whose behalf a run's model calls are made: budgets and limits are keyed on it."""
+
+    workspace_id: str | None = None
+    started_by: str | None = None  # a user id
+    api_key_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +38,7 @@ class Claim:
     item: Any = None
     deadline_at: datetime | None = None
     owner: str = ""
+    caller: RunCaller = field(default_factory=RunCaller)
 
 
 class StaleClaim(Exception):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentmill.domain.spec import AgentSpec, AnyStep
 from agentmill.domain.templates import render_value
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
-from agentmill.engine.outcomes import CallRecord, LogLine
-from agentmill.errors import StepError
-from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway, Usage
+from agentmill.engine.outcomes import LogLine
+from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
+from agentmill.gateway.types import CallReport
 
 
 @dataclass
@@ -20,7 +20,7 @@ class StepContext:
     compiled: CompiledWorkflow
     step: AnyStep
     gateway: Gateway
-    calls: list[CallRecord] = field(default_factory=list)
+    calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None
 
@@ -48,37 +48,28 @@ class StepContext:
     def log(self, message: str, level: str = "info", **data: Any) -> None:
         self.logs.append(LogLine(message=message, level=level, data=data))
 
-    def call_context(self, turn: int) -> CallContext:
+    def call_context(self, turn: int, agent: str | None = None) -> CallContext:
+        caller = self.claim.caller
         return CallContext(
+            workspace_id=caller.workspace_id,
+            user_id=caller.started_by,
+            api_key_id=caller.api_key_id,
             run_id=self.claim.run_id,
+            step_id=self.claim.step_id,
             step_key=self.claim.step_key,
+            agent=agent,
             attempt=self.claim.attempt,
             turn=turn,
         )
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        """Call a model through the gateway and record the call, failed or not."""
-        try:
-            response = await self.gateway.chat(request)
-        except StepError as exc:
-            self.calls.append(
-                CallRecord(
-                    provider=request.provider,
-                    model=request.model,
-                    turn=request.context.turn,
-                    usage=Usage(),
-                    latency_ms=0.0,
-                    error=str(exc),
-                )
-            )
-            raise
-        self.calls.append(
-            CallRecord(
-                provider=request.provider,
-                model=response.model,
-                turn=request.context.turn,
-                usage=response.usage,
-                latency_ms=response.latency_ms,
-            )
-        )
+        """Call a model through the gateway. Every request it makes to a provider (failed ones
+        and failovers too) is recorded with the step's result, in the same transaction.
+
+        One try per model: the engine retries a step durably, with backoff, without holding a
+        worker slot, so the gateway only fails over."""
+        request = replace(request, tries_per_model=1)
+        response = await self.gateway.chat(request, sink=self.calls.append)
+        for notice in response.notices:
+            self.log(notice, level="warning", source="budget")
         return response

@@ -15,7 +15,9 @@ from agentmill.config import Settings, get_settings
 from agentmill.domain.inputs import resolve_inputs
 from agentmill.domain.spec import WorkflowSpec
 from agentmill.domain.states import RunStatus
+from agentmill.engine.claims import RunCaller
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
+from agentmill.engine.gateway_setup import build_gateway
 from agentmill.engine.transitions import Transitions, spec_loader
 from agentmill.engine.worker import Worker
 from agentmill.errors import ConfigError
@@ -34,9 +36,13 @@ class Engine:
     ) -> None:
         self.db = db
         self.settings = settings or get_settings()
-        self.gateway = gateway or Gateway()
+        self.gateway = gateway or build_gateway(db, self.settings)
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
+
+    async def aclose(self) -> None:
+        """Close the gateway (its provider clients, Redis connections, pending usage records)."""
+        await self.gateway.aclose()
 
     # ------------------------------------------------------------------ workflows
 
@@ -58,13 +64,24 @@ class Engine:
 
     # ------------------------------------------------------------------ runs
 
-    async def start_run(self, version: VersionRef, inputs: dict[str, Any] | None = None) -> str:
-        """Validate ``inputs`` and start a run (its first steps are queued). Returns the run id."""
+    async def start_run(
+        self,
+        version: VersionRef,
+        inputs: dict[str, Any] | None = None,
+        *,
+        caller: RunCaller | None = None,
+    ) -> str:
+        """Validate ``inputs`` and start a run (its first steps are queued). Returns the run id.
+        ``caller`` (who starts it) is who its model calls are budgeted and limited as."""
         spec = await self.db.read(lambda tx: load_spec(tx, version.version_id))
         resolved = resolve_inputs(spec, inputs or {})
         created = await self.db.write(
             lambda tx: self.transitions.create_run(
-                tx, workflow_id=version.workflow_id, version_id=version.version_id, inputs=resolved
+                tx,
+                workflow_id=version.workflow_id,
+                version_id=version.version_id,
+                inputs=resolved,
+                caller=caller,
             )
         )
         return created.run_id

@@ -6,19 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from agentmill.gateway.types import Usage
-
-
-@dataclass(frozen=True, kw_only=True)
-class CallRecord:
-    """One model call made by a step, successful or not."""
-
-    provider: str
-    model: str
-    turn: int
-    usage: Usage
-    latency_ms: float
-    error: str | None = None
+from agentmill.gateway.types import CallReport, Usage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +58,7 @@ class StepReport:
     """An outcome plus what the step used on the way (calls, logs, time)."""
 
     outcome: Outcome
-    calls: tuple[CallRecord, ...] = ()
+    calls: tuple[CallReport, ...] = ()  # every request to a provider, failed ones too
     logs: tuple[LogLine, ...] = ()
     duration_ms: float = 0.0
 

@@ -1,6 +1,6 @@
 """How providers and models are configured: ``agentmill.yaml``, the environment, and workspaces.
 
-``agentmill.yaml`` (in the working directory, or ``AGENTMILL_CONFIG``)::
+``agentmill.yaml`` (in the working directory, or the file ``AGENTMILL_CONFIG`` names)::
 
     providers:
       openai: {kind: openai}                        # key from OPENAI_API_KEY
@@ -120,12 +120,12 @@ class GatewayConfig:
 def load_gateway_config(
     path: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> GatewayConfig:
-    """Read ``agentmill.yaml`` (when there is one) and the providers' usual variables."""
+    """Read ``path`` (default: ``agentmill.yaml`` here, when there is one) and the providers'
+    usual variables. A ``path`` given that does not exist is an error."""
     env = os.environ if environ is None else environ
     if path is None:
-        configured = env.get("AGENTMILL_CONFIG")
-        path = Path(configured) if configured else Path("agentmill.yaml")
-        if not configured and not path.exists():
+        path = Path("agentmill.yaml")
+        if not path.exists():
             return parse_gateway_config({}, env)
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -122,6 +122,9 @@ class ChatRequest:
     response_schema: Mapping[str, Any] | None = None
     # Models tried in order when this one fails with a retryable error (provider/model names).
     fallbacks: tuple[str, ...] = ()
+    # Tries per model before failing over; None: the gateway's default. Steps use 1, because
+    # the engine retries them durably, with backoff, without holding a worker slot.
+    tries_per_model: int | None = None
     # Provider-specific extras, passed through (and the scripted provider's script).
     options: Mapping[str, Any] = field(default_factory=dict)
     context: CallContext = field(default_factory=CallContext)
@@ -143,6 +146,28 @@ class ChatResponse:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason = "stop"
     latency_ms: float = 0.0
+    # Things the caller should know, e.g. a budget passed its soft limit with this call.
+    notices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallReport:
+    """One request to a provider, as accounting records it: every attempt, failed or not."""
+
+    context: CallContext
+    model: str  # provider/model
+    usage: Usage
+    latency_ms: float
+    error: str | None = None
+    status: int | None = None  # the provider's HTTP status when it answered with an error
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def outcome(self) -> str:
+        return "error" if self.error is not None else "ok"
 
 
 @dataclass(frozen=True, kw_only=True)

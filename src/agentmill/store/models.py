@@ -45,6 +45,8 @@ class Workspace(Base):
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    # Price = cost × (1 + markup): what calls through the gateway are charged to the workspace.
+    markup: Mapped[Decimal] = mapped_column(Money, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
@@ -153,6 +155,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    started_by: Mapped[str | None] = mapped_column(Id)  # the user, for per-user budgets
+    api_key_id: Mapped[str | None] = mapped_column(Id)  # the key it was started with, if any
 
 
 class Step(Base):
@@ -267,19 +271,32 @@ class LlmCall(Base):
     """One model call: who made it, what it used and cost, how long it took, how it failed."""
 
     __tablename__ = "llm_calls"
-    __table_args__ = (Index("ix_llm_calls_run", "run_id"),)
+    __table_args__ = (
+        Index("ix_llm_calls_run", "run_id"),
+        Index("ix_llm_calls_workspace_created", "workspace_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(Id)
-    step_id: Mapped[str] = mapped_column(Id)
-    attempt: Mapped[int] = mapped_column(Integer)
-    turn: Mapped[int] = mapped_column(Integer)
+    workspace_id: Mapped[str | None] = mapped_column(Id)
+    user_id: Mapped[str | None] = mapped_column(Id)
+    api_key_id: Mapped[str | None] = mapped_column(Id)
+    run_id: Mapped[str | None] = mapped_column(Id)  # None: a call through /v1, not a step's
+    step_id: Mapped[str | None] = mapped_column(Id)
+    agent: Mapped[str | None] = mapped_column(String(96))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    turn: Mapped[int | None] = mapped_column(Integer)
     provider: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(160))
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost: Mapped[Decimal] = mapped_column(Money)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost: Mapped[Decimal] = mapped_column(Money)  # what the provider charges
+    price: Mapped[Decimal] = mapped_column(Money, server_default="0")  # what the workspace pays
     latency_ms: Mapped[float] = mapped_column()
+    outcome: Mapped[str] = mapped_column(String(16), server_default="ok")  # ok | error
+    status: Mapped[int | None] = mapped_column(Integer)  # the provider's HTTP status on error
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -317,3 +334,38 @@ api_keys = cast(Table, ApiKey.__table__)
 revoked_tokens = cast(Table, RevokedToken.__table__)
 llm_calls = cast(Table, LlmCall.__table__)
 worker_processes = cast(Table, WorkerProcess.__table__)
+
+
+class BudgetRow(Base):
+    """A spending limit; see agentmill.gateway.budgets.Budget."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (Index("ix_budgets_workspace", "workspace_id"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, ForeignKey("workspaces.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(16))  # workspace | api_key | user | run
+    subject_id: Mapped[str | None] = mapped_column(Id)  # None: each key, user or run
+    period: Mapped[str] = mapped_column(String(16))  # total | monthly | daily
+    limit_usd: Mapped[Decimal] = mapped_column(Money)
+    soft_ratio: Mapped[Decimal] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RateLimitRow(Base):
+    """Requests and tokens per minute for a workspace, or a (each) user or API key in it."""
+
+    __tablename__ = "rate_limits"
+    __table_args__ = (Index("ix_rate_limits_workspace", "workspace_id"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, ForeignKey("workspaces.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(16))  # workspace | user | api_key
+    subject_id: Mapped[str | None] = mapped_column(Id)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+budgets = cast(Table, BudgetRow.__table__)
+rate_limits = cast(Table, RateLimitRow.__table__)

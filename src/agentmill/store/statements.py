@@ -53,6 +53,9 @@ _RUN_COLUMNS = (
     runs.c.status,
     runs.c.pending_steps,
     runs.c.inputs,
+    runs.c.workspace_id,
+    runs.c.started_by,
+    runs.c.api_key_id,
 )
 LOAD_RUN = Prepared(select(*_RUN_COLUMNS).where(runs.c.id == bindparam("b_id")))
 # What changes during a run (a re-drive moves the deadline); the rest of the row is immutable

@@ -20,6 +20,7 @@ from agentmill.domain.permissions import Permission
 from agentmill.domain.source import Positions
 from agentmill.domain.spec import WorkflowSpec
 from agentmill.domain.validation import load_workflow_text, parse_spec
+from agentmill.engine.claims import RunCaller
 from agentmill.engine.engine import Engine
 from agentmill.errors import Conflict, Problem, SpecError
 from agentmill.store import workflows as repo
@@ -182,7 +183,8 @@ async def start_run(
     ref = VersionRef(
         workflow_id=workflow_id, version_id=version.id, version=version.version, created=False
     )
-    run_id = await engine.start_run(ref, body.inputs)
+    caller = RunCaller(started_by=principal.user_id or None, api_key_id=principal.key_id)
+    run_id = await engine.start_run(ref, body.inputs, caller=caller)
     return run_public(await engine.get_run(run_id))
 
 

@@ -27,8 +27,9 @@ async def run_agent(ctx: StepContext) -> Outcome:
                 temperature=agent.temperature,
                 max_tokens=agent.max_tokens,
                 response_schema=step.output_schema,
+                fallbacks=tuple(agent.fallbacks),
                 options=agent.options,
-                context=ctx.call_context(turn=turn),
+                context=ctx.call_context(turn=turn, agent=step.agent),
             )
         )
         if not response.tool_calls:

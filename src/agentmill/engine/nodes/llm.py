@@ -27,8 +27,9 @@ async def run_llm(ctx: StepContext) -> Outcome:
         temperature=_first(step.temperature, agent.temperature if agent else None),
         max_tokens=_first(step.max_tokens, agent.max_tokens if agent else None),
         response_schema=step.output_schema,
+        fallbacks=tuple(agent.fallbacks) if agent and not step.model else (),
         options=_options(agent, step.options),
-        context=ctx.call_context(turn=0),
+        context=ctx.call_context(turn=0, agent=step.agent),
     )
     response = await ctx.chat(request)
     return Succeeded(output=parse_output(response.content, step.output_schema))

@@ -17,7 +17,7 @@ from agentmill.domain.spec import (
     RetrySpec,
 )
 from agentmill.domain.states import OPEN_STEP_STATUSES, RunStatus, StepStatus
-from agentmill.engine.claims import Claim
+from agentmill.engine.claims import Claim, RunCaller
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.outcomes import (
     StepReport,
@@ -27,6 +27,7 @@ from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps, workflow_versions
 from agentmill.store.notify import EVENTS_CHANNEL, STEPS_CHANNEL
+from agentmill.store.repositories.usage import usage_row
 
 LOST_LEASES_ALLOWED = 3
 
@@ -46,6 +47,7 @@ class RunState:
     inputs: dict[str, Any]
     deadline_at: datetime | None
     compiled: CompiledWorkflow
+    caller: RunCaller = field(default_factory=RunCaller)
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
@@ -68,6 +70,7 @@ class _RunInfo:
     spec_path: str
     inputs: dict[str, Any]
     compiled: CompiledWorkflow
+    caller: RunCaller
 
 
 _RUN_CACHE_SIZE = 20_000
@@ -111,20 +114,7 @@ class TransitionsBase:
             tx.insert_later(
                 sql.INSERT_LLM_CALLS,
                 [
-                    {
-                        "run_id": claim.run_id,
-                        "step_id": claim.step_id,
-                        "attempt": claim.attempt,
-                        "turn": call.turn,
-                        "provider": call.provider,
-                        "model": call.model,
-                        "input_tokens": call.usage.input_tokens,
-                        "output_tokens": call.usage.output_tokens,
-                        "cost": call.usage.cost,
-                        "latency_ms": round(call.latency_ms, 3),
-                        "error": call.error,
-                        "created_at": tx.now,
-                    }
+                    usage_row(call, claim.run_id, claim.step_id, claim.attempt, tx.now)
                     for call in report.calls
                 ],
             )
@@ -138,10 +128,13 @@ class TransitionsBase:
                     level="warning" if call.error else "info",
                     source="llm",
                     model=call.model,
-                    turn=call.turn,
+                    turn=call.context.turn,
                     input_tokens=call.usage.input_tokens,
                     output_tokens=call.usage.output_tokens,
+                    cached_tokens=call.usage.cached_tokens,
+                    reasoning_tokens=call.usage.reasoning_tokens,
                     cost=str(call.usage.cost),
+                    price=str(call.usage.price),
                     latency_ms=round(call.latency_ms, 3),
                     error=call.error,
                 )
@@ -216,6 +209,11 @@ class TransitionsBase:
                 spec_path=row.spec_path,
                 inputs=row.inputs,
                 compiled=self._compiled(tx, row.version_id, row.spec_path),
+                caller=RunCaller(
+                    workspace_id=row.workspace_id,
+                    started_by=row.started_by,
+                    api_key_id=row.api_key_id,
+                ),
             )
             if len(self._run_cache) >= _RUN_CACHE_SIZE:
                 self._run_cache.pop(next(iter(self._run_cache)))
@@ -250,6 +248,7 @@ class TransitionsBase:
             inputs=fixed.inputs,
             deadline_at=row["deadline"],
             compiled=fixed.compiled,
+            caller=fixed.caller,
         )
 
     def _compiled(self, tx: Tx, version_id: str, spec_path: str) -> CompiledWorkflow:

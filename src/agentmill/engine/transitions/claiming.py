@@ -278,6 +278,7 @@ class ClaimTransitions(TransitionsBase):
                     item=(row.input or {}).get("item") if row.map_index is not None else None,
                     deadline_at=state.deadline_at,
                     owner=owner,
+                    caller=state.caller,
                 )
             )
         for state in by_run.values():

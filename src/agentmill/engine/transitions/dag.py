@@ -205,5 +205,6 @@ class DagTransitions(TransitionsBase):
                 item=(input or {}).get("item") if map_index is not None else None,
                 deadline_at=state.deadline_at,
                 owner=owner,
+                caller=state.caller,
             )
         )

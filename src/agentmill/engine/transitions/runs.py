@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 
 from agentmill.domain.states import ACTIVE_RUN_STATUSES, RunStatus, StepStatus
 from agentmill.domain.templates import TemplateError, render_value
-from agentmill.engine.claims import Claim
+from agentmill.engine.claims import Claim, RunCaller
 from agentmill.engine.transitions._base import (
     NONE,
     Inline,
@@ -41,6 +41,7 @@ class RunTransitions(TransitionsBase):
         capacity: int = 0,
         queues: frozenset[str] | None = None,
         run_id: str | None = None,
+        caller: RunCaller | None = None,
     ) -> NewRun:
         """Insert a run and queue its first steps (claiming up to ``capacity`` for ``owner``,
         from the named ``queues`` it serves; None: any)."""
@@ -60,6 +61,10 @@ class RunTransitions(TransitionsBase):
         )
         if workspace_id is None:
             raise NotFound(f"workflow {workflow_id!r} not found")
+        given = parent[0].caller if parent else (caller or RunCaller())
+        caller = RunCaller(
+            workspace_id=workspace_id, started_by=given.started_by, api_key_id=given.api_key_id
+        )
         tx.conn.execute(
             insert(runs).values(
                 id=run_id,
@@ -78,6 +83,8 @@ class RunTransitions(TransitionsBase):
                 cost=Decimal(0),
                 created_at=tx.now,
                 deadline_at=deadline,
+                started_by=caller.started_by,
+                api_key_id=caller.api_key_id,
             )
         )
         state = RunState(
@@ -92,6 +99,7 @@ class RunTransitions(TransitionsBase):
             inputs=inputs,
             deadline_at=deadline,
             compiled=compiled,
+            caller=caller,
         )
         self._event(tx, state, "run.created", inputs=inputs, workflow=compiled.spec.name)
         claims: list[Claim] = []

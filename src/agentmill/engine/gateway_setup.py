@@ -1,0 +1,41 @@
+"""Builds the gateway a process uses from its settings: providers and models from
+``agentmill.yaml`` and the environment, policies and usage records in the database, and budgets
+and rate limits in Redis when one is configured (shared by every process), in memory otherwise.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from agentmill.config import Settings
+from agentmill.gateway import Gateway
+from agentmill.gateway.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+from agentmill.gateway.config import load_gateway_config
+from agentmill.gateway.ratelimits import RateLimiter
+from agentmill.store.db import Database
+from agentmill.store.gateway_policies import DatabasePolicies, UsageRecorder
+
+log = structlog.get_logger("agentmill.gateway")
+
+
+def build_gateway(db: Database, settings: Settings) -> Gateway:
+    redis_url = settings.shared_redis_url
+    budgets: BudgetStore
+    if redis_url:
+        limiter = RateLimiter(redis_url)
+        budgets = RedisBudgetStore.from_url(redis_url)
+    else:
+        limiter = RateLimiter("memory://")
+        budgets = MemoryBudgetStore()
+        if db.dialect == "postgresql":
+            log.warning(
+                "budgets and rate limits are kept per process: set AGENTMILL_REDIS_URL so that "
+                "every API and worker process shares them"
+            )
+    return Gateway(
+        config=load_gateway_config(settings.config),
+        policies=DatabasePolicies(db),
+        limiter=limiter,
+        budgets=budgets,
+        recorder=UsageRecorder(db),
+    )

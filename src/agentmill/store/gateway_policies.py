@@ -1,0 +1,176 @@
+"""The gateway's view of the database: each workspace's markup, budgets and rate limits (kept
+for a few seconds per process), what a budget has spent, and a batched writer of usage records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import structlog
+from sqlalchemy import func, select
+
+from agentmill.gateway.budgets import Budget, BudgetLine, BudgetPeriod, BudgetScope
+from agentmill.gateway.config import ProviderConfig
+from agentmill.gateway.policy import CallerLimit, WorkspacePolicy
+from agentmill.gateway.types import CallReport
+from agentmill.store import statements as sql
+from agentmill.store.db import Database, Tx
+from agentmill.store.models import budgets, llm_calls, rate_limits, workspaces
+from agentmill.store.repositories.usage import usage_row
+
+log = structlog.get_logger("agentmill.gateway")
+
+# Loads a workspace's own providers (decrypted); None until workspaces can configure them.
+ProviderLoader = Callable[[Database, str], Awaitable[Mapping[str, ProviderConfig]]]
+
+
+class DatabasePolicies:
+    """A :class:`agentmill.gateway.policy.PolicySource` reading the database.
+
+    Policies are cached for ``ttl`` seconds per process: a changed budget or limit applies
+    everywhere within that time, and a call costs no query for them. ``forget`` drops one at
+    once (the process that made the change calls it).
+    """
+
+    def __init__(
+        self, db: Database, *, ttl: float = 5.0, providers: ProviderLoader | None = None
+    ) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.providers = providers
+        self._cache: dict[str, tuple[float, WorkspacePolicy]] = {}
+
+    def forget(self, workspace_id: str) -> None:
+        self._cache.pop(workspace_id, None)
+
+    async def policy(self, workspace_id: str) -> WorkspacePolicy:
+        cached = self._cache.get(workspace_id)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        policy = await self.db.read(lambda tx: _load(tx, workspace_id))
+        if self.providers is not None:
+            own = await self.providers(self.db, workspace_id)
+            policy = WorkspacePolicy(
+                markup=policy.markup, budgets=policy.budgets, limits=policy.limits, providers=own
+            )
+        self._cache[workspace_id] = (time.monotonic(), policy)
+        return policy
+
+    async def spent(self, line: BudgetLine) -> Decimal:
+        return await self.db.read(lambda tx: spent(tx, line))
+
+
+def _load(tx: Tx, workspace_id: str) -> WorkspacePolicy:
+    markup = tx.conn.scalar(select(workspaces.c.markup).where(workspaces.c.id == workspace_id))
+    found = tx.conn.execute(
+        select(budgets).where(budgets.c.workspace_id == workspace_id).order_by(budgets.c.id)
+    )
+    limits = tx.conn.execute(
+        select(rate_limits)
+        .where(rate_limits.c.workspace_id == workspace_id)
+        .order_by(rate_limits.c.id)
+    )
+    return WorkspacePolicy(
+        markup=markup or Decimal(0),
+        budgets=tuple(
+            Budget(
+                id=row.id,
+                workspace_id=row.workspace_id,
+                scope=BudgetScope(row.scope),
+                subject_id=row.subject_id,
+                period=BudgetPeriod(row.period),
+                limit=row.limit_usd,
+                soft_ratio=row.soft_ratio,
+            )
+            for row in found
+        ),
+        limits=tuple(
+            CallerLimit(
+                scope=row.scope,
+                subject_id=row.subject_id,
+                requests_per_minute=row.requests_per_minute,
+                tokens_per_minute=row.tokens_per_minute,
+            )
+            for row in limits
+        ),
+    )
+
+
+def spent(tx: Tx, line: BudgetLine) -> Decimal:
+    """What the line's subject was charged in the line's period, from the usage records."""
+    budget = line.budget
+    subject = {
+        BudgetScope.WORKSPACE: llm_calls.c.workspace_id,
+        BudgetScope.API_KEY: llm_calls.c.api_key_id,
+        BudgetScope.USER: llm_calls.c.user_id,
+        BudgetScope.RUN: llm_calls.c.run_id,
+    }[budget.scope]
+    query = select(func.coalesce(func.sum(llm_calls.c.price), 0)).where(
+        llm_calls.c.workspace_id == budget.workspace_id, subject == line.subject
+    )
+    if line.period_start is not None:
+        query = query.where(llm_calls.c.created_at >= line.period_start)
+    if line.period_end is not None:
+        query = query.where(llm_calls.c.created_at < line.period_end)
+    total = tx.conn.scalar(query)
+    return total if isinstance(total, Decimal) else Decimal(total or 0)
+
+
+class UsageRecorder:
+    """A :class:`agentmill.gateway.policy.UsageSink` that writes usage records in batches, off
+    the calls' path: a call only appends to a list; a background task inserts what gathered
+    every ``interval`` seconds (or at once past ``batch`` records) in one transaction."""
+
+    def __init__(self, db: Database, *, interval: float = 0.2, batch: int = 500) -> None:
+        self.db = db
+        self.interval = interval
+        self.batch = batch
+        self._pending: list[dict[str, object]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def record(self, report: CallReport) -> None:
+        ctx = report.context
+        self._pending.append(
+            usage_row(report, ctx.run_id, ctx.step_id, ctx.attempt if ctx.run_id else None, _now())
+        )
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self._pending) >= self.batch:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every record taken so far."""
+        rows, self._pending = self._pending, []
+        if not rows:
+            return
+        try:
+            await self.db.write(lambda tx: sql.INSERT_LLM_CALLS.run_many(tx.conn, rows))
+        except Exception:
+            # Keep them for the next try rather than lose what callers were charged for.
+            log.exception("could not write usage records; will retry", records=len(rows))
+            self._pending[:0] = rows
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -25,7 +25,13 @@ from agentmill.gateway.types import (
     ToolSpec,
     Usage,
 )
-from tests.gateway.wire.openai_server import OpenAIFake, embedding_for, openai_server
+from tests.gateway.wire._harness import WireRequest, WireResponse, WireServer
+from tests.gateway.wire.openai_server import (
+    OpenAIFake,
+    embedding_for,
+    openai_error,
+    openai_server,
+)
 
 KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/gpt-4o-mini"
@@ -585,6 +591,32 @@ async def test_a_wrong_key_fails_the_step_without_repeating_the_key(fake: OpenAI
     assert wrong not in str(caught.value)
     assert caught.value.__cause__ is None  # the SDK's exception (which has the key) is not kept
     assert caught.value.__suppress_context__
+
+
+async def test_a_key_in_a_configured_header_is_kept_out_of_errors() -> None:
+    header_key = "azure-style-key-5555"
+
+    async def quote_the_header(request: WireRequest) -> WireResponse:
+        message = f"Invalid api-key {request.headers.get('api-key')}"
+        return WireResponse(status=400, body=openai_error(400, message))
+
+    with WireServer(quote_the_header, openai_error) as server:
+        config = ProviderConfig(
+            name="azure",
+            kind="openai_compatible",
+            base_url=server.url + "/v1",
+            headers={"api-key": header_key},
+        )
+        provider = OpenAIProvider(config)
+        try:
+            with pytest.raises(StepFailed) as caught:
+                await provider.chat(
+                    ChatRequest(model="azure/gpt-4o", messages=(Message(role="user", content="x"),))
+                )
+        finally:
+            await provider.aclose()
+    assert server.requests[0].headers["api-key"] == header_key
+    assert str(caught.value) == "azure/gpt-4o: 400 Bad Request: Invalid api-key ***"
 
 
 async def test_a_dropped_connection_is_retryable(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -90,6 +91,8 @@ _TOOL_MODES: dict[str, Literal["auto", "none", "required"]] = {
     "none": "none",
     "required": "required",
 }
+_SECRET_HEADER = re.compile(r"key|auth|token|secret", re.IGNORECASE)
+
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -110,8 +113,11 @@ class OpenAIProvider:
             raise ConfigError(
                 f"provider {config.name!r}: no API key (set OPENAI_API_KEY, or api_key_env)"
             )
-        # Keys must never reach an error message: the upstream may quote them back.
-        self._secrets = tuple(k for k in (config.api_key,) if k and len(k) >= 4)
+        # Keys must never reach an error message: the upstream may quote them back. Some
+        # servers take theirs in a configured header (api-key, x-api-key, Authorization).
+        secrets = [config.api_key or ""]
+        secrets += [v for k, v in config.headers.items() if _SECRET_HEADER.search(k)]
+        self._secrets = tuple(s for s in secrets if len(s) >= 4)
         self._client = openai.AsyncOpenAI(
             api_key=config.api_key or NO_KEY,
             base_url=config.base_url,

@@ -344,7 +344,7 @@ async def test_a_chat_completion_reaches_the_provider_and_comes_back_in_openais_
 async def test_a_streamed_completion_sends_the_answer_in_pieces_then_the_usage(
     client: AsyncOpenAI,
 ) -> None:
-    answer = "one two three four five six seven eight nine ten"
+    answer = "one two three vier fünf sechs 七 八 九 🐝"
     whole = await client.chat.completions.create(
         model="rec/m",
         messages=[{"role": "user", "content": "count"}],
@@ -587,8 +587,8 @@ async def test_a_wrong_key_a_login_token_and_a_viewer_key_are_refused(
     wrong = "am_0123abcd_" + "x" * 43
     for secret, says in [
         (wrong, "invalid or revoked API key"),
-        ("sk-not-ours", "not a login token"),
-        (tenant.token, "not a login token"),
+        ("sk-not-ours", "expected an AgentMill API key"),
+        (tenant.token, "take no login tokens"),
     ]:
         async with AsyncOpenAI(base_url=server.base_url, api_key=secret, max_retries=0) as sdk:
             with pytest.raises(openai.AuthenticationError) as refused:
@@ -675,6 +675,7 @@ async def test_transport_level_errors_are_in_openais_shape_too(
         too_large = await http.post("/chat/completions", json=big)
         unknown = await http.post("/completions", json={})
         not_json = await http.post("/chat/completions", content=b"{nope")
+        wrong_method = await http.get("/chat/completions")
         api_shape = await http.get(f"{server.url}/api/v1/nothing-here")
 
     assert too_large.status_code == 413
@@ -693,6 +694,9 @@ async def test_transport_level_errors_are_in_openais_shape_too(
         "param": None,
         "code": "unknown_url",
     }
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "POST"
     assert not_json.status_code == 400
     assert not_json.json()["error"]["code"] == "invalid_json"
     # The rest of the API keeps AgentMill's own shape.

@@ -50,7 +50,9 @@ _SECRET = re.compile(r"\b(?:sk-|sk_|am_|AIza|xai-|gsk_)[\w\-*.]{6,}|(?i:bearer)\
 class InvalidParam(ConfigError):
     """A request parameter the gateway cannot honour; answered as 400 naming ``param``."""
 
-    def __init__(self, message: str, *, param: str | None, code: str = "invalid_value") -> None:
+    def __init__(
+        self, message: str, *, param: str | None, code: str | None = "invalid_value"
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.code = code

@@ -364,8 +364,10 @@ def _text(content: str | list[dict[str, Any]] | None, param: str) -> str:
 
 
 def _tool_choice(choice: str | NamedToolChoice | None, tools: tuple[ToolSpec, ...]) -> str | None:
-    if choice is None or choice in ("none", "auto"):
-        return choice if isinstance(choice, str) else None
+    if choice is None:
+        return None
+    if choice in ("none", "auto"):
+        return str(choice)
     if not tools:
         raise InvalidParam(
             "tool_choice names a tool or requires one, but no tools were given",

@@ -79,8 +79,8 @@ async def _caller(request: Request, db: DbDep, settings: SettingsDep) -> CallCon
         raise NotAuthenticated("missing API key: send 'Authorization: Bearer <AgentMill API key>'")
     if api_key_prefix(secret) is None:  # a login token, or not ours at all
         raise NotAuthenticated(
-            "the /v1 endpoints take an AgentMill API key (am_...), not a login token; "
-            "create one with POST /api/v1/api-keys"
+            "expected an AgentMill API key (am_...): the /v1 endpoints take no login tokens "
+            "or other keys; create one with POST /api/v1/api-keys"
         )
     principal = await authenticate(db, settings, secret)
     role = principal.key_role
@@ -112,11 +112,13 @@ def _parse(model: type[_Body], body: bytes) -> _Body:
         return model.model_validate_json(body)
     except ValidationError as exc:
         error = validation_error(exc.errors(include_url=False))
-        raise InvalidParam(error.message, param=error.param, code=error.code or "") from None
+        raise InvalidParam(error.message, param=error.param, code=error.code) from None
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False), media_type="application/json"
+    )
 
 
 @router.post("/chat/completions")
@@ -256,7 +258,9 @@ def _usage(usage: Usage) -> dict[str, Any]:
 
 
 def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    )
 
 
 def _delta(delta: ChatDelta) -> dict[str, Any] | None:
@@ -269,11 +273,11 @@ def _delta(delta: ChatDelta) -> dict[str, Any] | None:
         calls: list[dict[str, Any]] = []
         for piece in delta.tool_calls:
             call: dict[str, Any] = {"index": piece.index}
-            function: dict[str, Any] = {"arguments": piece.arguments}
             if piece.id is not None:  # the first piece of a call names it
                 call["id"] = piece.id
                 call["type"] = "function"
-                function = {"name": piece.name or "", **function}
+            function: dict[str, Any] = {} if piece.name is None else {"name": piece.name}
+            function["arguments"] = piece.arguments
             call["function"] = function
             calls.append(call)
         out["tool_calls"] = calls

@@ -30,6 +30,10 @@ class Endpoint:
     path: str  # {ws} and {other} are filled in
     permission: Permission
     body: dict[str, Any] | None = None
+    api_key: bool = False  # the OpenAI-compatible /v1 endpoints take API keys only
+
+
+HELLO = {"model": "scripted/m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 # Every workspace route that exists today, with the permission it needs.
@@ -92,7 +96,18 @@ ENDPOINTS = [
     Endpoint("PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}),
     Endpoint("GET", "/api/v1/workspaces/{ws}/dead-letters", Permission.WORKFLOW_READ),
     Endpoint("POST", "/api/v1/dead-letters/{dead_letter}/redrive", Permission.WORKFLOW_EXECUTE),
+    Endpoint("POST", "/v1/chat/completions", Permission.MODEL_CALL, HELLO, api_key=True),
+    Endpoint(
+        "POST",
+        "/v1/embeddings",
+        Permission.MODEL_CALL,
+        {"model": "scripted/e", "input": "hi"},
+        api_key=True,
+    ),
+    Endpoint("GET", "/v1/models", Permission.MODEL_CALL, api_key=True),
 ]
+# A /v1 call acts in its key's workspace: there is no other workspace it could name.
+WORKSPACE_ENDPOINTS = [e for e in ENDPOINTS if not e.api_key]
 COVERED = {e.permission for e in ENDPOINTS}
 GATE = {
     "name": "gate",
@@ -192,12 +207,20 @@ async def test_each_role_may_do_exactly_what_the_table_says(
             await client.post(f"/api/v1/runs/{names['run']}/cancel", headers=owner.headers)
     if "{dead_letter}" in endpoint.path:
         names["dead_letter"] = await _dead_letter(client, owner, ws)
+    headers = user.headers
+    if endpoint.api_key:  # a key with the role, made by the owner (an admin may not make one)
+        key = await client.post(
+            "/api/v1/api-keys",
+            json={"workspace_id": ws, "name": "role", "role": role.value},
+            headers=owner.headers,
+        )
+        headers = {"Authorization": f"Bearer {key.json()['key']}"}
 
     response = await client.request(
         endpoint.method,
         _fill(endpoint.path, names),
         json=_fill(endpoint.body, names),
-        headers=user.headers,
+        headers=headers,
     )
 
     if allows(role, endpoint.permission):
@@ -207,7 +230,7 @@ async def test_each_role_may_do_exactly_what_the_table_says(
         assert response.json()["error"]["code"] == "permission_denied"
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
+@pytest.mark.parametrize("endpoint", WORKSPACE_ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
 async def test_another_tenants_workspace_is_not_found_and_unchanged(
     client: httpx.AsyncClient, endpoint: Endpoint
 ) -> None:

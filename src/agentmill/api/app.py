@@ -19,6 +19,7 @@ from agentmill.api.routes import (
     events,
     health,
     home,
+    openai_compat,
     runs,
     spending,
     streams,
@@ -108,6 +109,7 @@ def create_app(
     )
     for module in modules:
         app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
+    app.include_router(openai_compat.router)  # /v1: OpenAI's API, for OpenAI SDKs
     app.include_router(health.router)
     app.include_router(home.router)
     app.state.bind_host = bind_host

@@ -1,7 +1,9 @@
 """Every failure is JSON ``{"error": {"code", "message", "details"}}`` with the right status.
 
 The exception tree (agentmill.errors) is mapped to HTTP here and only here. A bug answers 500
-with a request id to quote; its traceback goes to the log, never to the client.
+with a request id to quote; its traceback goes to the log, never to the client. Under ``/v1``
+(the OpenAI-compatible endpoints) the same handlers answer in OpenAI's error shape instead, as
+``api/openai_errors.py`` maps it, because the clients there are OpenAI SDKs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentmill.api import openai_errors
+from agentmill.api.openai_errors import is_openai_path
 from agentmill.domain.inputs import InvalidInputs
 from agentmill.errors import (
     AgentMillError,
@@ -61,7 +65,9 @@ def error_response(
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AgentMillError)
-    async def domain_error(_: Request, exc: AgentMillError) -> JSONResponse:
+    async def domain_error(request: Request, exc: AgentMillError) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            return openai_errors.error_for(exc).response()
         for kind, status, code in _STATUS:
             if isinstance(exc, kind):
                 details: Any = None
@@ -78,7 +84,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, "bad_request", str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            return openai_errors.validation_error(exc.errors()).response()
         details = [
             {
                 "field": ".".join(str(part) for part in err["loc"] if part != "body"),
@@ -91,7 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "validation_error", message, details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            error = openai_errors.http_error(
+                exc.status_code, request.method, request.url.path, str(exc.detail)
+            )
+            response = error.response()
+            response.headers.update(getattr(exc, "headers", None) or {})  # Allow, for a 405
+            return response
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(
             exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
@@ -99,14 +114,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = new_id("req")
-        log.exception("unhandled error", request_id=request_id, path=request.url.path)
-        return error_response(
-            500,
-            "internal",
-            "internal error; quote the request id when reporting it",
-            {"request_id": request_id},
-        )
+        return unexpected_error(request)
+
+
+def unexpected_error(request: Request) -> JSONResponse:
+    """The 500 for the bug being handled: a request id to quote, the traceback in the log."""
+    request_id = new_id("req")
+    log.exception("unhandled error", request_id=request_id, path=request.url.path)
+    if is_openai_path(request.url.path):
+        message = f"internal error; quote the request id {request_id} when reporting it"
+        return openai_errors.internal_error(message).response()
+    return error_response(
+        500,
+        "internal",
+        "internal error; quote the request id when reporting it",
+        {"request_id": request_id},
+    )
 
 
 class BodySizeLimit:
@@ -151,7 +174,11 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, "payload_too_large", f"request body is larger than {self.limit} bytes"
+        response = (
+            openai_errors.too_large(self.limit).response()
+            if is_openai_path(scope["path"])
+            else error_response(
+                413, "payload_too_large", f"request body is larger than {self.limit} bytes"
+            )
         )
         await response(scope, receive, send)

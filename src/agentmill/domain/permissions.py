@@ -25,6 +25,7 @@ class Permission(StrEnum):
     USAGE_READ = "usage:read"
     API_KEYS_MANAGE = "api_keys:manage"
     BUDGETS_MANAGE = "budgets:manage"
+    MODEL_CALL = "model:call"  # the OpenAI-compatible /v1 gateway endpoints
 
 
 _VIEWER = frozenset({Permission.WORKFLOW_READ, Permission.USAGE_READ})
@@ -34,6 +35,7 @@ _MEMBER = _VIEWER | {
     Permission.WORKFLOW_EXECUTE,
     Permission.RUN_CANCEL,
     Permission.RUN_APPROVE,
+    Permission.MODEL_CALL,
 }
 _ADMIN = _MEMBER | {
     Permission.WORKFLOW_DELETE,

@@ -93,7 +93,9 @@ ENDPOINTS = [
         {"scope": "api_key", "requests_per_minute": 60},
     ),
     Endpoint("GET", "/api/v1/workspaces/{ws}/markup", Permission.USAGE_READ),
-    Endpoint("PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}),
+    Endpoint(
+        "PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}
+    ),
     Endpoint("GET", "/api/v1/workspaces/{ws}/dead-letters", Permission.WORKFLOW_READ),
     Endpoint("POST", "/api/v1/dead-letters/{dead_letter}/redrive", Permission.WORKFLOW_EXECUTE),
     Endpoint("POST", "/v1/chat/completions", Permission.MODEL_CALL, HELLO, api_key=True),

@@ -355,6 +355,26 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert am.usage(wsid, since=future, until=future + timedelta(days=1))["total"]["calls"] == 0
     _raises(422, "validation_error", lambda: am.usage(wsid, since=future, until=future))
 
+    # spending controls: a budget that already shows what was spent, limits, markup, health
+    budget = am.create_budget(wsid, "5", period="monthly")
+    assert Decimal(budget["spent_usd"]) == Decimal(usage["total"]["price"])
+    keyed = am.create_budget(wsid, 1, scope="api_key", period="daily", soft_ratio=0.5)
+    assert keyed["spent_usd"] is None  # a budget of each key has no single total
+    assert [b["id"] for b in am.budgets(wsid)] == sorted([budget["id"], keyed["id"]])
+    assert am.delete_budget(wsid, keyed["id"]) is None
+    _raises(404, "not_found", lambda: am.delete_budget(wsid, keyed["id"]))
+    _raises(422, "validation_error", lambda: am.create_budget(wsid, 1, subject_id="x"))
+    limit = am.create_rate_limit(wsid, scope="user", requests_per_minute=60)
+    assert am.rate_limits(wsid) == [limit]
+    assert am.delete_rate_limit(wsid, limit["id"]) is None
+    assert am.rate_limits(wsid) == []
+    assert am.set_markup(wsid, "0.25") == {"workspace_id": wsid, "markup": "0.25"}
+    assert Decimal(am.markup(wsid)["markup"]) == Decimal("0.25")
+    health = am.providers_health()
+    assert "scripted" in health["providers"]
+    assert [m["model"] for m in health["models"] if m["provider"] == "scripted"] == ["writer"]
+    assert am.providers_health(wsid)["providers"] == health["providers"]
+
     # unknown ids, then logging out ends the token for everyone holding it
     _raises(404, "not_found", lambda: am.run("run_doesnotexist"))
     _raises(404, "not_found", lambda: list(am.events("run_doesnotexist")))

@@ -216,6 +216,17 @@ class Client:
     # usage
     usage = _sync(api.usage)
 
+    # spending controls
+    budgets = _sync(api.budgets)
+    create_budget = _sync(api.create_budget)
+    delete_budget = _sync(api.delete_budget)
+    rate_limits = _sync(api.rate_limits)
+    create_rate_limit = _sync(api.create_rate_limit)
+    delete_rate_limit = _sync(api.delete_rate_limit)
+    markup = _sync(api.markup)
+    set_markup = _sync(api.set_markup)
+    providers_health = _sync(api.providers_health)
+
     # dead letters
     dead_letters = _sync(api.dead_letters)
     redrive = _sync(api.redrive)
@@ -352,6 +363,17 @@ class AsyncClient:
     wait = _async(api.wait)
     # usage
     usage = _async(api.usage)
+
+    # spending controls
+    budgets = _async(api.budgets)
+    create_budget = _async(api.create_budget)
+    delete_budget = _async(api.delete_budget)
+    rate_limits = _async(api.rate_limits)
+    create_rate_limit = _async(api.create_rate_limit)
+    delete_rate_limit = _async(api.delete_rate_limit)
+    markup = _async(api.markup)
+    set_markup = _async(api.set_markup)
+    providers_health = _async(api.providers_health)
 
     # dead letters
     dead_letters = _async(api.dead_letters)

@@ -436,6 +436,90 @@ def usage(
     return Call(method="GET", path=path, params=_params(since=since, until=until), shape=_obj)
 
 
+# spending controls
+
+
+def budgets(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """Budgets, with what each has spent this period."""
+    return Call(method="GET", path=f"{API}/workspaces/{_p(workspace_id)}/budgets", shape=_objs)
+
+
+def create_budget(
+    workspace_id: str,
+    limit_usd: str | float,
+    *,
+    scope: str = "workspace",
+    subject_id: str | None = None,
+    period: str = "monthly",
+    soft_ratio: str | float = "0.8",
+) -> Call[dict[str, Any]]:
+    """Add a budget; calls that would pass it are refused (scope: workspace, api_key, user or
+    run; without ``subject_id`` a key, user or run budget applies to each one)."""
+    body = {
+        "scope": scope,
+        "subject_id": subject_id,
+        "period": period,
+        "limit_usd": str(limit_usd),
+        "soft_ratio": str(soft_ratio),
+    }
+    path = f"{API}/workspaces/{_p(workspace_id)}/budgets"
+    return Call(method="POST", path=path, json=body, shape=_obj)
+
+
+def delete_budget(workspace_id: str, budget_id: str) -> Call[None]:
+    """Remove a budget."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/budgets/{_p(budget_id)}"
+    return Call(method="DELETE", path=path, shape=_nothing)
+
+
+def rate_limits(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """Rate limits on model calls."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/rate-limits"
+    return Call(method="GET", path=path, shape=_objs)
+
+
+def create_rate_limit(
+    workspace_id: str,
+    *,
+    scope: str = "workspace",
+    subject_id: str | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+) -> Call[dict[str, Any]]:
+    """Limit model calls' requests and/or tokens per minute."""
+    body = {
+        "scope": scope,
+        "subject_id": subject_id,
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+    }
+    path = f"{API}/workspaces/{_p(workspace_id)}/rate-limits"
+    return Call(method="POST", path=path, json=body, shape=_obj)
+
+
+def delete_rate_limit(workspace_id: str, limit_id: str) -> Call[None]:
+    """Remove a rate limit."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/rate-limits/{_p(limit_id)}"
+    return Call(method="DELETE", path=path, shape=_nothing)
+
+
+def markup(workspace_id: str) -> Call[dict[str, Any]]:
+    """The workspace's markup: price = cost × (1 + markup)."""
+    return Call(method="GET", path=f"{API}/workspaces/{_p(workspace_id)}/markup", shape=_obj)
+
+
+def set_markup(workspace_id: str, markup: str | float) -> Call[dict[str, Any]]:
+    """Set the markup charged over providers' cost (owners)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/markup"
+    return Call(method="PUT", path=path, json={"markup": str(markup)}, shape=_obj)
+
+
+def providers_health(workspace_id: str | None = None) -> Call[dict[str, Any]]:
+    """Each model's circuit breaker, error rate and latency percentiles."""
+    params = _params(workspace=workspace_id)
+    return Call(method="GET", path=f"{API}/providers/health", params=params, shape=_obj)
+
+
 # dead letters
 
 

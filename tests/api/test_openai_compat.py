@@ -153,10 +153,10 @@ class Tenant:
 
 
 @contextlib.contextmanager
-def serve(database_url: str) -> Iterator[Server]:
+def serve(database_url: str, settings: Settings | None = None) -> Iterator[Server]:
     """The API (no embedded worker) under uvicorn in a thread, on a free loopback port."""
     app = create_app(
-        Settings(secret_key="test-secret", max_body_bytes=MAX_BODY),
+        settings or Settings(secret_key="test-secret", max_body_bytes=MAX_BODY),
         database_url=database_url,
         workers=False,
     )

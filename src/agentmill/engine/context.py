@@ -71,5 +71,5 @@ class StepContext:
         request = replace(request, tries_per_model=1)
         response = await self.gateway.chat(request, sink=self.calls.append)
         for notice in response.notices:
-            self.log(notice, level="warning", source="budget")
+            self.log(notice, level="warning", topic="budget")
         return response

@@ -64,6 +64,7 @@ from agentmill.gateway.types import (
 log = structlog.get_logger("agentmill.gateway")
 
 T = TypeVar("T")
+_SCRIPTED = ProviderConfig(name="scripted", kind="scripted")
 Sink = Callable[[CallReport], None]
 
 
@@ -131,8 +132,8 @@ class Gateway:
             self._configured: Mapping[str, ProviderConfig] = {}
             for provider in providers:
                 self.register(provider)
-        else:
-            self._configured = self.config.providers
+        else:  # the offline scripted provider is always there
+            self._configured = {"scripted": _SCRIPTED, **self.config.providers}
 
     # ------------------------------------------------------------------ providers
 
@@ -529,6 +530,8 @@ class Gateway:
             await provider.aclose()
         await self.budgets.aclose()
         await self.limiter.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()
 
 
 def estimate_input_tokens(request: ChatRequest | None) -> int:

@@ -55,6 +55,10 @@ class UsageSink(Protocol):
         """Take a call's record; must not block (writes are batched off the call's path)."""
         ...
 
+    async def aclose(self) -> None:
+        """Write what is still pending."""
+        ...
+
 
 class StaticPolicies:
     """Policies held in memory (tests, and ``agentmill run`` without a server)."""

@@ -30,6 +30,7 @@ TABLES = {
     "memberships",
     "api_keys",
     "revoked_tokens",
+    "workspace_providers",
 }
 
 

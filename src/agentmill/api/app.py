@@ -19,6 +19,7 @@ from agentmill.api.routes import (
     events,
     health,
     home,
+    providers,
     runs,
     streams,
     usage,
@@ -92,7 +93,18 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    modules = (auth, workspaces, api_keys, workflows, runs, events, streams, usage, dead_letters)
+    modules = (
+        auth,
+        workspaces,
+        api_keys,
+        providers,
+        workflows,
+        runs,
+        events,
+        streams,
+        usage,
+        dead_letters,
+    )
     for module in modules:
         app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
     app.include_router(health.router)

@@ -24,6 +24,7 @@ class Permission(StrEnum):
     MEMBERS_MANAGE = "members:manage"
     USAGE_READ = "usage:read"
     API_KEYS_MANAGE = "api_keys:manage"
+    PROVIDERS_MANAGE = "providers:manage"
 
 
 _VIEWER = frozenset({Permission.WORKFLOW_READ, Permission.USAGE_READ})
@@ -38,6 +39,7 @@ _ADMIN = _MEMBER | {
     Permission.WORKFLOW_DELETE,
     Permission.MEMBERS_MANAGE,
     Permission.API_KEYS_MANAGE,
+    Permission.PROVIDERS_MANAGE,
 }
 _OWNER = _ADMIN | {Permission.WORKSPACE_MANAGE}
 

@@ -233,3 +233,42 @@ async def test_provider_keys_never_reach_the_database_or_the_answers(stack: Stac
     with stack.api() as api:
         health = api.get("/providers/health").text
     assert ANTHROPIC_KEY not in health
+
+
+async def test_a_workspace_uses_its_own_provider_and_key(stack: Stack) -> None:
+    tenant = new_tenant(stack.server.url)
+    async with httpx.AsyncClient(
+        base_url=f"{stack.server.url}/api/v1", headers={"Authorization": f"Bearer {tenant.token}"}
+    ) as api:
+        for name, kind in (("mine", "openai"), ("unpriced", "openai_compatible")):
+            created = await api.post(
+                f"/workspaces/{tenant.workspace_id}/providers",
+                json={
+                    "name": name,
+                    "kind": kind,
+                    "base_url": stack.oai.base_url,
+                    "api_key": "sk-workspace-own",
+                },
+            )
+            assert created.status_code == 201, created.text
+    async with AsyncOpenAI(
+        base_url=stack.server.base_url, api_key=tenant.key, max_retries=0
+    ) as sdk:
+        answer = await sdk.chat.completions.create(
+            model="mine/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.model == "mine/gpt-4o-mini"
+        assert stack.oai.server.requests[-1].headers["authorization"] == "Bearer sk-workspace-own"
+        with pytest.raises(APIStatusError) as caught:
+            await sdk.chat.completions.create(
+                model="unpriced/llama-3-8b", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert caught.value.status_code == 400
+    assert "no price known for model 'unpriced/llama-3-8b'" in caught.value.message
+    # Another workspace does not see this one's providers.
+    async with stack.sdk() as sdk:
+        with pytest.raises(APIStatusError) as other:
+            await sdk.chat.completions.create(
+                model="mine/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert other.value.status_code == 404

@@ -78,6 +78,21 @@ ENDPOINTS = [
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/approve", Permission.RUN_APPROVE, {}),
     Endpoint("POST", "/api/v1/runs/{run}/steps/gate/reject", Permission.RUN_APPROVE, {}),
     Endpoint("GET", "/api/v1/workspaces/{ws}/usage", Permission.USAGE_READ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/providers", Permission.WORKFLOW_READ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/providers/existing", Permission.WORKFLOW_READ),
+    Endpoint(
+        "POST",
+        "/api/v1/workspaces/{ws}/providers",
+        Permission.PROVIDERS_MANAGE,
+        {"name": "new", "kind": "openai", "api_key": "sk-new"},
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/v1/workspaces/{ws}/providers/existing",
+        Permission.PROVIDERS_MANAGE,
+        {"timeout": 5, "api_key": "sk-changed"},
+    ),
+    Endpoint("DELETE", "/api/v1/workspaces/{ws}/providers/existing", Permission.PROVIDERS_MANAGE),
     Endpoint("GET", "/api/v1/workspaces/{ws}/budgets", Permission.USAGE_READ),
     Endpoint(
         "POST",
@@ -122,6 +137,21 @@ FAILS_ONCE = {
     },
     "steps": [{"id": "call", "agent": "m", "prompt": "x"}],
 }
+
+
+EXISTING_PROVIDER = {
+    "name": "existing",
+    "kind": "openai_compatible",
+    "base_url": "http://127.0.0.1:8000/v1",
+    "api_key": "sk-existing",
+}
+
+
+async def _provider(client: httpx.AsyncClient, owner: Account, ws: str) -> None:
+    created = await client.post(
+        f"/api/v1/workspaces/{ws}/providers", json=EXISTING_PROVIDER, headers=owner.headers
+    )
+    assert created.status_code == 201, created.text
 
 
 def _fill(value: Any, names: dict[str, str]) -> Any:
@@ -209,6 +239,8 @@ async def test_each_role_may_do_exactly_what_the_table_says(
             await client.post(f"/api/v1/runs/{names['run']}/cancel", headers=owner.headers)
     if "{dead_letter}" in endpoint.path:
         names["dead_letter"] = await _dead_letter(client, owner, ws)
+    if "/providers/existing" in endpoint.path:
+        await _provider(client, owner, ws)
     headers = user.headers
     if endpoint.api_key:  # a key with the role, made by the owner (an admin may not make one)
         key = await client.post(
@@ -244,6 +276,7 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     names["workflow"], names["run"] = await _waiting_run(client, victim, theirs)
     if "{dead_letter}" in endpoint.path:
         names["dead_letter"] = await _dead_letter(client, victim, theirs)
+    await _provider(client, victim, theirs)
 
     response = await client.request(
         endpoint.method,
@@ -265,6 +298,12 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     ).json()
     expected = {("gate", 1), ("fails-once", 1)} if "dead_letter" in names else {("gate", 1)}
     assert {(w["name"], w["latest_version"]) for w in workflows} == expected
+    providers = (
+        await client.get(f"/api/v1/workspaces/{theirs}/providers", headers=victim.headers)
+    ).json()  # none added, changed or deleted by the intruder
+    assert [(p["name"], p["timeout"], p["has_api_key"]) for p in providers] == [
+        ("existing", 60.0, True)
+    ]
     if "dead_letter" in names:  # not re-driven by the intruder
         letters = await client.get(
             f"/api/v1/workspaces/{theirs}/dead-letters", headers=victim.headers

@@ -247,6 +247,34 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert am.api_keys(wsid)[0]["revoked_at"] is not None
     _raises(401, "not_authenticated", keyed.workspaces)
 
+    # the workspace's own providers: the key is write-only
+    secret = f"sk-client-{uuid.uuid4().hex}"
+    made = am.create_provider(
+        wsid, "mine", "openai_compatible", base_url="http://127.0.0.1:9/v1", api_key=secret
+    )
+    assert (made["name"], made["kind"], made["has_api_key"], made["timeout"]) == (
+        "mine",
+        "openai_compatible",
+        True,
+        60.0,
+    )
+    other = am.create_provider(
+        wsid, "box", "ollama", base_url="http://127.0.0.1:11434", timeout=5, headers={"X-A": "1"}
+    )
+    assert (other["has_api_key"], other["timeout"], other["headers"]) == (False, 5.0, {"X-A": "1"})
+    assert [p["name"] for p in am.providers(wsid)] == ["box", "mine"]
+    assert am.provider(wsid, "mine") == made
+    changed = am.update_provider(wsid, "box", api_key="sk-box", timeout=7)
+    assert (changed["has_api_key"], changed["timeout"]) == (True, 7.0)
+    assert am.update_provider(wsid, "box", api_key=None)["has_api_key"] is False
+    invalid_provider = _raises(
+        422, "validation_error", lambda: am.update_provider(wsid, "mine", api_key=None)
+    )
+    assert invalid_provider.details[0]["field"] == "api_key"
+    assert am.delete_provider(wsid, "box") is None
+    _raises(404, "not_found", lambda: am.provider(wsid, "box"))
+    assert secret not in str(am.providers(wsid))
+
     # workflows: push creates, pushing again adds a version, an identical one does not
     first = am.push_workflow(wsid, GREET.format(description="first"))
     assert (first["name"], first["latest_version"]) == ("greet", 1)

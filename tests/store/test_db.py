@@ -34,6 +34,7 @@ TABLES = {
     "revoked_tokens",
     "budgets",
     "rate_limits",
+    "workspace_providers",
 }
 
 

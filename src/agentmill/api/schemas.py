@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    SecretStr,
+    field_validator,
+)
 
 from agentmill.domain.permissions import Role
 
@@ -317,3 +327,138 @@ class ModelHealthPublic(BaseModel):
 class ProvidersHealth(BaseModel):
     providers: list[str] = Field(description="Configured providers.")
     models: list[ModelHealthPublic] = Field(description="Models called since this process began.")
+
+
+WorkspaceProviderKind = Literal["openai", "openai_compatible", "anthropic", "gemini", "ollama"]
+PROVIDER_NAME = r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$"
+RESERVED_PROVIDER_NAMES = frozenset({"scripted"})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")  # visible ASCII and spaces: no CR/LF injection
+_VISIBLE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what a key or URL can be on the wire
+# Headers are stored in the clear: these carry credentials, which belong in ``api_key``.
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"}
+)
+
+
+def _check_name(name: str) -> str:
+    if name in RESERVED_PROVIDER_NAMES:
+        raise ValueError(f"{name!r} is reserved for the built-in offline provider")
+    return name
+
+
+def _check_base_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if not _VISIBLE.match(url):
+        raise ValueError("must be visible ASCII characters without spaces")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials (they would be stored unencrypted)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
+    return url
+
+
+def _check_api_key(key: SecretStr | None) -> SecretStr | None:
+    if key is not None and not _VISIBLE.match(key.get_secret_value()):
+        raise ValueError("must be visible ASCII characters without spaces")
+    return key
+
+
+def _check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.match(name) or len(name) > 128:
+            raise ValueError(f"{name[:40]!r} is not a valid header name")
+        if name.lower() in _CREDENTIAL_HEADERS:
+            raise ValueError(
+                f"{name!r} carries a credential; headers are stored unencrypted, use api_key"
+            )
+        if not _HEADER_VALUE.match(value) or len(value) > 2048:
+            raise ValueError(
+                f"header {name!r}: value must be visible ASCII, at most 2048 characters"
+            )
+    return headers
+
+
+_ProviderName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=PROVIDER_NAME,
+        description="Lowercase letters, digits, `-` and `_`: the `name/` prefix of its models.",
+    ),
+    AfterValidator(_check_name),
+]
+_BaseUrl = Annotated[
+    str | None,
+    Field(
+        max_length=2048,
+        description="The API's base URL (required for openai_compatible and ollama).",
+    ),
+    AfterValidator(_check_base_url),
+]
+_ApiKey = Annotated[
+    SecretStr | None,
+    Field(
+        min_length=1,
+        max_length=4096,
+        description="The provider's API key; write-only, stored encrypted, never returned.",
+    ),
+    AfterValidator(_check_api_key),
+]
+_Timeout = Annotated[
+    float, Field(gt=0, le=3600, description="Seconds for one request to the provider.")
+]
+_Headers = Annotated[
+    dict[str, str],
+    Field(max_length=32, description="Extra HTTP headers, not secret (stored unencrypted)."),
+    AfterValidator(_check_headers),
+]
+
+
+class ProviderCreate(_In):
+    name: _ProviderName
+    kind: WorkspaceProviderKind
+    base_url: _BaseUrl = None
+    api_key: _ApiKey = None
+    timeout: _Timeout = 60.0
+    headers: _Headers = Field(default_factory=dict)
+
+
+class ProviderUpdate(_In):
+    """Only the fields sent change; ``"api_key": null`` removes the key."""
+
+    kind: WorkspaceProviderKind | None = None
+    base_url: _BaseUrl = None
+    api_key: _ApiKey = None
+    timeout: _Timeout | None = None
+    headers: _Headers | None = None
+
+    @field_validator("kind", "timeout", "headers")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for values sent (defaults are not validated): null is refused here.
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
+class ProviderPublic(BaseModel):
+    id: str
+    workspace_id: str
+    name: str
+    kind: WorkspaceProviderKind
+    base_url: str | None
+    timeout: float
+    headers: dict[str, str]
+    has_api_key: bool = Field(description="Whether a key is stored; the key is never returned.")
+    created_at: datetime
+    updated_at: datetime

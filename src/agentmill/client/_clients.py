@@ -192,6 +192,12 @@ class Client:
     create_api_key = _sync(api.create_api_key)
     api_keys = _sync(api.api_keys)
     revoke_api_key = _sync(api.revoke_api_key)
+    # a workspace's own model providers
+    create_provider = _sync(api.create_provider)
+    providers = _sync(api.providers)
+    provider = _sync(api.provider)
+    update_provider = _sync(api.update_provider)
+    delete_provider = _sync(api.delete_provider)
     # workflows
     create_workflow = _sync(api.create_workflow)
     push_workflow = _sync(api.push_workflow)
@@ -340,6 +346,12 @@ class AsyncClient:
     create_api_key = _async(api.create_api_key)
     api_keys = _async(api.api_keys)
     revoke_api_key = _async(api.revoke_api_key)
+    # a workspace's own model providers
+    create_provider = _async(api.create_provider)
+    providers = _async(api.providers)
+    provider = _async(api.provider)
+    update_provider = _async(api.update_provider)
+    delete_provider = _async(api.delete_provider)
     # workflows
     create_workflow = _async(api.create_workflow)
     push_workflow = _async(api.push_workflow)

@@ -204,6 +204,53 @@ def revoke_api_key(workspace_id: str, key_id: str) -> Call[None]:
     )
 
 
+# a workspace's own model providers
+
+
+def create_provider(
+    workspace_id: str,
+    name: str,
+    kind: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Call[dict[str, Any]]:
+    """Add a provider to a workspace (kind openai, openai_compatible, anthropic, gemini or
+    ollama); its models are then ``name/model`` there. The key is stored encrypted and never
+    answered: the provider shows ``has_api_key``."""
+    optional = {"base_url": base_url, "api_key": api_key, "timeout": timeout, "headers": headers}
+    body = {"name": name, "kind": kind, **{k: v for k, v in optional.items() if v is not None}}
+    path = f"{API}/workspaces/{_p(workspace_id)}/providers"
+    return Call(method="POST", path=path, json=body, shape=_obj)
+
+
+def providers(workspace_id: str) -> Call[list[dict[str, Any]]]:
+    """A workspace's own providers by name (never their keys)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/providers"
+    return Call(method="GET", path=path, shape=_objs)
+
+
+def provider(workspace_id: str, name: str) -> Call[dict[str, Any]]:
+    """One of a workspace's providers (never its key)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/providers/{_p(name)}"
+    return Call(method="GET", path=path, shape=_obj)
+
+
+def update_provider(workspace_id: str, name: str, **changes: Any) -> Call[dict[str, Any]]:
+    """Change some of ``kind``, ``base_url``, ``api_key``, ``timeout`` and ``headers``; only
+    those given change, and ``api_key=None`` removes the key."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/providers/{_p(name)}"
+    return Call(method="PATCH", path=path, json=changes, shape=_obj)
+
+
+def delete_provider(workspace_id: str, name: str) -> Call[None]:
+    """Remove a provider and its key."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/providers/{_p(name)}"
+    return Call(method="DELETE", path=path, shape=_nothing)
+
+
 # workflows
 
 

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     API_KEYS_MANAGE = "api_keys:manage"
     BUDGETS_MANAGE = "budgets:manage"
     MODEL_CALL = "model:call"  # the OpenAI-compatible /v1 gateway endpoints
+    PROVIDERS_MANAGE = "providers:manage"
 
 
 _VIEWER = frozenset({Permission.WORKFLOW_READ, Permission.USAGE_READ})
@@ -42,6 +43,7 @@ _ADMIN = _MEMBER | {
     Permission.MEMBERS_MANAGE,
     Permission.API_KEYS_MANAGE,
     Permission.BUDGETS_MANAGE,
+    Permission.PROVIDERS_MANAGE,
 }
 _OWNER = _ADMIN | {Permission.WORKSPACE_MANAGE}
 

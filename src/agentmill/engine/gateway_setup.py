@@ -5,15 +5,18 @@ and rate limits in Redis when one is configured (shared by every process), in me
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog
 
 from agentmill.config import Settings
 from agentmill.gateway import Gateway
 from agentmill.gateway.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
-from agentmill.gateway.config import load_gateway_config
+from agentmill.gateway.config import ProviderConfig, load_gateway_config
 from agentmill.gateway.ratelimits import RateLimiter
 from agentmill.store.db import Database
-from agentmill.store.gateway_policies import DatabasePolicies, UsageRecorder
+from agentmill.store.gateway_policies import DatabasePolicies, ProviderLoader, UsageRecorder
+from agentmill.store.repositories.providers import workspace_provider_configs
 
 log = structlog.get_logger("agentmill.gateway")
 
@@ -34,8 +37,15 @@ def build_gateway(db: Database, settings: Settings) -> Gateway:
             )
     return Gateway(
         config=load_gateway_config(settings.config),
-        policies=DatabasePolicies(db),
+        policies=DatabasePolicies(db, providers=_workspace_providers(settings.secret_key)),
         limiter=limiter,
         budgets=budgets,
         recorder=UsageRecorder(db),
     )
+
+
+def _workspace_providers(secret_key: str) -> ProviderLoader:
+    async def load(db: Database, workspace_id: str) -> Mapping[str, ProviderConfig]:
+        return await workspace_provider_configs(db, workspace_id, secret_key=secret_key)
+
+    return load

@@ -81,6 +81,27 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class WorkspaceProvider(Base):
+    """A model provider a workspace configured for itself. The API key is stored encrypted
+    (gateway/secrets.py) and never returned; headers are not secret and stored as they are."""
+
+    __tablename__ = "workspace_providers"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "name", name="uq_workspace_providers_workspace_name"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))  # the ``provider/`` prefix of model names
+    kind: Mapped[str] = mapped_column(String(32))
+    base_url: Mapped[str | None] = mapped_column(Text)
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    timeout: Mapped[float] = mapped_column()
+    headers: Mapped[dict[str, str]] = mapped_column(JsonValue)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class RevokedToken(Base):
     """Access tokens ended by logout, kept until they would have expired anyway."""
 
@@ -331,6 +352,7 @@ users = cast(Table, User.__table__)
 workspaces = cast(Table, Workspace.__table__)
 memberships = cast(Table, Membership.__table__)
 api_keys = cast(Table, ApiKey.__table__)
+workspace_providers = cast(Table, WorkspaceProvider.__table__)
 revoked_tokens = cast(Table, RevokedToken.__table__)
 llm_calls = cast(Table, LlmCall.__table__)
 worker_processes = cast(Table, WorkerProcess.__table__)

@@ -7,6 +7,7 @@ cycles, template references, schemas, sub-workflow inputs) are checked here.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from agentmill.errors import Problem, SpecError
 
 RUN_NAMES = frozenset({"inputs", "steps", "run"})
 MAP_NAMES = RUN_NAMES | {"item", "index"}
-KNOWN_TOOLS: frozenset[str] = frozenset()  # tools arrive with the agent tools issue
+# Built-in tools; others are named by import path (package.module:function).
+KNOWN_TOOLS: frozenset[str] = frozenset({"python", "http_request", "memory_store", "memory_search"})
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _STEP_TAGS = frozenset({"llm", "agent", "template", "human", "map", "workflow"})
 
 
@@ -227,8 +230,12 @@ class _Checker:
         self._compute_ancestors(cyclic)
         for agent_name, agent in self.spec.agents.items():
             for tool in agent.tools:
-                if tool not in KNOWN_TOOLS:
-                    self.add(("agents", agent_name, "tools"), f"unknown tool {tool!r}")
+                if tool not in KNOWN_TOOLS and not _IMPORT_PATH.fullmatch(tool):
+                    self.add(
+                        ("agents", agent_name, "tools"),
+                        f"unknown tool {tool!r} (built in: {', '.join(sorted(KNOWN_TOOLS))}; "
+                        "or a function as package.module:function)",
+                    )
             if agent.system:
                 self._template(
                     ("agents", agent_name, "system"), agent.system, None, {"inputs", "run"}

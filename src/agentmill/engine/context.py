@@ -12,6 +12,7 @@ from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.outcomes import LogLine
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
 from agentmill.gateway.types import CallReport
+from agentmill.tools.registry import ToolRegistry
 
 
 @dataclass
@@ -20,6 +21,7 @@ class StepContext:
     compiled: CompiledWorkflow
     step: AnyStep
     gateway: Gateway
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
     calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None

@@ -28,15 +28,22 @@ from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
 from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
+from agentmill.tools.registry import ToolRegistry
 
 
 class Engine:
     def __init__(
-        self, db: Database, *, gateway: Gateway | None = None, settings: Settings | None = None
+        self,
+        db: Database,
+        *,
+        gateway: Gateway | None = None,
+        settings: Settings | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.db = db
         self.settings = settings or get_settings()
         self.gateway = gateway or build_gateway(db, self.settings)
+        self.tools = tools or ToolRegistry()
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 

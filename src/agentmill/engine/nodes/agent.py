@@ -1,24 +1,49 @@
-"""``agent``: a named agent's loop. The model answers, or asks for tools; tool results go back
-to it until it answers or ``max_turns`` runs out. (Tools themselves arrive in a later version.)"""
+"""``agent``: a named agent's tool loop.
+
+The model gets the conversation and the agent's tools. When it asks for tools, every call of the
+turn runs (in parallel), and each result, or error, goes back to it; this repeats until it
+answers or ``max_turns`` runs out (a clear failure, not a hang). An answer that misses the
+step's ``output_schema`` gets one repair turn. Every tool call is audited in the run's events.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
 
 from agentmill.domain.spec import AgentStep, MapAgent
 from agentmill.engine.context import StepContext
 from agentmill.engine.nodes._output import parse_output
 from agentmill.engine.outcomes import Outcome, Succeeded
-from agentmill.errors import StepFailed
-from agentmill.gateway import ChatRequest, Message
+from agentmill.errors import ConfigError, RetryableError, StepFailed
+from agentmill.gateway import ChatRequest, Message, ToolCall, ToolSpec
+from agentmill.tools.base import Tool, ToolContext, ToolResult
+
+_RESULT_LIMIT = 64_000  # characters of one tool result sent back to the model
 
 
 async def run_agent(ctx: StepContext) -> Outcome:
     step = ctx.step
     assert isinstance(step, AgentStep | MapAgent)
     agent = ctx.agent(step.agent)
+    try:
+        tools = {tool.name: tool for tool in (ctx.tools.resolve(n) for n in agent.tools)}
+    except ConfigError as exc:
+        raise StepFailed(f"agent {step.agent!r}: {exc}") from None
+    specs = tuple(
+        ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
+        for t in tools.values()
+    )
     messages: list[Message] = []
     if agent.system:
         messages.append(Message(role="system", content=str(ctx.render(agent.system))))
     messages.append(Message(role="user", content=str(ctx.render(step.prompt))))
+    repaired = False
     for turn in range(agent.max_turns):
         response = await ctx.chat(
             ChatRequest(
@@ -26,21 +51,99 @@ async def run_agent(ctx: StepContext) -> Outcome:
                 messages=tuple(messages),
                 temperature=agent.temperature,
                 max_tokens=agent.max_tokens,
+                tools=specs,
                 response_schema=step.output_schema,
                 fallbacks=tuple(agent.fallbacks),
                 options=agent.options,
                 context=ctx.call_context(turn=turn, agent=step.agent),
             )
         )
-        if not response.tool_calls:
-            return Succeeded(output=parse_output(response.content, step.output_schema))
         messages.append(
             Message(role="assistant", content=response.content, tool_calls=response.tool_calls)
         )
-        for call in response.tool_calls:
-            raise StepFailed(
-                f"agent {step.agent!r} asked for tool {call.name!r}, but no tools are available"
-            )
+        if not response.tool_calls:
+            try:
+                return Succeeded(output=parse_output(response.content, step.output_schema))
+            except RetryableError as exc:
+                if repaired or step.output_schema is None:
+                    raise
+                repaired = True  # one repair turn: say what was wrong, ask again
+                messages.append(Message(role="user", content=_repair_prompt(str(exc))))
+                continue
+        results = await asyncio.gather(
+            *(_call_tool(ctx, tools, call, turn) for call in response.tool_calls)
+        )
+        messages.extend(
+            Message(role="tool", content=text, tool_call_id=call.id, name=call.name)
+            for call, text in zip(response.tool_calls, results, strict=True)
+        )
     raise StepFailed(
         f"agent {step.agent!r} gave no final answer within max_turns={agent.max_turns}"
     )
+
+
+def _repair_prompt(problem: str) -> str:
+    return (
+        f"Your answer cannot be used: {problem}. Answer again with only the JSON value that "
+        "matches the required schema, nothing else."
+    )
+
+
+async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int) -> str:
+    """Run one call and return what the model is told; audit it either way."""
+    started = time.perf_counter()
+    result = await _result(ctx, tools, call)
+    text = _as_text(result)
+    ctx.log(
+        f"tool {call.name}: {'error' if result.is_error else 'ok'}",
+        level="warning" if result.is_error else "info",
+        topic="tool",
+        tool=call.name,
+        call_id=call.id,
+        turn=turn,
+        arguments=dict(call.arguments),
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        result_size=len(text),
+        outcome="error" if result.is_error else "ok",
+        error=text[:500] if result.is_error else None,
+    )
+    if len(text) > _RESULT_LIMIT:
+        text = text[:_RESULT_LIMIT] + f"\n[truncated: {len(text)} characters in all]"
+    return f"error: {text}" if result.is_error else text
+
+
+async def _result(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall) -> ToolResult:
+    tool = tools.get(call.name)
+    if tool is None:
+        known = ", ".join(sorted(tools)) or "none"
+        return ToolResult(content=f"unknown tool {call.name!r} (available: {known})", is_error=True)
+    if "_raw" in call.arguments:
+        return ToolResult(
+            content=f"arguments are not a JSON object: {call.arguments['_raw'][:200]!r}",
+            is_error=True,
+        )
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(tool.parameters).iter_errors(dict(call.arguments))
+    )
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        return ToolResult(content=f"invalid arguments at {where}: {error.message}", is_error=True)
+    context = ToolContext(
+        workspace_id=ctx.claim.caller.workspace_id,
+        run_id=ctx.claim.run_id,
+        step_key=ctx.claim.step_key,
+    )
+    try:
+        return await tool.run(call.arguments, context)
+    except Exception as exc:  # a tool's failure is the model's information, not a crash
+        return ToolResult(content=f"{type(exc).__name__}: {exc}", is_error=True)
+
+
+def _as_text(result: ToolResult) -> str:
+    content: Any = result.content
+    if isinstance(content, str):
+        return content
+    try:
+        return json.dumps(content, default=str)
+    except (TypeError, ValueError):
+        return str(content)

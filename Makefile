@@ -33,8 +33,11 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
+# The fast tests in 3 processes (one test file each at a time: files share module fixtures),
+# then the slow scenarios (crash recovery, load, subprocesses) alone, so their timings are fair.
 pytest:
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile -m "not slow"
+	$(BIN)/pytest -m slow
 
 bench: install ## Engine, API and distributed benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py

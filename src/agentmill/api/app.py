@@ -109,9 +109,11 @@ def create_app(
         dead_letters,
         spending,
     )
+    # /v1 (OpenAI's API, for OpenAI SDKs) first: routes are matched in order, and the gateway's
+    # calls are the ones where a fraction of a millisecond counts.
+    app.include_router(openai_compat.router)
     for module in modules:
         app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
-    app.include_router(openai_compat.router)  # /v1: OpenAI's API, for OpenAI SDKs
     app.include_router(health.router)
     app.include_router(home.router)
     app.state.bind_host = bind_host

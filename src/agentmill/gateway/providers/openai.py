@@ -45,6 +45,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionAssistantMessageParam,
+    ChatCompletionChunk,
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageFunctionToolCall,
     ChatCompletionMessageParam,
@@ -134,8 +135,11 @@ class OpenAIProvider:
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """One completion."""
         try:
-            completion = await self._client.chat.completions.create(
-                **self._params(request), extra_body=self._extra_chat(request) or None
+            # The SDK's client, errors and response types, without its per-call walk of the
+            # parameters through their type annotations: ours are plain JSON already (that walk
+            # was a third of the SDK's cost per call).
+            completion = await self._client.post(
+                "/chat/completions", body=self._body(request), cast_to=ChatCompletion
             )
         except openai.APIError as exc:
             raise self._error(exc, request.model) from None
@@ -151,10 +155,15 @@ class OpenAIProvider:
         refused = has_calls = False
         usage: Usage | None = None
         try:
-            params = self._params(request)
-            params["stream_options"] = {"include_usage": True}
-            chunks = await self._client.chat.completions.create(
-                **params, stream=True, extra_body=self._extra_chat(request) or None
+            body = self._body(request)
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+            chunks = await self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )
             async with chunks:
                 async for chunk in chunks:
@@ -221,6 +230,10 @@ class OpenAIProvider:
         await self._client.close()
 
     # ------------------------------------------------------------------ requests
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        """The request's JSON body: the parameters, then the options that are OpenAI's."""
+        return {**self._params(request), **self._extra_chat(request)}
 
     def _params(self, request: ChatRequest) -> CompletionCreateParamsBase:
         params: CompletionCreateParamsBase = {

@@ -11,13 +11,15 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentmill.tools.base import ToolContext, ToolResult
-from agentmill.tools.http import EgressPolicy, HttpRequestTool
+from agentmill.tools.http import EgressPolicy, HttpRequestTool, Refused
+from agentmill.tools.http._url import parse_url
 from tests.tools._http_servers import LoopbackServer, Reply, Seen, make_certificates
 
 
@@ -570,3 +572,23 @@ def test_host_patterns_are_normalised_like_urls() -> None:
 
     assert policy.hosts == {"api.example.test", "*.xn--bcher-kva.test", "2001:db8::1"}
     assert policy.ports == {443}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.215.14",
+        "8.8.8.8",
+        "2606:4700:4700::1111",
+        "2002:5db8:d70e::",  # 6to4 of 93.184.215.14
+        "64:ff9b::5db8:d70e",  # NAT64 of 93.184.215.14
+    ],
+)
+def test_public_unicast_addresses_pass_the_check(address: str) -> None:
+    # The probes above prove refusals; this proves the check is not simply "refuse everything".
+    policy = EgressPolicy.from_settings({"hosts": ["api.test"]})
+    target = parse_url("https://api.test/")
+
+    policy.check_address(target, ip_address(address))  # does not raise
+    with pytest.raises(Refused, match=re.escape("api.test resolves to 10.9.8.7, a private")):
+        policy.check_address(target, ip_address("10.9.8.7"))

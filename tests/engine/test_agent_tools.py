@@ -181,3 +181,31 @@ async def test_a_custom_tool_that_cannot_be_imported_fails_the_step_clearly(
     error = (await steps_by_key(engine, run.id))["work"].error
     assert error is not None
     assert error.startswith("agent 'helper': custom tool 'tests.nowhere:fn': cannot import")
+
+
+async def test_an_agent_fetches_from_an_allowed_host_and_is_refused_elsewhere(
+    db: Database, model: Recording
+) -> None:
+    from agentmill.tools.registry import ToolRegistry
+    from tests.gateway.wire._harness import WireResponse, WireServer
+
+    async def answer(_: object) -> WireResponse:
+        return WireResponse(body={"temperature": 21})
+
+    with WireServer(answer, lambda status, message: {"error": message}) as server:
+        allowed = {
+            "http_request": {"egress": {"networks": ["127.0.0.1/32"], "ports": [server.port]}}
+        }
+        replies = [
+            {"tool_calls": [{"name": "http_request", "arguments": {"url": f"{server.url}/now"}}]},
+            "It is 21 degrees.",
+        ]
+        for settings, expected in ((allowed, '"status": 200'), ({}, "error: refused")):
+            model.requests.clear()
+            engine = Engine(db, gateway=Gateway([model]), tools=ToolRegistry(settings=settings))
+            run = await run_workflow(engine, flow(replies, tools=["http_request"]))
+            assert run.status == RunStatus.COMPLETED
+            ((name, told),) = tool_messages(model.requests[1])
+            assert name == "http_request"
+            assert expected in told
+        assert [r.path for r in server.requests] == ["/now"]  # the refused call never arrived

@@ -132,6 +132,7 @@ async def _result(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall) -
         workspace_id=ctx.claim.caller.workspace_id,
         run_id=ctx.claim.run_id,
         step_key=ctx.claim.step_key,
+        settings=ctx.tools.settings_for(call.name),
     )
     try:
         return await tool.run(call.arguments, context)

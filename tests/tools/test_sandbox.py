@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,29 @@ LIMITS = SandboxLimits(
     output_bytes=64 << 10,
 )
 CONTEXT = ToolContext(workspace_id="ws", run_id="run", step_key="step")
-UID_COUNT = 64
+UID_COUNT = 16
+# A uid range of this test process's own, so that sandboxes of another test run on the machine
+# are never mistaken for leftovers of ours.
+UID_BASE = DEFAULT_UID_BASE + 100_000 + (os.getpid() % 10_000) * UID_COUNT
+
+
+MakeTool = Callable[..., PythonTool]
 
 
 @pytest.fixture(scope="module")
-async def tool() -> PythonTool:
-    tool = PythonTool(limits=LIMITS, uid_count=UID_COUNT)
+def make_tool(tmp_path_factory: pytest.TempPathFactory) -> MakeTool:
+    """Tools that lease from this test run's uids, with their lock files in a temporary place."""
+    lock_dir = tmp_path_factory.mktemp("uid-locks") / "locks"
+
+    def make(**options: Any) -> PythonTool:
+        return PythonTool(uid_base=UID_BASE, uid_count=UID_COUNT, uid_lock_dir=lock_dir, **options)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+async def tool(make_tool: MakeTool) -> PythonTool:
+    tool = make_tool(limits=LIMITS)
     status = await tool.sandbox_status()
     assert status.state is SandboxState.AVAILABLE, status.reason
     return tool
@@ -55,11 +73,7 @@ async def run(tool: PythonTool, code: str, stdin: str | None = None) -> ToolResu
 
 def leftover_sandbox_processes() -> list[int]:
     """Host processes still running (not zombies) under one of the leased uids."""
-    return [
-        pid
-        for uid in range(DEFAULT_UID_BASE, DEFAULT_UID_BASE + UID_COUNT)
-        for pid in live_processes(uid)
-    ]
+    return [pid for uid in range(UID_BASE, UID_BASE + UID_COUNT) for pid in live_processes(uid)]
 
 
 def existing(paths: list[str]) -> list[str]:
@@ -338,10 +352,8 @@ async def test_rlimits_are_set_inside(tool: PythonTool) -> None:
     )
 
 
-async def test_fork_bomb_is_contained_and_cleaned_up(tool: PythonTool) -> None:
-    bomb_tool = PythonTool(
-        limits=SandboxLimits(timeout_seconds=3, max_processes=16), uid_count=UID_COUNT
-    )
+async def test_fork_bomb_is_contained_and_cleaned_up(tool: PythonTool, make_tool: MakeTool) -> None:
+    bomb_tool = make_tool(limits=SandboxLimits(timeout_seconds=3, max_processes=16))
     bomb = run(
         bomb_tool,
         """
@@ -399,8 +411,8 @@ async def test_allocating_4_gib_fails_inside_the_sandbox(tool: PythonTool) -> No
     assert result.content["stderr"].rstrip().endswith("MemoryError")
 
 
-async def test_cpu_bound_loop_is_killed_by_the_cpu_limit() -> None:
-    tool = PythonTool(limits=SandboxLimits(cpu_seconds=1, timeout_seconds=30))
+async def test_cpu_bound_loop_is_killed_by_the_cpu_limit(make_tool: MakeTool) -> None:
+    tool = make_tool(limits=SandboxLimits(cpu_seconds=1, timeout_seconds=30))
 
     result = await run(tool, "print('spinning', flush=True)\nwhile True:\n    pass")
 
@@ -412,8 +424,8 @@ async def test_cpu_bound_loop_is_killed_by_the_cpu_limit() -> None:
     assert result.content["error"] == "killed: used 1 s of CPU"
 
 
-async def test_sleeping_loop_is_killed_by_the_wall_clock() -> None:
-    tool = PythonTool(limits=SandboxLimits(timeout_seconds=2))
+async def test_sleeping_loop_is_killed_by_the_wall_clock(make_tool: MakeTool) -> None:
+    tool = make_tool(limits=SandboxLimits(timeout_seconds=2))
 
     result = await run(
         tool, "import time\nprint('waiting', flush=True)\nwhile True:\n    time.sleep(1)"
@@ -537,3 +549,36 @@ def test_seccomp_filter_is_defined_per_architecture() -> None:
     assert len(arm) == 8 * 13
     with pytest.raises(SeccompUnsupported, match="'riscv64'"):
         no_new_userns_filter("riscv64")
+
+
+@pytest.mark.skipif(not can_lease_uids(), reason="needs root in the initial user namespace")
+async def test_rlimit_only_as_root_still_runs_as_a_leased_uid_and_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch, make_tool: MakeTool
+) -> None:
+    monkeypatch.setenv("AGENTMILL_TEST_API_KEY", "sk-test-rlimit-only")
+    # /bin/false stands in for a bwrap that cannot create namespaces
+    tool = make_tool(bwrap="/bin/false", allow_unsandboxed=True)
+    status = await tool.sandbox_status()
+    assert status.state is SandboxState.RLIMIT_ONLY
+    assert status.reason == "a trivial sandboxed run failed: exit status 1: no output"
+
+    result = await run(
+        tool,
+        """
+        import os, resource, subprocess
+        subprocess.Popen(["/bin/sleep", "301"], start_new_session=True)
+        print(os.getuid(), os.getgid(), os.getgroups())
+        print(os.path.basename(os.getcwd()).startswith("agentmill-python-"))
+        print("AGENTMILL_TEST_API_KEY" in os.environ, resource.getrlimit(resource.RLIMIT_NPROC))
+        """,
+    )
+
+    assert result.content["timed_out"] is False  # the detached sleep did not hold the run open
+    assert result.content["killed_by"] is None
+    uid, gid, groups = result.content["stdout"].splitlines()[0].split(" ", 2)
+    assert UID_BASE <= int(uid) < UID_BASE + UID_COUNT
+    assert gid == uid
+    assert groups == "[]"
+    assert result.content["stdout"].splitlines()[1:] == ["True", "False (34, 34)"]
+    assert processes_with_command_line(b"/bin/sleep\x00301\x00") == []
+    assert leftover_sandbox_processes() == []

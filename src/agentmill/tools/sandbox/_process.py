@@ -129,29 +129,35 @@ async def _supervise(
     overflow: asyncio.Event,
     wall_seconds: float,
 ) -> bool:
-    """Wait for exit and end of output, or kill; returns whether the wall clock ran out."""
+    """Wait for exit, too much output or the wall clock; returns whether the clock ran out.
+
+    The run ends when the command exits; output still in the pipes is collected for at most
+    ``_DRAIN_SECONDS`` (a leftover process holding a pipe must not extend the run). Leftovers
+    are the caller's to end: bwrap's exit ends its pid namespace, and a leased uid is swept.
+    The group is only killed while its leader is unreaped, as a reaped leader's pid (and so
+    the group id) may already belong to someone else.
+    """
     exited = asyncio.ensure_future(proc.wait())
-    finished = asyncio.gather(exited, *(c.closed for c in captures))
     overflowed = asyncio.ensure_future(overflow.wait())
-    watched: set[asyncio.Future[Any]] = {finished, overflowed}
+    drained = asyncio.gather(*(c.closed for c in captures))
+    watched: set[asyncio.Future[Any]] = {exited, overflowed}
     try:
-        done, _ = await asyncio.wait(
-            watched, timeout=wall_seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-        if finished in done:
-            return False
-        _kill_group(proc.pid)
+        await asyncio.wait(watched, timeout=wall_seconds, return_when=asyncio.FIRST_COMPLETED)
+        timed_out = not exited.done() and not overflow.is_set()
+        if not exited.done():
+            _kill_group(proc.pid)
         await exited
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(finished), _DRAIN_SECONDS)
-        return not overflow.is_set()
+            await asyncio.wait_for(asyncio.shield(drained), _DRAIN_SECONDS)
+        return timed_out
     finally:
         overflowed.cancel()
         if proc.returncode is None:  # cancelled from outside: leave nothing running
             _kill_group(proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-        finished.cancel()
+        exited.cancel()
+        drained.cancel()
 
 
 def _factory(capture: _Capture) -> Callable[[], _Capture]:

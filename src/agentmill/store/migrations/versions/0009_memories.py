@@ -6,7 +6,9 @@ Revises: 0008
 Embeddings are JSON arrays on both engines: the pgvector extension is not available on the
 PostgreSQL servers this was built against. On SQLite an FTS5 table, kept in step with
 ``memories`` by triggers, serves full-text search; PostgreSQL matches ``to_tsvector`` at query
-time (within one workspace's rows, found by the workspace index).
+time (within one workspace's rows, found by the workspace index). No foreign key to
+``workspaces``: local runs (``agentmill run``) remember in the ``local`` workspace, which has no
+row; deleting a workspace deletes its memories explicitly.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ def upgrade() -> None:
         sa.Column("embedding", _JSON, nullable=True),
         sa.Column("embedding_model", sa.String(length=200), nullable=True),
         sa.Column("created_at", am.UtcDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["workspace_id"], ["workspaces.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(

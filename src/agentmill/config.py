@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         description="The gateway's configuration file (providers, models, prices, fallbacks); "
         "default `agentmill.yaml` in the working directory, when there is one.",
     )
+    embedding_model: str | None = Field(
+        default=None,
+        description="The `provider/model` that embeds memories (the memory_store and "
+        "memory_search tools, and /workspaces/{ws}/memory), so search finds texts by meaning; "
+        "unset: search matches words. `tools: memory: embedding_model:` in agentmill.yaml "
+        "overrides it. `scripted/embed` works offline.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,

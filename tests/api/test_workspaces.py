@@ -111,6 +111,11 @@ ENDPOINTS = [
     Endpoint(
         "PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}
     ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/memory", Permission.WORKFLOW_READ),
+    Endpoint(
+        "POST", "/api/v1/workspaces/{ws}/memory", Permission.WORKFLOW_CREATE, {"text": "remember"}
+    ),
+    Endpoint("DELETE", "/api/v1/workspaces/{ws}/memory/{memory}", Permission.WORKFLOW_CREATE),
     Endpoint("GET", "/api/v1/workspaces/{ws}/dead-letters", Permission.WORKFLOW_READ),
     Endpoint("POST", "/api/v1/dead-letters/{dead_letter}/redrive", Permission.WORKFLOW_EXECUTE),
     Endpoint("POST", "/v1/chat/completions", Permission.MODEL_CALL, HELLO, api_key=True),
@@ -152,6 +157,14 @@ async def _provider(client: httpx.AsyncClient, owner: Account, ws: str) -> None:
         f"/api/v1/workspaces/{ws}/providers", json=EXISTING_PROVIDER, headers=owner.headers
     )
     assert created.status_code == 201, created.text
+
+
+async def _memory(client: httpx.AsyncClient, owner: Account, ws: str) -> str:
+    created = await client.post(
+        f"/api/v1/workspaces/{ws}/memory", json={"text": "a secret plan"}, headers=owner.headers
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
 
 
 def _fill(value: Any, names: dict[str, str]) -> Any:
@@ -241,6 +254,8 @@ async def test_each_role_may_do_exactly_what_the_table_says(
         names["dead_letter"] = await _dead_letter(client, owner, ws)
     if "/providers/existing" in endpoint.path:
         await _provider(client, owner, ws)
+    if "{memory}" in endpoint.path:
+        names["memory"] = await _memory(client, owner, ws)
     headers = user.headers
     if endpoint.api_key:  # a key with the role, made by the owner (an admin may not make one)
         key = await client.post(
@@ -277,6 +292,7 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     if "{dead_letter}" in endpoint.path:
         names["dead_letter"] = await _dead_letter(client, victim, theirs)
     await _provider(client, victim, theirs)
+    names["memory"] = await _memory(client, victim, theirs)
 
     response = await client.request(
         endpoint.method,
@@ -289,6 +305,8 @@ async def test_another_tenants_workspace_is_not_found_and_unchanged(
     assert "Secret Co" not in response.text
     still = await client.get(f"/api/v1/workspaces/{theirs}", headers=victim.headers)
     assert still.json()["name"] == "Secret Co"
+    memory = await client.get(f"/api/v1/workspaces/{theirs}/memory", headers=victim.headers)
+    assert [m["id"] for m in memory.json()] == [names["memory"]]  # not forgotten by the intruder
     members = await client.get(f"/api/v1/workspaces/{theirs}/members", headers=victim.headers)
     assert [m["email"] for m in members.json()] == [victim.email]
     run = (await client.get(f"/api/v1/runs/{names['run']}", headers=victim.headers)).json()

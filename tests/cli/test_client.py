@@ -403,6 +403,16 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert [m["model"] for m in health["models"] if m["provider"] == "scripted"] == ["writer"]
     assert am.providers_health(wsid)["providers"] == health["providers"]
 
+    # memory: stored, found by words (no embedding model here), listed newest first, forgotten
+    bees = am.store_memory(wsid, "bees make honey", metadata={"topic": "bees"})
+    kettle = am.store_memory(wsid, "the kettle boils water")
+    assert [(m["id"], m["metadata"]) for m in am.search_memory(wsid, "honey", limit=5)] == [
+        (bees["id"], {"topic": "bees"})
+    ]
+    assert [m["id"] for m in am.search_memory(wsid)] == [kettle["id"], bees["id"]]
+    assert am.delete_memory(wsid, bees["id"]) is None
+    _raises(404, "not_found", lambda: am.delete_memory(wsid, bees["id"]))
+
     # unknown ids, then logging out ends the token for everyone holding it
     _raises(404, "not_found", lambda: am.run("run_doesnotexist"))
     _raises(404, "not_found", lambda: list(am.events("run_doesnotexist")))

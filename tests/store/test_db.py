@@ -17,7 +17,7 @@ from agentmill.errors import ConfigError
 from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx, normalize_url
 from agentmill.store.migrate import alembic_config, upgrade
-from agentmill.store.models import Base, llm_calls
+from agentmill.store.models import Base, described_by_models, llm_calls
 
 TABLES = {
     "workflows",
@@ -35,6 +35,7 @@ TABLES = {
     "budgets",
     "rate_limits",
     "workspace_providers",
+    "memories",
 }
 
 
@@ -61,7 +62,10 @@ async def test_the_migrations_build_exactly_the_tables_the_models_describe(
     await db.start()
     try:
         diff = await db.read(
-            lambda tx: compare_metadata(MigrationContext.configure(tx.conn), Base.metadata)
+            lambda tx: compare_metadata(
+                MigrationContext.configure(tx.conn, opts={"include_name": described_by_models}),
+                Base.metadata,
+            )
         )
     finally:
         await db.close()

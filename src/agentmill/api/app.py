@@ -19,6 +19,7 @@ from agentmill.api.routes import (
     events,
     health,
     home,
+    memory,
     openai_compat,
     providers,
     runs,
@@ -108,6 +109,7 @@ def create_app(
         usage,
         dead_letters,
         spending,
+        memory,
     )
     # /v1 (OpenAI's API, for OpenAI SDKs) first: routes are matched in order, and the gateway's
     # calls are the ones where a fraction of a millisecond counts.

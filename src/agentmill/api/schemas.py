@@ -462,3 +462,30 @@ class ProviderPublic(BaseModel):
     has_api_key: bool = Field(description="Whether a key is stored; the key is never returned.")
     created_at: datetime
     updated_at: datetime
+
+
+# ---------------------------------------------------------------- memory
+
+
+class MemoryCreate(_In):
+    text: str = Field(
+        min_length=1, max_length=20_000, description="What to remember (agents find it again)."
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="JSON fields kept with the text (source, topic, ...)."
+    )
+
+
+class MemoryPublic(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    embedding_model: str | None = Field(
+        description="The model that embedded it; null when it was stored for word search only."
+    )
+    created_at: datetime
+    score: float | None = Field(
+        default=None,
+        description="How well it matched a search (higher is closer): cosine similarity with "
+        "an embedding model, a full-text rank without one; null when listing.",
+    )

@@ -233,6 +233,11 @@ class Client:
     set_markup = _sync(api.set_markup)
     providers_health = _sync(api.providers_health)
 
+    # memory
+    store_memory = _sync(api.store_memory)
+    search_memory = _sync(api.search_memory)
+    delete_memory = _sync(api.delete_memory)
+
     # dead letters
     dead_letters = _sync(api.dead_letters)
     redrive = _sync(api.redrive)
@@ -386,6 +391,11 @@ class AsyncClient:
     markup = _async(api.markup)
     set_markup = _async(api.set_markup)
     providers_health = _async(api.providers_health)
+
+    # memory
+    store_memory = _async(api.store_memory)
+    search_memory = _async(api.search_memory)
+    delete_memory = _async(api.delete_memory)
 
     # dead letters
     dead_letters = _async(api.dead_letters)

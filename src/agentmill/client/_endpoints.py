@@ -567,6 +567,33 @@ def providers_health(workspace_id: str | None = None) -> Call[dict[str, Any]]:
     return Call(method="GET", path=f"{API}/providers/health", params=params, shape=_obj)
 
 
+# memory
+
+
+def store_memory(
+    workspace_id: str, text: str, *, metadata: dict[str, Any] | None = None
+) -> Call[dict[str, Any]]:
+    """Remember a text in the workspace (what agents find with ``memory_search``)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/memory"
+    return Call(
+        method="POST", path=path, json={"text": text, "metadata": metadata or {}}, shape=_obj
+    )
+
+
+def search_memory(
+    workspace_id: str, query: str | None = None, *, limit: int = 20
+) -> Call[list[dict[str, Any]]]:
+    """The workspace's memories closest to ``query`` (with a score), or newest first without."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/memory"
+    return Call(method="GET", path=path, params=_params(q=query, limit=limit), shape=_objs)
+
+
+def delete_memory(workspace_id: str, memory_id: str) -> Call[None]:
+    """Forget one memory."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/memory/{_p(memory_id)}"
+    return Call(method="DELETE", path=path, shape=_nothing)
+
+
 # dead letters
 
 

@@ -12,6 +12,7 @@ from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.outcomes import LogLine
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
 from agentmill.gateway.types import CallReport
+from agentmill.store.db import Database
 from agentmill.tools.registry import ToolRegistry
 
 
@@ -22,6 +23,7 @@ class StepContext:
     step: AnyStep
     gateway: Gateway
     tools: ToolRegistry = field(default_factory=ToolRegistry)
+    db: Database | None = None  # for tools that keep data (memory); None in unit tests
     calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None

@@ -28,6 +28,7 @@ from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
 from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
+from agentmill.tools.memory import SETTINGS_SECTION
 from agentmill.tools.registry import ToolRegistry, load_tool_settings
 
 
@@ -44,6 +45,7 @@ class Engine:
         self.settings = settings or get_settings()
         self.gateway = gateway or build_gateway(db, self.settings)
         self.tools = tools or ToolRegistry(settings=load_tool_settings(self.settings.config))
+        self.tools.set_default(SETTINGS_SECTION, "embedding_model", self.settings.embedding_model)
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 

@@ -19,6 +19,7 @@ from agentmill.engine.nodes import NODES
 from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import Gateway
+from agentmill.store.db import Database
 from agentmill.tools.registry import ToolRegistry
 
 log = structlog.get_logger("agentmill.executor")
@@ -33,12 +34,18 @@ async def execute(
     compiled: CompiledWorkflow,
     gateway: Gateway,
     tools: ToolRegistry | None = None,
+    db: Database | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     spec = compiled.steps[claim.spec_id]
     step = spec.step if isinstance(spec, MapStep) and claim.map_index is not None else spec
     ctx = StepContext(
-        claim=claim, compiled=compiled, step=step, gateway=gateway, tools=tools or ToolRegistry()
+        claim=claim,
+        compiled=compiled,
+        step=step,
+        gateway=gateway,
+        tools=tools or ToolRegistry(),
+        db=db,
     )
     outcome: Outcome
     try:

@@ -389,5 +389,34 @@ class RateLimitRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Memory(Base):
+    """A text an agent (or a person, over the API) asked a workspace to remember.
+
+    The embedding is a JSON array: pgvector is not installed on the servers we target, and a
+    workspace's memories are few enough to rank in Python. Full-text search uses SQLite FTS5
+    (``memories_fts``, kept in step by triggers) or PostgreSQL's ``to_tsvector``, both made in
+    migration 0009.
+    """
+
+    __tablename__ = "memories"
+    __table_args__ = (Index("ix_memories_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id)
+    text: Mapped[str] = mapped_column(Text)
+    # ``metadata`` is taken by SQLAlchemy's declarative base.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JsonValue)
+    embedding: Mapped[list[float] | None] = mapped_column(JsonValue)
+    embedding_model: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def described_by_models(name: str | None, kind: str, _parents: Any = None) -> bool:
+    """For Alembic's comparisons: False for the FTS5 tables migration 0009 makes on SQLite (a
+    virtual table and its shadow tables), which no model describes."""
+    return not (kind == "table" and name is not None and name.startswith("memories_fts"))
+
+
 budgets = cast(Table, BudgetRow.__table__)
 rate_limits = cast(Table, RateLimitRow.__table__)
+memories = cast(Table, Memory.__table__)

@@ -9,12 +9,17 @@ bugs and for refusing to run at all (``ToolUnavailable``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmill.errors import AgentMillError
+
+if TYPE_CHECKING:
+    from agentmill.gateway import CallContext, Gateway
+    from agentmill.gateway.types import CallReport
+    from agentmill.store.db import Database
 
 
 class ToolUnavailable(AgentMillError):
@@ -31,6 +36,14 @@ class ToolContext:
     scratch: Path | None = None
     # Per-workspace settings a tool reads (e.g. http_request's egress allowlist).
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # The engine's services, for tools that keep or look up data (memory_store, memory_search);
+    # None where a tool runs outside a step.
+    db: Database | None = None
+    gateway: Gateway | None = None
+    # Who a tool's own model calls (embeddings) are made for, and where the step records them
+    # (with its result, like the agent's own calls).
+    call_context: CallContext | None = None
+    sink: Callable[[CallReport], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,8 @@ and the operator's settings for each (from ``agentmill.yaml``'s ``tools:`` secti
     tools:
       http_request:
         egress: {hosts: [api.github.com, "*.wikipedia.org"], ports: [443]}
+      memory:                       # memory_store and memory_search share one section
+        embedding_model: scripted/embed
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from agentmill.errors import ConfigError
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
 from agentmill.tools.http import EgressPolicy, HttpRequestTool
+from agentmill.tools.memory import SETTINGS_SECTION, MemorySearchTool, MemoryStoreTool
 
 # Built-in tools, created on first use (a tool may need a probe, e.g. the sandbox).
-BUILTINS: dict[str, Callable[[], Tool]] = {"http_request": HttpRequestTool}
+BUILTINS: dict[str, Callable[[], Tool]] = {
+    "http_request": HttpRequestTool,
+    "memory_store": MemoryStoreTool,
+    "memory_search": MemorySearchTool,
+}
+
+# Tools that read a shared settings section rather than one of their own name.
+_SECTIONS = {"memory_store": SETTINGS_SECTION, "memory_search": SETTINGS_SECTION}
 
 
 class ToolRegistry:
@@ -33,7 +43,13 @@ class ToolRegistry:
             self.register(tool)
 
     def settings_for(self, tool: str) -> Mapping[str, Any]:
-        return self.settings.get(tool, {})
+        return self.settings.get(_SECTIONS.get(tool, tool), {})
+
+    def set_default(self, section: str, key: str, value: Any) -> None:
+        """Use ``value`` for ``key`` in ``section`` unless the operator's file sets it (how
+        ``AGENTMILL_EMBEDDING_MODEL`` reaches the memory tools)."""
+        if value is not None and key not in self.settings.get(section, {}):
+            self.settings[section] = {**self.settings.get(section, {}), key: value}
 
     def register(self, tool: Tool) -> None:
         self._tools[tool.name] = tool
@@ -71,4 +87,9 @@ def load_tool_settings(path: Path | None) -> dict[str, Mapping[str, Any]]:
         raise ConfigError(f"{path}: tools must map each tool's name to its settings")
     if "http_request" in section:
         EgressPolicy.from_settings(section["http_request"].get("egress"))  # fail at start
+    model = section.get(SETTINGS_SECTION, {}).get("embedding_model")
+    if model is not None and (not isinstance(model, str) or "/" not in model):
+        raise ConfigError(
+            f"{path}: tools.memory.embedding_model must be a provider/model name, not {model!r}"
+        )
     return {str(name): dict(value) for name, value in section.items()}

@@ -92,7 +92,7 @@ def _repair_prompt(problem: str) -> str:
 async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int) -> str:
     """Run one call and return what the model is told; audit it either way."""
     started = time.perf_counter()
-    result = await _result(ctx, tools, call)
+    result = await _result(ctx, tools, call, turn)
     text = _as_text(result)
     ctx.log(
         f"tool {call.name}: {'error' if result.is_error else 'ok'}",
@@ -112,7 +112,9 @@ async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall
     return f"error: {text}" if result.is_error else text
 
 
-async def _result(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall) -> ToolResult:
+async def _result(
+    ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int
+) -> ToolResult:
     tool = tools.get(call.name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"
@@ -133,6 +135,12 @@ async def _result(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall) -
         run_id=ctx.claim.run_id,
         step_key=ctx.claim.step_key,
         settings=ctx.tools.settings_for(call.name),
+        db=ctx.db,
+        gateway=ctx.gateway,
+        call_context=ctx.call_context(
+            turn=turn, agent=ctx.step.agent if isinstance(ctx.step, AgentStep | MapAgent) else None
+        ),
+        sink=ctx.calls.append,
     )
     try:
         return await tool.run(call.arguments, context)

@@ -4,6 +4,9 @@ and the operator's settings for each (from ``agentmill.yaml``'s ``tools:`` secti
     tools:
       http_request:
         egress: {hosts: [api.github.com, "*.wikipedia.org"], ports: [443]}
+      mcp:                                  # MCP servers workflows may use (tools.mcp)
+        commands: [npx, uvx]
+        urls: ["https://mcp.example.com/"]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from agentmill.errors import ConfigError
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
 from agentmill.tools.http import EgressPolicy, HttpRequestTool
+from agentmill.tools.mcp import McpPolicy
 
 # Built-in tools, created on first use (a tool may need a probe, e.g. the sandbox).
 BUILTINS: dict[str, Callable[[], Tool]] = {"http_request": HttpRequestTool}
@@ -71,4 +75,6 @@ def load_tool_settings(path: Path | None) -> dict[str, Mapping[str, Any]]:
         raise ConfigError(f"{path}: tools must map each tool's name to its settings")
     if "http_request" in section:
         EgressPolicy.from_settings(section["http_request"].get("egress"))  # fail at start
+    if "mcp" in section:
+        McpPolicy.from_settings(section["mcp"])
     return {str(name): dict(value) for name, value in section.items()}

@@ -228,3 +228,26 @@ def test_bad_operator_settings_fail_at_start(tmp_path: Any, value: Any, problem:
     config.write_text(yaml.safe_dump({"tools": {"mcp": value}}))
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_tool_settings(config)
+
+
+async def test_a_cancelled_step_stops_the_server() -> None:
+    """The engine enforces a step's timeout by cancelling it, mid-call here."""
+    import asyncio
+
+    pids: list[int] = []
+    started = asyncio.Event()
+
+    async def step() -> None:
+        async with mcp_tools(["mcp:calc"], {"calc": stdio()}, ALLOW_PYTHON) as listed:
+            tools = by_name(listed)
+            pids.append(int((await tools["calc__whoami"].run({}, CONTEXT)).content["pid"]))
+            started.set()
+            await tools["calc__nap"].run({"seconds": 60}, CONTEXT)
+
+    task = asyncio.create_task(step())
+    await started.wait()
+    await asyncio.sleep(0.2)  # into the nap
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not is_running(pids[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,12 @@ class Settings(BaseSettings):
         default=None,
         description="The gateway's configuration file (providers, models, prices, fallbacks); "
         "default `agentmill.yaml` in the working directory, when there is one.",
+    )
+    sandbox: Literal["bwrap", "rlimit-only"] = Field(
+        default="bwrap",
+        description="How the `python` tool runs model-written code: `bwrap` (namespaces, seccomp, "
+        "rlimits; the tool is unavailable where the kernel refuses namespaces) or `rlimit-only` "
+        "(an administrator's explicit choice to run code with resource limits alone there).",
     )
     embedding_model: str | None = Field(
         default=None,

@@ -209,3 +209,23 @@ async def test_an_agent_fetches_from_an_allowed_host_and_is_refused_elsewhere(
             assert name == "http_request"
             assert expected in told
         assert [r.path for r in server.requests] == ["/now"]  # the refused call never arrived
+
+
+async def test_an_agent_runs_code_in_the_sandbox(engine: Engine, model: Recording) -> None:
+    from agentmill.tools.registry import python_tool
+
+    code = "import os\nprint(6 * 7, os.getcwd(), sorted(os.environ) == sorted(set(os.environ)))"
+    replies = [
+        {"tool_calls": [{"name": "python", "arguments": {"code": code}}]},
+        "The answer is 42.",
+    ]
+    run = await run_workflow(engine, flow(replies, tools=["python"]))
+    assert run.status == RunStatus.COMPLETED
+    ((name, told),) = tool_messages(model.requests[1])
+    assert name == "python"
+    result = json.loads(told)
+    assert result["exit_code"] == 0
+    assert result["stdout"].startswith("42 /scratch True")
+    status = python_tool().status
+    assert status is not None
+    assert status.state == "available"

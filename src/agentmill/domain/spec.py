@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -89,6 +90,52 @@ class AgentSpec(_Strict):
     _model = field_validator("model")(check_model_name)
 
     fallbacks: list[Annotated[str, AfterValidator(check_model_name)]] = Field(default_factory=list)
+
+
+MCP_SERVER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+class McpServerSpec(_Strict):
+    """An MCP server whose tools agents may use (``tools: [mcp:<server>]``).
+
+    Either ``command`` (a program started for each agent step, spoken to over stdio) or ``url``
+    (a streamable HTTP endpoint). Values are literal: they are stored with the workflow.
+    """
+
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="The program and its arguments (stdio)."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment for the program (it does not inherit the worker's).",
+    )
+    url: str | None = Field(default=None, description="The server's endpoint (streamable HTTP).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every request.")
+    connect_timeout: float = Field(
+        default=30, gt=0, le=600, description="Seconds to start, connect and list tools."
+    )
+    call_timeout: float = Field(default=120, gt=0, le=3600, description="Seconds per tool call.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"url {value!r} must be an http:// or https:// address")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if self.command is None and self.url is None:
+            raise ValueError(
+                "give 'command' (a program to start, stdio) or 'url' (streamable HTTP)"
+            )
+        if self.command is not None and self.url is not None:
+            raise ValueError("give either 'command' or 'url', not both")
+        if self.command is not None and self.headers:
+            raise ValueError("'headers' apply to a 'url' server only")
+        if self.url is not None and self.env:
+            raise ValueError("'env' applies to a 'command' server only")
+        return self
 
 
 class RetrySpec(_Strict):
@@ -275,6 +322,9 @@ class WorkflowSpec(_Strict):
     description: str | None = None
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
+    mcp_servers: dict[str, McpServerSpec] = Field(
+        default_factory=dict, description="MCP servers agents name in tools as mcp:<server>."
+    )
     steps: list[Step] = Field(min_length=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0, description="Seconds for the whole run.")
@@ -293,6 +343,7 @@ KNOWN_KEYS = frozenset(
         WorkflowSpec,
         InputSpec,
         AgentSpec,
+        McpServerSpec,
         RetrySpec,
         LlmStep,
         AgentStep,

@@ -19,6 +19,7 @@ from agentmill.domain.source import Path as DocPath
 from agentmill.domain.source import Positions, load_document
 from agentmill.domain.spec import (
     KNOWN_KEYS,
+    MCP_SERVER_NAME_RE,
     AgentStep,
     AnyStep,
     HumanStep,
@@ -38,9 +39,11 @@ from agentmill.errors import Problem, SpecError
 
 RUN_NAMES = frozenset({"inputs", "steps", "run"})
 MAP_NAMES = RUN_NAMES | {"item", "index"}
-# Built-in tools; others are named by import path (package.module:function).
+# Built-in tools; others are named by import path (package.module:function) or as an MCP
+# server's (mcp:<server> for all its tools, mcp:<server>/<tool> for one).
 KNOWN_TOOLS: frozenset[str] = frozenset({"python", "http_request", "memory_store", "memory_search"})
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+MCP_PREFIX = "mcp:"
 _STEP_TAGS = frozenset({"llm", "agent", "template", "human", "map", "workflow"})
 
 
@@ -228,13 +231,16 @@ class _Checker:
         self._ids_and_needs()
         cyclic = self._cycles()
         self._compute_ancestors(cyclic)
+        self._mcp_server_names()
         for agent_name, agent in self.spec.agents.items():
             for tool in agent.tools:
-                if tool not in KNOWN_TOOLS and not _IMPORT_PATH.fullmatch(tool):
+                if tool.startswith(MCP_PREFIX):
+                    self._mcp_tool(("agents", agent_name, "tools"), tool)
+                elif tool not in KNOWN_TOOLS and not _IMPORT_PATH.fullmatch(tool):
                     self.add(
                         ("agents", agent_name, "tools"),
                         f"unknown tool {tool!r} (built in: {', '.join(sorted(KNOWN_TOOLS))}; "
-                        "or a function as package.module:function)",
+                        "a function as package.module:function; or mcp:<server>)",
                     )
             if agent.system:
                 self._template(
@@ -248,6 +254,30 @@ class _Checker:
         for key, value in self.spec.outputs.items():
             for rel, text in template_strings(value):
                 self._template(("outputs", key, *rel), text, None, RUN_NAMES)
+
+    def _mcp_server_names(self) -> None:
+        for name in self.spec.mcp_servers:
+            if not MCP_SERVER_NAME_RE.match(name):
+                self.add(
+                    ("mcp_servers", name),
+                    f"MCP server name {name!r} must start with a letter and have at most 32 "
+                    "letters, digits, '-' or '_' (it prefixes its tools' names)",
+                )
+
+    def _mcp_tool(self, path: DocPath, tool: str) -> None:
+        server, slash, name = tool.removeprefix(MCP_PREFIX).partition("/")
+        if server not in self.spec.mcp_servers:
+            hint = _did_you_mean(server, self.spec.mcp_servers)
+            self.add(
+                path,
+                f"tool {tool!r}: MCP server {server!r} is not declared under 'mcp_servers'{hint}",
+            )
+        elif slash and (not name or "/" in name):
+            self.add(
+                path,
+                f"tool {tool!r}: write mcp:{server} for all the server's tools or "
+                f"mcp:{server}/<tool> for one",
+            )
 
     def _inputs(self) -> None:
         for name, spec in self.spec.inputs.items():

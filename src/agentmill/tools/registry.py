@@ -6,6 +6,9 @@ and the operator's settings for each (from ``agentmill.yaml``'s ``tools:`` secti
         egress: {hosts: [api.github.com, "*.wikipedia.org"], ports: [443]}
       memory:                       # memory_store and memory_search share one section
         embedding_model: scripted/embed
+      mcp:                                  # MCP servers workflows may use (tools.mcp)
+        commands: [npx, uvx]
+        urls: ["https://mcp.example.com/"]
 """
 
 from __future__ import annotations
@@ -16,14 +19,29 @@ from typing import Any
 
 import yaml
 
+from agentmill.config import get_settings
 from agentmill.errors import ConfigError
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
 from agentmill.tools.http import EgressPolicy, HttpRequestTool
+from agentmill.tools.mcp import McpPolicy
 from agentmill.tools.memory import SETTINGS_SECTION, MemorySearchTool, MemoryStoreTool
+from agentmill.tools.sandbox import PythonTool
+
+_PYTHON: PythonTool | None = None
+
+
+def python_tool() -> PythonTool:
+    """The process's one sandboxed ``python`` tool: its startup probe runs once."""
+    global _PYTHON
+    if _PYTHON is None:
+        _PYTHON = PythonTool(allow_unsandboxed=get_settings().sandbox == "rlimit-only")
+    return _PYTHON
+
 
 # Built-in tools, created on first use (a tool may need a probe, e.g. the sandbox).
 BUILTINS: dict[str, Callable[[], Tool]] = {
+    "python": python_tool,
     "http_request": HttpRequestTool,
     "memory_store": MemoryStoreTool,
     "memory_search": MemorySearchTool,
@@ -92,4 +110,6 @@ def load_tool_settings(path: Path | None) -> dict[str, Mapping[str, Any]]:
         raise ConfigError(
             f"{path}: tools.memory.embedding_model must be a provider/model name, not {model!r}"
         )
+    if "mcp" in section:
+        McpPolicy.from_settings(section["mcp"])
     return {str(name): dict(value) for name, value in section.items()}

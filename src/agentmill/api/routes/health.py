@@ -17,6 +17,7 @@ from agentmill.queue import queue_backend
 from agentmill.store.db import Database
 from agentmill.store.queries import QueueStats, queue_stats
 from agentmill.store.repositories.workers import WorkerRecord, list_workers
+from agentmill.tools.registry import python_tool
 
 router = APIRouter(tags=["health"])
 
@@ -45,6 +46,10 @@ async def health(request: Request, db: DbDep) -> JSONResponse:
         "queue": {"status": queue_status, "backend": backend, **asdict(stats)},
         "worker": worker,
         "workers": _liveness(processes, request.app.state.settings.lease_seconds),
+        # The python tool's sandbox: available, unavailable (and why: it fails closed) or
+        # rlimit-only, once the tool was first used in this process (probing costs a process
+        # start). Reported, not counted as down: the rest of AgentMill works without it.
+        "sandbox": _sandbox(),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -92,3 +97,10 @@ async def metrics(request: Request, db: DbDep) -> Response:
     stats, processes = await _snapshot(db)
     lease = request.app.state.settings.lease_seconds
     return Response(render(stats, processes, lease), media_type=CONTENT_TYPE)
+
+
+def _sandbox() -> dict[str, Any]:
+    status = python_tool().status
+    if status is None:
+        return {"state": "unchecked", "reason": "probed when the python tool is first used"}
+    return status.to_dict()

@@ -12,17 +12,19 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import jsonschema
 
-from agentmill.domain.spec import AgentStep, MapAgent
+from agentmill.domain.spec import AgentSpec, AgentStep, MapAgent
 from agentmill.engine.context import StepContext
 from agentmill.engine.nodes._output import parse_output
 from agentmill.engine.outcomes import Outcome, Succeeded
 from agentmill.errors import ConfigError, RetryableError, StepFailed
 from agentmill.gateway import ChatRequest, Message, ToolCall, ToolSpec
-from agentmill.tools.base import Tool, ToolContext, ToolResult
+from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
+from agentmill.tools.mcp import is_mcp_ref, mcp_tools
 
 _RESULT_LIMIT = 64_000  # characters of one tool result sent back to the model
 
@@ -31,10 +33,30 @@ async def run_agent(ctx: StepContext) -> Outcome:
     step = ctx.step
     assert isinstance(step, AgentStep | MapAgent)
     agent = ctx.agent(step.agent)
-    try:
-        tools = {tool.name: tool for tool in (ctx.tools.resolve(n) for n in agent.tools)}
-    except ConfigError as exc:
-        raise StepFailed(f"agent {step.agent!r}: {exc}") from None
+    # MCP sessions live as long as the step: opened here, closed however the loop ends.
+    async with AsyncExitStack() as stack:
+        try:
+            tools = {tool.name: tool for tool in await _resolve_tools(ctx, agent, stack)}
+        except (ConfigError, ToolUnavailable) as exc:
+            raise StepFailed(f"agent {step.agent!r}: {exc}") from None
+        return await _loop(ctx, step, agent, tools)
+
+
+async def _resolve_tools(ctx: StepContext, agent: AgentSpec, stack: AsyncExitStack) -> list[Tool]:
+    """The agent's tools: registered, built-in and custom ones, then its MCP servers' tools."""
+    tools = [ctx.tools.resolve(name) for name in agent.tools if not is_mcp_ref(name)]
+    refs = [name for name in agent.tools if is_mcp_ref(name)]
+    if refs:
+        servers = ctx.compiled.spec.mcp_servers
+        tools += await stack.enter_async_context(
+            mcp_tools(refs, servers, ctx.tools.settings_for("mcp"))
+        )
+    return tools
+
+
+async def _loop(
+    ctx: StepContext, step: AgentStep | MapAgent, agent: AgentSpec, tools: Mapping[str, Tool]
+) -> Outcome:
     specs = tuple(
         ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
         for t in tools.values()

@@ -320,3 +320,20 @@ async def test_a_model_limit_sends_calls_to_the_fallback() -> None:
     assert models == ["primary/m", "primary/m", "backup/m", "backup/m"]
     with pytest.raises(RateLimited, match="2 requests per minute"):
         await gw.chat(ask())
+
+
+async def test_the_scripted_provider_never_trips_a_breaker() -> None:
+    # Its failures are scripted per step attempt (fail_attempts), not outages to route around.
+    gw = Gateway()
+    request = ChatRequest(
+        model="scripted/flaky",
+        messages=(Message(role="user", content="hi"),),
+        options={"fail_attempts": 1},
+        tries_per_model=1,
+    )
+    for _ in range(8):
+        with pytest.raises(RetryableError, match="503 Service Unavailable"):
+            await gw.chat(request)
+    (health,) = gw.health()
+    assert health.state is BreakerState.CLOSED
+    assert health.consecutive_failures == 8

@@ -15,9 +15,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from statistics import quantiles
+
+_NEVER = 2**62  # failures in a row that a breaker which never opens would need
 
 
 class BreakerState(StrEnum):
@@ -153,11 +155,13 @@ class Breakers:
         self._clock = clock
         self._breakers: dict[tuple[str, str], Breaker] = {}
 
-    def get(self, provider: str, model: str) -> Breaker:
+    def get(self, provider: str, model: str, *, opens: bool = True) -> Breaker:
+        """The model's breaker; with ``opens=False`` one that keeps figures but never opens."""
         key = (provider, model)
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[key] = Breaker(provider, model, self.policy, self._clock)
+            policy = self.policy if opens else replace(self.policy, failure_threshold=_NEVER)
+            breaker = self._breakers[key] = Breaker(provider, model, policy, self._clock)
         return breaker
 
     def health(self) -> list[ModelHealth]:

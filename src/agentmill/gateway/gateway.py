@@ -47,6 +47,7 @@ from agentmill.gateway.policy import (
 )
 from agentmill.gateway.pricing import Pricing, with_markup
 from agentmill.gateway.providers import build_provider
+from agentmill.gateway.providers.scripted import ScriptedProvider
 from agentmill.gateway.ratelimits import Admission, RateLimit, RateLimiter
 from agentmill.gateway.types import (
     CallContext,
@@ -170,11 +171,14 @@ class Gateway:
             known = ", ".join(self.provider_names(policy)) or "none"
             raise UnknownModel(f"unknown provider {name!r} (configured: {known})")
         label = f"{scope}:{name}" if scope else name
+        # The scripted provider has no outages to detect: its failures are scripted per step
+        # attempt, and a breaker would turn a test of retries into a test of the breaker.
+        opens = not isinstance(provider, ScriptedProvider)
         return Route(
             model=model,
             provider=provider,
             config=config,
-            breaker=self.breakers.get(label, model.split("/", 1)[1]),
+            breaker=self.breakers.get(label, model.split("/", 1)[1], opens=opens),
         )
 
     def health(self, workspace_id: str | None = None) -> list[ModelHealth]:

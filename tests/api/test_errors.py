@@ -16,6 +16,7 @@ from agentmill.config import Settings
 from agentmill.errors import ConfigError
 from agentmill.queue import queue_backend
 from agentmill.store.db import Database
+from agentmill.tools.registry import python_tool
 from tests.api.conftest import new_workspace, signup
 
 
@@ -96,8 +97,15 @@ async def test_health_reports_the_database_queue_and_worker(
     workers = ok.json().pop("workers")
     assert workers["alive"] == 1
     assert workers["processes"][0]["name"] == "embedded"
-    assert ok.json() | {"workers": None} == {
+    python = python_tool().status  # probed only once the tool is used in this process
+    assert ok.json()["sandbox"] == (
+        python.to_dict()
+        if python is not None
+        else {"state": "unchecked", "reason": "probed when the python tool is first used"}
+    )
+    assert ok.json() | {"workers": None, "sandbox": None} == {
         "workers": None,
+        "sandbox": None,
         "status": "ok",
         "database": "ok",
         "queue": {

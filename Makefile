@@ -39,10 +39,11 @@ pytest:
 	$(BIN)/pytest -n 3 --dist loadfile -m "not slow"
 	$(BIN)/pytest -m slow
 
-bench: install ## Engine, API and distributed benchmarks (SQLite, PostgreSQL, Redis)
+bench: install ## Engine, API, distributed and gateway benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import func, select
 
 from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Tx
-from agentmill.store.models import events
+from agentmill.store.models import events, steps
 from agentmill.store.queries import list_events
 from tests.cli.test_up import free_port
 from tests.distributed.conftest import Workers
@@ -76,6 +77,18 @@ async def _all_events(engine: Engine) -> list[dict[str, object]]:
     return await engine.db.read(read)
 
 
+async def _held_by(engine: Engine, owner: str) -> int:
+    """How many steps ``owner`` is running now (holds the lease of)."""
+
+    def read(tx: Tx) -> int:
+        query = select(func.count()).where(
+            steps.c.status == "RUNNING", steps.c.lease_owner == owner
+        )
+        return int(tx.conn.scalar(query) or 0)
+
+    return await engine.db.read(read)
+
+
 async def _completed_once(
     engine: Engine, statuses: dict[str, RunStatus]
 ) -> tuple[list[dict[str, object]], Counter[tuple[object, object]]]:
@@ -98,12 +111,12 @@ async def test_runs_survive_a_worker_killed_mid_run(
     for name in ("w1", "w2", "w3"):
         workers.start(name, "--concurrency", "40", **env)
     run_ids = await _start_many(starter, LOAD, 240)
-    # Kill w1 once it holds steps in flight (a slow step takes 0.4 s).
+    # Kill w1 once some runs are done and it holds steps itself (a slow step takes 0.4 s).
     victim = workers.identity("w1")
-    for _ in range(400):
+    for _ in range(600):
         logged = await _all_events(starter)
-        held = [e for e in logged if e["type"] == "step.started" and e["data"] == {}]
-        if sum(1 for e in logged if e["type"] == "run.completed") >= 40 and held:
+        done = sum(1 for e in logged if e["type"] == "run.completed")
+        if done >= 40 and await _held_by(starter, victim):
             break
         await asyncio.sleep(0.05)
     workers.procs["w1"].send_signal(signal.SIGKILL)

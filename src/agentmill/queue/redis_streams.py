@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,8 +195,11 @@ class RedisQueue:
         if self._all:
             await self._find_streams()
         try:
-            answer = await self._redis.xreadgroup(
-                GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=room, block=1000
+            answer = await _completed(
+                self._redis.xreadgroup(
+                    GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=room, block=1000
+                ),
+                self._receive_answer,
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -203,6 +207,9 @@ class RedisQueue:
             self._groups.clear()  # Redis restarted without its data
             await self._ensure_groups()
             return
+        self._receive_answer(answer)
+
+    def _receive_answer(self, answer: Any) -> None:
         streams: Any = answer or []  # RESP2: [[stream, entries]]; RESP3: {stream: entries}
         pairs = streams.items() if isinstance(streams, dict) else streams
         for stream, entries in pairs:
@@ -234,8 +241,11 @@ class RedisQueue:
             if room <= 0:
                 return
             try:
-                _, entries, _deleted = await self._redis.xautoclaim(
-                    stream, GROUP, self._owner, self._idle_ms, "0-0", count=room
+                _, entries, _deleted = await _completed(
+                    self._redis.xautoclaim(
+                        stream, GROUP, self._owner, self._idle_ms, "0-0", count=room
+                    ),
+                    functools.partial(self._receive_claimed, stream),
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -246,6 +256,9 @@ class RedisQueue:
                     "took over messages of a silent worker", messages=len(entries), stream=stream
                 )
             self._receive(stream, entries)
+
+    def _receive_claimed(self, stream: str, answer: Any) -> None:
+        self._receive(stream, answer[1])
 
     def _receive(self, stream: str, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
         received = [
@@ -323,3 +336,16 @@ def _by_stream(messages: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     for stream, message_id in messages:
         grouped.setdefault(stream, []).append(message_id)
     return grouped
+
+
+async def _completed(call: Awaitable[Any], on_cancel: Callable[[Any], None]) -> Any:
+    """Await a read that delivers messages; if we are cancelled meanwhile (closing), still wait
+    for its answer and pass it to ``on_cancel``: Redis has already made those messages pending
+    on this consumer, and only what we hold can be handed back when the worker closes."""
+    read = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(read)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            on_cancel(await read)  # bounded: the read blocks for at most a second
+        raise

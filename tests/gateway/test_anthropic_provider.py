@@ -12,10 +12,10 @@ import pytest
 from agentmill.errors import RetryableError, StepFailed
 from agentmill.gateway.config import ProviderConfig
 from agentmill.gateway.providers import build_provider
+from agentmill.gateway.providers._http import retry_after as _retry_after
 from agentmill.gateway.providers.anthropic import (
     DEFAULT_MAX_TOKENS,
     AnthropicProvider,
-    _retry_after,
 )
 from agentmill.gateway.types import (
     ChatDelta,

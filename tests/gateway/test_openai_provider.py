@@ -14,7 +14,8 @@ import pytest
 from agentmill.errors import ConfigError, RetryableError, StepFailed
 from agentmill.gateway.config import ProviderConfig
 from agentmill.gateway.providers import build_provider
-from agentmill.gateway.providers.openai import OpenAIProvider, retry_after_seconds
+from agentmill.gateway.providers._http import retry_after as retry_after_seconds
+from agentmill.gateway.providers.openai import OpenAIProvider
 from agentmill.gateway.types import (
     ChatDelta,
     ChatRequest,

@@ -8,15 +8,17 @@ asked us to wait.
 from __future__ import annotations
 
 import functools
+import math
 import ssl
 import time
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
 import httpx
 
-from agentmill.errors import RetryableError, StepError, StepFailed
+from agentmill.errors import RetryableError, StepFailed
 
 
 @functools.cache
@@ -33,7 +35,7 @@ def is_retryable(status: int | None) -> bool:
 
 def failure(
     model: str, status: int | None, upstream: str, retry_after: float | None = None
-) -> StepError:
+) -> RetryableError | StepFailed:
     """``RetryableError`` or ``StepFailed`` for an upstream answer with ``status``."""
     head = f"{status} {phrase(status)}: " if status is not None else ""
     message = f"{model}: {head}{upstream}"
@@ -46,6 +48,8 @@ def failure(
 
 def phrase(status: int) -> str:
     """``Too Many Requests`` for 429; ``Error`` for a status HTTP does not name."""
+    if status == 529:
+        return "Overloaded"  # Anthropic's own status, not in the HTTP registry
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -53,23 +57,33 @@ def phrase(status: int) -> str:
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP
+    date; None when the server said nothing usable."""
     if not headers:
         return None
     lowered = {k.lower(): v for k, v in headers.items()}
-    try:
-        if "retry-after-ms" in lowered:
-            return max(float(lowered["retry-after-ms"]) / 1000, 0.0)
-    except ValueError:
-        pass
+    if "retry-after-ms" in lowered:
+        seconds = _number(lowered["retry-after-ms"])
+        if seconds is not None:
+            return max(seconds / 1000, 0.0)
     value = lowered.get("retry-after", "").strip()
     if not value:
         return None
+    seconds = _number(value)
+    if seconds is None:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    return max(seconds, 0.0)
+
+
+def _number(value: str) -> float | None:
     try:
-        return max(float(value), 0.0)
+        number = float(value)
     except ValueError:
-        pass
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None

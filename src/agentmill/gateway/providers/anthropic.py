@@ -13,10 +13,8 @@ Thinking blocks are not part of the answer's text.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import AsyncIterator, Iterator
-from http import HTTPStatus
 
 import httpx2
 from anthropic import (
@@ -48,6 +46,7 @@ from agentmill.gateway.providers._anthropic_request import (
     PASSED_OPTIONS,
     messages_params,
 )
+from agentmill.gateway.providers._http import failure, is_retryable, retry_after
 from agentmill.gateway.types import (
     ChatDelta,
     ChatRequest,
@@ -170,17 +169,12 @@ class AnthropicProvider:
             kind = exc.type or "error"
             status = _ERROR_STATUS.get(kind)
             text = f"{request.model}: error in stream: {kind}: {message}"
-            if status is None or _retryable(status):
+            if is_retryable(status):
                 return RetryableError(text, status=status)
             return StepFailed(text, status=status)
         status = exc.status_code
-        text = f"{request.model}: {status} {_phrase(status)}: {message}"
-        if _retryable(status):
-            retry_after = _retry_after(exc.response.headers)
-            if retry_after is not None:
-                text += f" (retry after {retry_after:g}s)"
-            return RetryableError(text, retry_after=retry_after, status=status)
-        return StepFailed(text, status=status)
+        wait = retry_after(exc.response.headers) if is_retryable(status) else None
+        return failure(request.model, status, message, wait)
 
     def _transport_error(self, request: ChatRequest, exc: httpx2.TransportError) -> RetryableError:
         if isinstance(exc, httpx2.TimeoutException):
@@ -267,39 +261,3 @@ def _merge_usage(start: AnthropicUsage | None, delta: MessageDeltaUsage) -> Anth
     )
     updates = {name: getattr(delta, name) for name in fields if getattr(delta, name) is not None}
     return start.model_copy(update=updates)
-
-
-# ---------------------------------------------------------------------- HTTP details
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 409, 429) or status >= 500
-
-
-def _phrase(status: int) -> str:
-    if status == 529:
-        return "Overloaded"  # Anthropic's own status, not in the HTTP registry
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _retry_after(headers: httpx2.Headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
-    try:
-        return max(0.0, float(headers["retry-after-ms"]) / 1000)
-    except (KeyError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -32,12 +32,8 @@ environment.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import re
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any, Literal
 
 import openai
@@ -57,6 +53,7 @@ from openai.types.shared_params import FunctionDefinition
 
 from agentmill.errors import ConfigError, RetryableError, StepFailed
 from agentmill.gateway.config import ProviderConfig
+from agentmill.gateway.providers._http import failure, is_retryable, retry_after
 from agentmill.gateway.types import (
     ChatDelta,
     ChatRequest,
@@ -289,13 +286,8 @@ class OpenAIProvider:
             return RetryableError(self._scrub(f"{model}: connection failed: {detail}"))
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            text = f"{model}: {status} {_phrase(status)}: {_upstream_message(exc)}"
-            if status in (408, 409, 429) or status >= 500:
-                retry_after = retry_after_seconds(exc.response.headers)
-                if retry_after is not None:
-                    text += f" (retry after {retry_after:g}s)"
-                return RetryableError(self._scrub(text), retry_after=retry_after, status=status)
-            return StepFailed(self._scrub(text), status=status)
+            wait = retry_after(exc.response.headers) if is_retryable(status) else None
+            return failure(model, status, self._scrub(_upstream_message(exc)), wait)
         # An error event inside a stream that had begun with 200 OK.
         text = self._scrub(f"{model}: error in stream: {exc.message}")
         kind = exc.body.get("type") if isinstance(exc.body, Mapping) else None
@@ -305,33 +297,6 @@ class OpenAIProvider:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` in seconds or as an HTTP
-    date; None when the server said nothing usable."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            seconds = float(value) / 1000
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds):
-            return max(seconds, 0.0)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 # ---------------------------------------------------------------------- translation
@@ -436,13 +401,6 @@ def _usage(usage: CompletionUsage | None) -> Usage:
 
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def _upstream_message(exc: openai.APIStatusError) -> str:

@@ -47,7 +47,6 @@ from agentmill.gateway.policy import (
 )
 from agentmill.gateway.pricing import Pricing, with_markup
 from agentmill.gateway.providers import build_provider
-from agentmill.gateway.providers.scripted import ScriptedProvider
 from agentmill.gateway.ratelimits import Admission, RateLimit, RateLimiter
 from agentmill.gateway.types import (
     CallContext,
@@ -98,6 +97,9 @@ class Route:
 class _Plan:
     context: CallContext
     policy: WorkspacePolicy
+    in_tokens: int  # estimated, for limits and the worst case
+    out_tokens: int  # at most
+    lines: list[BudgetLine]  # the budgets the call is held to
     routes: list[Route]
     admission: Admission | None
 
@@ -171,9 +173,9 @@ class Gateway:
             known = ", ".join(self.provider_names(policy)) or "none"
             raise UnknownModel(f"unknown provider {name!r} (configured: {known})")
         label = f"{scope}:{name}" if scope else name
-        # The scripted provider has no outages to detect: its failures are scripted per step
-        # attempt, and a breaker would turn a test of retries into a test of the breaker.
-        opens = not isinstance(provider, ScriptedProvider)
+        # A provider without outages (the scripted one: its failures are scripted per step
+        # attempt) keeps a breaker's figures but never opens it.
+        opens = getattr(provider, "has_outages", True)
         return Route(
             model=model,
             provider=provider,
@@ -196,31 +198,26 @@ class Gateway:
         """One completion. Raises RetryableError (every model failed, or a limit store is
         down), RateLimited, BudgetExceeded, StepFailed (refused upstream) or UnknownModel."""
         plan = await self._plan(request.model, request.fallbacks, request.context, request)
-        out_tokens = request.max_tokens or self.default_max_tokens
-        in_tokens = estimate_input_tokens(request)
 
         async def invoke(route: Route) -> tuple[ChatResponse, Usage]:
             response = await route.provider.chat(replace(request, model=route.model))
             return response, response.usage
 
         response, usage, notices, route, latency = await self._call(
-            plan, request.tries_per_model, in_tokens, out_tokens, invoke, sink
+            plan, request.tries_per_model, invoke, sink
         )
         return replace(
             response, model=route.model, usage=usage, latency_ms=latency, notices=notices
         )
 
     async def embed(self, request: EmbedRequest, *, sink: Sink | None = None) -> EmbedResponse:
-        plan = await self._plan(request.model, (), request.context, None)
-        in_tokens = sum(len(text) for text in request.inputs) // 3 + len(request.inputs)
+        plan = await self._plan(request.model, (), request.context, None, embed=request)
 
         async def invoke(route: Route) -> tuple[EmbedResponse, Usage]:
             response = await route.provider.embed(replace(request, model=route.model))
             return response, response.usage
 
-        response, usage, _, route, latency = await self._call(
-            plan, None, in_tokens, 0, invoke, sink
-        )
+        response, usage, _, route, latency = await self._call(plan, None, invoke, sink)
         return replace(response, model=route.model, usage=usage, latency_ms=latency)
 
     async def stream(
@@ -229,16 +226,13 @@ class Gateway:
         """A completion as deltas; the last one has the finish reason and the priced usage.
         Failover happens only before the first delta: after it, the caller has seen output."""
         plan = await self._plan(request.model, request.fallbacks, request.context, request)
-        out_tokens = request.max_tokens or self.default_max_tokens
-        in_tokens = estimate_input_tokens(request)
         failures: list[str] = []
         last: RetryableError | None = None
         for route in plan.routes:
-            ready = await self._enter(plan, route, in_tokens, out_tokens, failures)
-            if isinstance(ready, RetryableError):
-                last = ready
+            reservation = await self._enter(plan, route, failures)
+            if isinstance(reservation, RetryableError):
+                last = reservation
                 continue
-            reservation, _ = ready
             for attempt in range(1, self._tries(request.tries_per_model) + 1):
                 collector = StreamCollector(route.model)
                 started = time.perf_counter()
@@ -260,7 +254,7 @@ class Gateway:
                             plan,
                             route,
                             reservation,
-                            estimated_usage(in_tokens, collector),
+                            estimated_usage(plan.in_tokens, collector),
                             started,
                             sink,
                         )
@@ -270,7 +264,7 @@ class Gateway:
                 except RetryableError as exc:
                     self._failed(plan, route, exc, started, sink)
                     if sent:
-                        await self._settle_partial(plan, route, reservation, in_tokens, collector)
+                        await self._settle_partial(plan, route, reservation, collector)
                         raise
                     last = exc
                     failures.append(f"{route.model}: {exc}")
@@ -285,7 +279,7 @@ class Gateway:
                 except BaseException:  # cancelled, or the consumer stopped reading
                     route.breaker.abandoned()
                     if not settled:
-                        await self._settle_partial(plan, route, reservation, in_tokens, collector)
+                        await self._settle_partial(plan, route, reservation, collector)
                     raise
             await self.budgets.release(reservation)
         raise self._exhausted(plan, failures, last)
@@ -298,16 +292,31 @@ class Gateway:
         fallbacks: tuple[str, ...],
         context: CallContext,
         request: ChatRequest | None,
+        *,
+        embed: EmbedRequest | None = None,
     ) -> _Plan:
         policy = (
             await self.policies.policy(context.workspace_id) if context.workspace_id else NO_POLICY
         )
         chain = [model, *(fallbacks or self._model(model).fallbacks)]
         routes = [self._route(name, context, policy) for name in dict.fromkeys(chain)]
+        if request is not None:
+            in_tokens = estimate_input_tokens(request)
+            out_tokens = request.max_tokens or self.default_max_tokens
+        else:
+            texts = embed.inputs if embed is not None else ()
+            in_tokens, out_tokens = sum(len(t) for t in texts) // 3 + len(texts), 0
         limits = self._caller_limits(context, policy)
-        estimate = estimate_input_tokens(request) if request is not None else 1
-        admission = await self.limiter.admit(limits, estimate) if limits else None
-        return _Plan(context=context, policy=policy, routes=routes, admission=admission)
+        admission = await self.limiter.admit(limits, in_tokens) if limits else None
+        return _Plan(
+            context=context,
+            policy=policy,
+            routes=routes,
+            admission=admission,
+            in_tokens=in_tokens,
+            out_tokens=out_tokens,
+            lines=self._lines(context, policy),
+        )
 
     def _model(self, model: str) -> ModelConfig:
         return self.config.models.get(model) or ModelConfig(name=model)
@@ -345,8 +354,8 @@ class Gateway:
         return self.retry.delay(attempt, exc.retry_after)
 
     async def _enter(
-        self, plan: _Plan, route: Route, in_tokens: int, out_tokens: int, failures: list[str]
-    ) -> tuple[Reservation, Decimal] | RetryableError:
+        self, plan: _Plan, route: Route, failures: list[str]
+    ) -> Reservation | RetryableError:
         """Pass the model's breaker and limits and reserve its worst case; or say why not."""
         if not route.breaker.allow():
             wait = route.breaker.retry_in()
@@ -361,31 +370,29 @@ class Gateway:
                 tokens_per_minute=configured.tokens_per_minute,
             )
             try:
-                await self.limiter.admit([limit], in_tokens)
+                await self.limiter.admit([limit], plan.in_tokens)
             except RateLimited as exc:
                 route.breaker.abandoned()
                 failures.append(f"{route.model}: {exc}")
                 return exc
         worst = Decimal(0)
-        lines = self._lines(plan)
-        if lines:
+        if plan.lines:
             cost = self.pricing.worst_case(
-                route.model, self._pricing_config(route), in_tokens, out_tokens
+                route.model, self._pricing_config(route), plan.in_tokens, plan.out_tokens
             )
             worst = with_markup(cost, plan.policy.markup)
         try:
-            reservation = await self.budgets.reserve(lines, worst, self.policies.spent)
+            return await self.budgets.reserve(plan.lines, worst, self.policies.spent)
         except BaseException:
             route.breaker.abandoned()
             raise
-        return reservation, worst
 
-    def _lines(self, plan: _Plan) -> list[BudgetLine]:
-        context = plan.context
-        if context.workspace_id is None or not plan.policy.budgets:
+    @staticmethod
+    def _lines(context: CallContext, policy: WorkspacePolicy) -> list[BudgetLine]:
+        if context.workspace_id is None or not policy.budgets:
             return []
         return lines_for(
-            plan.policy.budgets,
+            policy.budgets,
             workspace_id=context.workspace_id,
             api_key_id=context.api_key_id,
             user_id=context.user_id,
@@ -397,19 +404,16 @@ class Gateway:
         self,
         plan: _Plan,
         tries: int | None,
-        in_tokens: int,
-        out_tokens: int,
         invoke: Callable[[Route], Awaitable[tuple[T, Usage]]],
         sink: Sink | None,
     ) -> tuple[T, Usage, tuple[str, ...], Route, float]:
         failures: list[str] = []
         last: RetryableError | None = None
         for route in plan.routes:
-            ready = await self._enter(plan, route, in_tokens, out_tokens, failures)
-            if isinstance(ready, RetryableError):
-                last = ready
+            reservation = await self._enter(plan, route, failures)
+            if isinstance(reservation, RetryableError):
+                last = reservation
                 continue
-            reservation, _ = ready
             for attempt in range(1, self._tries(tries) + 1):
                 started = time.perf_counter()
                 try:
@@ -437,8 +441,10 @@ class Gateway:
             await self.budgets.release(reservation)
         raise self._exhausted(plan, failures, last)
 
-    def _pricing_config(self, route: Route) -> ProviderConfig:
-        return route.config or ProviderConfig(name=route.model.split("/", 1)[0], kind="scripted")
+    @staticmethod
+    def _pricing_config(route: Route) -> ProviderConfig:
+        # A provider registered in code is priced like the scripted one: free unless configured.
+        return route.config or _SCRIPTED
 
     def _price(self, plan: _Plan, route: Route, usage: Usage) -> Usage:
         cost = usage.cost
@@ -478,11 +484,10 @@ class Gateway:
         plan: _Plan,
         route: Route,
         reservation: Reservation,
-        in_tokens: int,
         collector: StreamCollector,
     ) -> None:
         """A stream ended early: charge what was produced (the provider did the work)."""
-        usage = self._price(plan, route, estimated_usage(in_tokens, collector))
+        usage = self._price(plan, route, estimated_usage(plan.in_tokens, collector))
         await asyncio.shield(self.budgets.settle(reservation, usage.price))
 
     def _failed(

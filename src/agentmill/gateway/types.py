@@ -224,7 +224,8 @@ class Provider(Protocol):
     (timeouts, lost connections, 408, 409, 429, 5xx; ``retry_after`` from a ``Retry-After``
     header) and ``StepFailed(status=...)`` when it cannot (400, 401, 403, 404, 422).
     Providers do not retry: the gateway does, and fails over. Usage carries tokens only; the
-    gateway prices it.
+    gateway prices it. A provider may set ``has_outages = False`` when its failures say nothing
+    of its health (the scripted one): its circuit breaker then never opens.
     """
 
     name: str  # the configured name: the "provider" in "provider/model"

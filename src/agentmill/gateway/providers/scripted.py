@@ -65,6 +65,9 @@ def estimate_tokens(text: str) -> int:
 class ScriptedProvider:
     """Answers from its options; see the module docstring."""
 
+    # Its failures are scripted per step attempt, not outages: no circuit breaker should open.
+    has_outages = False
+
     def __init__(self, config: ProviderConfig | str = "scripted") -> None:
         self.name = config if isinstance(config, str) else config.name
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentmill.errors import ConfigError
 
 DEFAULT_SECRET = "agentmill-insecure-development-secret"
 
@@ -109,3 +113,23 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (tests replace them with ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def read_config_file(path: Path | None) -> tuple[Mapping[str, Any], str]:
+    """The mapping in ``agentmill.yaml`` and its name for messages. Without ``path``, the file
+    in the working directory, or nothing when there is none; a ``path`` given must exist."""
+    if path is None:
+        path = Path("agentmill.yaml")
+        if not path.exists():
+            return {}, str(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top")
+    return data, str(path)

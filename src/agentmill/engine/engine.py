@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
-from agentmill.config import Settings, get_settings
+from agentmill.config import Settings, get_settings, read_config_file
 from agentmill.domain.inputs import resolve_inputs
 from agentmill.domain.spec import WorkflowSpec
 from agentmill.domain.states import RunStatus
@@ -22,6 +23,7 @@ from agentmill.engine.transitions import Transitions, spec_loader
 from agentmill.engine.worker import Worker
 from agentmill.errors import ConfigError
 from agentmill.gateway import Gateway
+from agentmill.gateway.config import parse_gateway_config
 from agentmill.store import queries
 from agentmill.store.db import Database
 from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
@@ -29,7 +31,7 @@ from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
 from agentmill.tools.memory import SETTINGS_SECTION
-from agentmill.tools.registry import ToolRegistry, load_tool_settings
+from agentmill.tools.registry import ToolRegistry, parse_tool_settings
 
 
 class Engine:
@@ -43,8 +45,13 @@ class Engine:
     ) -> None:
         self.db = db
         self.settings = settings or get_settings()
-        self.gateway = gateway or build_gateway(db, self.settings)
-        self.tools = tools or ToolRegistry(settings=load_tool_settings(self.settings.config))
+        # agentmill.yaml configures both the gateway and the tools: read it once.
+        file, source = read_config_file(self.settings.config)
+        if gateway is None:
+            config = parse_gateway_config(file, os.environ, source=source)
+            gateway = build_gateway(db, self.settings, config)
+        self.gateway = gateway
+        self.tools = tools or ToolRegistry(settings=parse_tool_settings(file, source))
         self.tools.set_default(SETTINGS_SECTION, "embedding_model", self.settings.embedding_model)
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)

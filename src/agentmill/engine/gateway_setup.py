@@ -12,7 +12,7 @@ import structlog
 from agentmill.config import Settings
 from agentmill.gateway import Gateway
 from agentmill.gateway.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
-from agentmill.gateway.config import ProviderConfig, load_gateway_config
+from agentmill.gateway.config import GatewayConfig, ProviderConfig
 from agentmill.gateway.ratelimits import RateLimiter
 from agentmill.store.db import Database
 from agentmill.store.gateway_policies import DatabasePolicies, ProviderLoader, UsageRecorder
@@ -21,7 +21,7 @@ from agentmill.store.repositories.providers import workspace_provider_configs
 log = structlog.get_logger("agentmill.gateway")
 
 
-def build_gateway(db: Database, settings: Settings) -> Gateway:
+def build_gateway(db: Database, settings: Settings, config: GatewayConfig) -> Gateway:
     redis_url = settings.shared_redis_url
     budgets: BudgetStore
     if redis_url:
@@ -36,7 +36,7 @@ def build_gateway(db: Database, settings: Settings) -> Gateway:
                 "every API and worker process shares them"
             )
     return Gateway(
-        config=load_gateway_config(settings.config),
+        config=config,
         policies=DatabasePolicies(db, providers=_workspace_providers(settings.secret_key)),
         limiter=limiter,
         budgets=budgets,

@@ -32,8 +32,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
+from agentmill.config import read_config_file
 from agentmill.errors import ConfigError
 
 ProviderKind = Literal["openai", "openai_compatible", "anthropic", "gemini", "ollama", "scripted"]
@@ -122,20 +121,8 @@ def load_gateway_config(
 ) -> GatewayConfig:
     """Read ``path`` (default: ``agentmill.yaml`` here, when there is one) and the providers'
     usual variables. A ``path`` given that does not exist is an error."""
-    env = os.environ if environ is None else environ
-    if path is None:
-        path = Path("agentmill.yaml")
-        if not path.exists():
-            return parse_gateway_config({}, env)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top")
-    return parse_gateway_config(data, env, source=str(path))
+    data, source = read_config_file(path)
+    return parse_gateway_config(data, os.environ if environ is None else environ, source=source)
 
 
 def parse_gateway_config(

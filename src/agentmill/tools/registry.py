@@ -17,9 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agentmill.config import get_settings
+from agentmill.config import get_settings, read_config_file
 from agentmill.errors import ConfigError
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
@@ -90,15 +88,12 @@ class ToolRegistry:
 
 def load_tool_settings(path: Path | None) -> dict[str, Mapping[str, Any]]:
     """The ``tools:`` section of ``path`` (default ``agentmill.yaml`` here, if any), checked."""
-    if path is None:
-        path = Path("agentmill.yaml")
-        if not path.exists():
-            return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    section = data.get("tools") or {} if isinstance(data, Mapping) else {}
+    return parse_tool_settings(*read_config_file(path))
+
+
+def parse_tool_settings(data: Mapping[str, Any], path: str) -> dict[str, Mapping[str, Any]]:
+    """The ``tools:`` section of a configuration file's mapping, checked."""
+    section = data.get("tools") or {}
     if not isinstance(section, Mapping) or not all(
         isinstance(v, Mapping) for v in section.values()
     ):

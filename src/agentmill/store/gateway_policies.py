@@ -14,13 +14,20 @@ from decimal import Decimal
 import structlog
 from sqlalchemy import func, select
 
-from agentmill.gateway.budgets import Budget, BudgetLine, BudgetPeriod, BudgetScope
+from agentmill.gateway.budgets import (
+    Budget,
+    BudgetLine,
+    BudgetPeriod,
+    BudgetScope,
+    period_bounds,
+)
 from agentmill.gateway.config import ProviderConfig
 from agentmill.gateway.policy import CallerLimit, WorkspacePolicy
 from agentmill.gateway.types import CallReport
 from agentmill.store import statements as sql
 from agentmill.store.db import Database, Tx
-from agentmill.store.models import budgets, llm_calls, rate_limits, workspaces
+from agentmill.store.models import llm_calls, workspaces
+from agentmill.store.repositories import spending
 from agentmill.store.repositories.usage import usage_row
 
 log = structlog.get_logger("agentmill.gateway")
@@ -66,39 +73,40 @@ class DatabasePolicies:
 
 
 def _load(tx: Tx, workspace_id: str) -> WorkspacePolicy:
+    # Runs of `agentmill run` belong to the "local" workspace, which has no row: no markup.
     markup = tx.conn.scalar(select(workspaces.c.markup).where(workspaces.c.id == workspace_id))
-    found = tx.conn.execute(
-        select(budgets).where(budgets.c.workspace_id == workspace_id).order_by(budgets.c.id)
-    )
-    limits = tx.conn.execute(
-        select(rate_limits)
-        .where(rate_limits.c.workspace_id == workspace_id)
-        .order_by(rate_limits.c.id)
-    )
     return WorkspacePolicy(
         markup=markup or Decimal(0),
-        budgets=tuple(
-            Budget(
-                id=row.id,
-                workspace_id=row.workspace_id,
-                scope=BudgetScope(row.scope),
-                subject_id=row.subject_id,
-                period=BudgetPeriod(row.period),
-                limit=row.limit_usd,
-                soft_ratio=row.soft_ratio,
-            )
-            for row in found
-        ),
+        budgets=tuple(as_budget(r) for r in spending.list_budgets(tx, workspace_id)),
         limits=tuple(
             CallerLimit(
-                scope=row.scope,
-                subject_id=row.subject_id,
-                requests_per_minute=row.requests_per_minute,
-                tokens_per_minute=row.tokens_per_minute,
+                scope=r.scope,  # type: ignore[arg-type]  # checked when it was stored
+                subject_id=r.subject_id,
+                requests_per_minute=r.requests_per_minute,
+                tokens_per_minute=r.tokens_per_minute,
             )
-            for row in limits
+            for r in spending.list_rate_limits(tx, workspace_id)
         ),
     )
+
+
+def as_budget(record: spending.BudgetRecord) -> Budget:
+    """A stored budget as the gateway holds calls to it."""
+    return Budget(
+        id=record.id,
+        workspace_id=record.workspace_id,
+        scope=BudgetScope(record.scope),
+        subject_id=record.subject_id,
+        period=BudgetPeriod(record.period),
+        limit=record.limit_usd,
+        soft_ratio=record.soft_ratio,
+    )
+
+
+def spent_this_period(tx: Tx, budget: Budget, subject: str) -> Decimal:
+    """What ``subject`` was charged under ``budget`` in the current period."""
+    start, end = period_bounds(budget.period, datetime.now(UTC))
+    return spent(tx, BudgetLine(budget=budget, subject=subject, period_start=start, period_end=end))
 
 
 def spent(tx: Tx, line: BudgetLine) -> Decimal:

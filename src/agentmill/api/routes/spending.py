@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 
-from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require
+from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require, workspace_role
 from agentmill.api.schemas import (
     BudgetCreate,
     BudgetPublic,
@@ -22,9 +20,8 @@ from agentmill.api.schemas import (
 )
 from agentmill.domain.permissions import Permission
 from agentmill.gateway import Gateway
-from agentmill.gateway.budgets import Budget, BudgetLine, BudgetPeriod, BudgetScope, period_bounds
 from agentmill.store.db import Tx
-from agentmill.store.gateway_policies import DatabasePolicies, spent
+from agentmill.store.gateway_policies import DatabasePolicies, as_budget, spent_this_period
 from agentmill.store.repositories import spending
 
 router = APIRouter(tags=["spending"])
@@ -54,21 +51,7 @@ def _invalid(field: str, message: str) -> None:
 
 def _budget_public(tx: Tx, record: spending.BudgetRecord) -> BudgetPublic:
     subject = record.workspace_id if record.scope == "workspace" else record.subject_id
-    used: Decimal | None = None
-    if subject is not None:
-        budget = Budget(
-            id=record.id,
-            workspace_id=record.workspace_id,
-            scope=BudgetScope(record.scope),
-            subject_id=record.subject_id,
-            period=BudgetPeriod(record.period),
-            limit=record.limit_usd,
-            soft_ratio=record.soft_ratio,
-        )
-        start, end = period_bounds(budget.period, datetime.now(UTC))
-        used = spent(
-            tx, BudgetLine(budget=budget, subject=subject, period_start=start, period_end=end)
-        )
+    used = spent_this_period(tx, as_budget(record), subject) if subject is not None else None
     return BudgetPublic(
         id=record.id,
         scope=record.scope,
@@ -183,10 +166,7 @@ async def providers_health(
     them; with ``?workspace=`` also that workspace's own providers (its API keys and members)."""
     gateway: Gateway = request.app.state.gateway
     if workspace is not None:
-        db = request.app.state.db
-        from agentmill.api.deps import workspace_role
-
-        await workspace_role(db, principal, workspace)  # 404 for strangers
+        await workspace_role(request.app.state.db, principal, workspace)  # 404 for strangers
     models = [
         ModelHealthPublic(**{**h.__dict__, "state": h.state.value})
         for h in gateway.health(workspace)

@@ -25,7 +25,6 @@ import openai
 import pydantic
 import pytest
 import structlog
-import uvicorn
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -51,7 +50,7 @@ from agentmill.gateway import (
 )
 from agentmill.gateway.providers.scripted import ScriptedProvider, estimate_tokens
 from agentmill.observability.logging import configure_logging
-from tests.cli.test_up import free_port
+from tests.servers import serving
 
 MAX_BODY = 64 * 1024
 
@@ -160,31 +159,11 @@ def serve(database_url: str, settings: Settings | None = None) -> Iterator[Serve
         database_url=database_url,
         workers=False,
     )
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", ws="none"
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            assert thread.is_alive(), "the server stopped"
-            assert time.monotonic() < deadline, "the server never became healthy"
-            time.sleep(0.02)
+    with serving(app) as url:
         rec, endless = Recording("rec"), Endless()
         for provider in (rec, Failing(), endless):
             app.state.gateway.register(provider)
         yield Server(url, app, rec, endless)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=20)
-        assert not thread.is_alive()
 
 
 def new_tenant(url: str) -> Tenant:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
@@ -30,7 +26,7 @@ from agentmill.api.app import create_app
 from agentmill.client import ApiError, AsyncClient, Client
 from agentmill.client import _endpoints as endpoints
 from agentmill.config import Settings
-from tests.cli.test_up import free_port
+from tests.servers import serving
 
 PASSWORD = "correct horse battery"
 
@@ -100,28 +96,8 @@ def serve(database_url: str) -> Iterator[Server]:
         Settings(secret_key="test-secret", poll_interval=0.05), database_url=database_url
     )
     recorder = Recorder(app)
-    port = free_port()
-    config = uvicorn.Config(
-        recorder, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", ws="none"
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            assert thread.is_alive(), "the server stopped"
-            assert time.monotonic() < deadline, "the server never became healthy"
-            time.sleep(0.02)
+    with serving(recorder) as url:
         yield Server(url, recorder)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=20)
-        assert not thread.is_alive()
 
 
 @pytest.fixture

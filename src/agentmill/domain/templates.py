@@ -43,12 +43,44 @@ class _Undefined(StrictUndefined):
 
 class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
     """``x.items`` means the key ``items`` when ``x`` is a mapping that has it, not the dict
-    method: workflow data is JSON, and keys like items, keys or values are common."""
+    method: workflow data is JSON, and keys like items, keys or values are common.
+
+    ``*`` and ``**`` are checked before they run: ``'y' * 10**10`` would allocate gigabytes
+    before the rendered-size limit could see the result (intercepted operators are also never
+    folded at compile time, so validating such a template cannot hang either)."""
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repeat(left, right)
+            _check_repeat(right, left)
+        elif operator == "**":
+            _check_power(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_repeat(sequence: Any, times: Any) -> None:
+    sized = isinstance(sequence, str | list | tuple) and isinstance(times, int)
+    if sized and len(sequence) * times > MAX_RENDERED_CHARS:
+        raise SecurityError(
+            f"repeating a {type(sequence).__name__} of length {len(sequence)} {times} times "
+            f"makes more than {MAX_RENDERED_CHARS} items"
+        )
+
+
+_MAX_POWER_BITS = 65_536
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    ints = isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1
+    if ints and abs(base).bit_length() * exponent > _MAX_POWER_BITS:
+        raise SecurityError(f"{base} ** {exponent} is too large a number")
 
 
 def _make_env() -> ImmutableSandboxedEnvironment:
@@ -149,6 +181,8 @@ class References:
     names: frozenset[str]
     steps: frozenset[str]
     inputs: frozenset[str]
+    # Python internals (``__class__``, ``_Foo__bar``) it reaches for: always refused.
+    internals: frozenset[str] = frozenset()
 
 
 def references(source: str) -> References:
@@ -165,7 +199,26 @@ def references(source: str) -> References:
         names=frozenset(names - GLOBAL_NAMES),
         steps=frozenset(_attrs_of(tree, "steps")),
         inputs=frozenset(_attrs_of(tree, "inputs")),
+        internals=frozenset(_internals(tree)),
     )
+
+
+def _is_internal(name: str) -> bool:
+    """Dunder and name-mangled attributes: the sandbox refuses them at run time anyway; saying
+    so when the workflow is checked keeps an escape attempt from ever being stored."""
+    return name.startswith("_") and "__" in name
+
+
+def _internals(tree: nodes.Template) -> Iterator[str]:
+    for attr in tree.find_all(nodes.Getattr):
+        assert isinstance(attr, nodes.Getattr)
+        if _is_internal(attr.attr):
+            yield attr.attr
+    for item in tree.find_all(nodes.Getitem):
+        assert isinstance(item, nodes.Getitem)
+        key = item.arg.value if isinstance(item.arg, nodes.Const) else None
+        if isinstance(key, str) and _is_internal(key):
+            yield key
 
 
 def _attrs_of(tree: nodes.Template, root: str) -> Iterator[str]:

@@ -44,6 +44,9 @@ MAP_NAMES = RUN_NAMES | {"item", "index"}
 KNOWN_TOOLS: frozenset[str] = frozenset({"python", "http_request", "memory_store", "memory_search"})
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MCP_PREFIX = "mcp:"
+AGENT_PREFIX = "agent:"  # another agent of the workflow, as a tool (delegation)
+# What every provider accepts as a tool's name: a delegate is offered under its agent's name.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STEP_TAGS = frozenset({"llm", "agent", "template", "human", "map", "workflow"})
 
 
@@ -233,8 +236,10 @@ class _Checker:
         self._compute_ancestors(cyclic)
         self._mcp_server_names()
         for agent_name, agent in self.spec.agents.items():
-            for tool in agent.tools:
-                if tool.startswith(MCP_PREFIX):
+            for k, tool in enumerate(agent.tools):
+                if tool.startswith(AGENT_PREFIX):
+                    self._delegate(("agents", agent_name, "tools", k), agent_name, tool)
+                elif tool.startswith(MCP_PREFIX):
                     self._mcp_tool(("agents", agent_name, "tools"), tool)
                 elif tool not in KNOWN_TOOLS and not _IMPORT_PATH.fullmatch(tool):
                     self.add(
@@ -246,6 +251,7 @@ class _Checker:
                 self._template(
                     ("agents", agent_name, "system"), agent.system, None, {"inputs", "run"}
                 )
+        self._delegation_cycles()
         for i, step in enumerate(self.spec.steps):
             self._step(("steps", i), step, step.id, RUN_NAMES)
             if isinstance(step, MapStep):
@@ -254,6 +260,54 @@ class _Checker:
         for key, value in self.spec.outputs.items():
             for rel, text in template_strings(value):
                 self._template(("outputs", key, *rel), text, None, RUN_NAMES)
+
+    def _delegate(self, path: DocPath, agent: str, tool: str) -> None:
+        target = tool.removeprefix(AGENT_PREFIX)
+        if target not in self.spec.agents:
+            hint = _did_you_mean(target, self.spec.agents)
+            self.add(path, f"tool {tool!r}: agent {target!r} is not defined under 'agents'{hint}")
+        elif target == agent:
+            self.add(path, f"agent {agent!r} cannot delegate to itself")
+        elif not _TOOL_NAME.fullmatch(target):
+            self.add(
+                path,
+                f"tool {tool!r}: agent {target!r} is offered to the model as a tool by its "
+                "name, which must be 1 to 64 letters, digits, '-' or '_'",
+            )
+
+    def _delegation_cycles(self) -> None:
+        """Agents that delegate to each other, directly or through others, would never end."""
+        graph = {
+            name: [
+                (k, ref)
+                for k, tool in enumerate(agent.tools)
+                if tool.startswith(AGENT_PREFIX)
+                and (ref := tool.removeprefix(AGENT_PREFIX)) in self.spec.agents
+                and ref != name
+            ]
+            for name, agent in self.spec.agents.items()
+        }
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        stack: list[str] = []
+
+        def visit(node: str) -> None:
+            state[node] = 1
+            stack.append(node)
+            for k, ref in graph[node]:
+                if state.get(ref) == 1:
+                    cycle = [*stack[stack.index(ref) :], ref]
+                    self.add(
+                        ("agents", node, "tools", k),
+                        "agents delegate to each other in a cycle: " + " -> ".join(cycle),
+                    )
+                elif ref not in state:
+                    visit(ref)
+            stack.pop()
+            state[node] = 2
+
+        for name in graph:
+            if name not in state:
+                visit(name)
 
     def _mcp_server_names(self) -> None:
         for name in self.spec.mcp_servers:
@@ -437,6 +491,8 @@ class _Checker:
         except TemplateError as exc:
             self.add(path, str(exc))
             return
+        for name in sorted(refs.internals):
+            self.add(path, f"not allowed in a template: {name!r} is a Python internal")
         for name in sorted(refs.names - set(names)):
             available = ", ".join(sorted(names))
             self.add(path, f"unknown name {name!r} in template (available: {available})")

@@ -3,7 +3,9 @@
 The model gets the conversation and the agent's tools. When it asks for tools, every call of the
 turn runs (in parallel), and each result, or error, goes back to it; this repeats until it
 answers or ``max_turns`` runs out (a clear failure, not a hang). An answer that misses the
-step's ``output_schema`` gets one repair turn. Every tool call is audited in the run's events.
+step's ``output_schema`` gets one repair turn. Every tool call is audited in the run's events,
+with the agent that made it: an agent may delegate to others (``agent:<name>``, see
+:mod:`._delegate`), whose loops run inside the same step.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import json
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import jsonschema
 
 from agentmill.domain.spec import AgentSpec, AgentStep, MapAgent
+from agentmill.domain.validation import AGENT_PREFIX
 from agentmill.engine.context import StepContext
+from agentmill.engine.nodes._delegate import DelegateTool, is_agent_ref
 from agentmill.engine.nodes._output import parse_output
 from agentmill.engine.outcomes import Outcome, Succeeded
-from agentmill.errors import ConfigError, RetryableError, StepFailed
+from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import ChatRequest, Message, ToolCall, ToolSpec
 from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
 from agentmill.tools.mcp import is_mcp_ref, mcp_tools
@@ -32,19 +37,38 @@ _RESULT_LIMIT = 64_000  # characters of one tool result sent back to the model
 async def run_agent(ctx: StepContext) -> Outcome:
     step = ctx.step
     assert isinstance(step, AgentStep | MapAgent)
-    agent = ctx.agent(step.agent)
-    # MCP sessions live as long as the step: opened here, closed however the loop ends.
+    prompt = str(ctx.render(step.prompt))
+    return Succeeded(output=await run_agent_loop(ctx, step.agent, prompt, step.output_schema))
+
+
+async def run_agent_loop(
+    ctx: StepContext,
+    name: str,
+    prompt: str,
+    output_schema: dict[str, Any] | None = None,
+) -> Any:
+    """Agent ``name``'s tool loop on ``prompt``, to its final answer (checked against
+    ``output_schema``). The step's own agent runs it, and so does every agent it delegates to."""
+    agent = ctx.agent(name)
+    # MCP sessions live as long as the loop: opened here, closed however the loop ends.
     async with AsyncExitStack() as stack:
         try:
             tools = {tool.name: tool for tool in await _resolve_tools(ctx, agent, stack)}
         except (ConfigError, ToolUnavailable) as exc:
-            raise StepFailed(f"agent {step.agent!r}: {exc}") from None
-        return await _loop(ctx, step, agent, tools)
+            raise StepFailed(f"agent {name!r}: {exc}") from None
+        return await _loop(ctx, name, agent, prompt, output_schema, tools)
 
 
 async def _resolve_tools(ctx: StepContext, agent: AgentSpec, stack: AsyncExitStack) -> list[Tool]:
-    """The agent's tools: registered, built-in and custom ones, then its MCP servers' tools."""
-    tools = [ctx.tools.resolve(name) for name in agent.tools if not is_mcp_ref(name)]
+    """The agent's tools: registered, built-in and custom ones, the agents it may delegate to,
+    then its MCP servers' tools."""
+    tools: list[Tool] = []
+    for name in agent.tools:
+        if is_agent_ref(name):
+            target = name.removeprefix(AGENT_PREFIX)
+            tools.append(DelegateTool(target, ctx.agent(target), partial(run_agent_loop, ctx)))
+        elif not is_mcp_ref(name):
+            tools.append(ctx.tools.resolve(name))
     refs = [name for name in agent.tools if is_mcp_ref(name)]
     if refs:
         servers = ctx.compiled.spec.mcp_servers
@@ -55,8 +79,13 @@ async def _resolve_tools(ctx: StepContext, agent: AgentSpec, stack: AsyncExitSta
 
 
 async def _loop(
-    ctx: StepContext, step: AgentStep | MapAgent, agent: AgentSpec, tools: Mapping[str, Tool]
-) -> Outcome:
+    ctx: StepContext,
+    name: str,
+    agent: AgentSpec,
+    prompt: str,
+    schema: dict[str, Any] | None,
+    tools: Mapping[str, Tool],
+) -> Any:
     specs = tuple(
         ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
         for t in tools.values()
@@ -64,7 +93,7 @@ async def _loop(
     messages: list[Message] = []
     if agent.system:
         messages.append(Message(role="system", content=str(ctx.render(agent.system))))
-    messages.append(Message(role="user", content=str(ctx.render(step.prompt))))
+    messages.append(Message(role="user", content=prompt))
     repaired = False
     for turn in range(agent.max_turns):
         response = await ctx.chat(
@@ -74,10 +103,10 @@ async def _loop(
                 temperature=agent.temperature,
                 max_tokens=agent.max_tokens,
                 tools=specs,
-                response_schema=step.output_schema,
+                response_schema=schema,
                 fallbacks=tuple(agent.fallbacks),
                 options=agent.options,
-                context=ctx.call_context(turn=turn, agent=step.agent),
+                context=ctx.call_context(turn=turn, agent=name),
             )
         )
         messages.append(
@@ -85,23 +114,21 @@ async def _loop(
         )
         if not response.tool_calls:
             try:
-                return Succeeded(output=parse_output(response.content, step.output_schema))
+                return parse_output(response.content, schema)
             except RetryableError as exc:
-                if repaired or step.output_schema is None:
+                if repaired or schema is None:
                     raise
                 repaired = True  # one repair turn: say what was wrong, ask again
                 messages.append(Message(role="user", content=_repair_prompt(str(exc))))
                 continue
         results = await asyncio.gather(
-            *(_call_tool(ctx, tools, call, turn) for call in response.tool_calls)
+            *(_call_tool(ctx, name, tools, call, turn) for call in response.tool_calls)
         )
         messages.extend(
             Message(role="tool", content=text, tool_call_id=call.id, name=call.name)
             for call, text in zip(response.tool_calls, results, strict=True)
         )
-    raise StepFailed(
-        f"agent {step.agent!r} gave no final answer within max_turns={agent.max_turns}"
-    )
+    raise StepFailed(f"agent {name!r} gave no final answer within max_turns={agent.max_turns}")
 
 
 def _repair_prompt(problem: str) -> str:
@@ -111,15 +138,18 @@ def _repair_prompt(problem: str) -> str:
     )
 
 
-async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int) -> str:
-    """Run one call and return what the model is told; audit it either way."""
+async def _call_tool(
+    ctx: StepContext, agent: str, tools: Mapping[str, Tool], call: ToolCall, turn: int
+) -> str:
+    """Run one call of ``agent`` and return what the model is told; audit it either way."""
     started = time.perf_counter()
-    result = await _result(ctx, tools, call, turn)
+    result = await _result(ctx, agent, tools, call, turn)
     text = _as_text(result)
     ctx.log(
         f"tool {call.name}: {'error' if result.is_error else 'ok'}",
         level="warning" if result.is_error else "info",
         topic="tool",
+        agent=agent,
         tool=call.name,
         call_id=call.id,
         turn=turn,
@@ -135,7 +165,7 @@ async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall
 
 
 async def _result(
-    ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int
+    ctx: StepContext, agent: str, tools: Mapping[str, Tool], call: ToolCall, turn: int
 ) -> ToolResult:
     tool = tools.get(call.name)
     if tool is None:
@@ -159,13 +189,13 @@ async def _result(
         settings=ctx.tools.settings_for(call.name),
         db=ctx.db,
         gateway=ctx.gateway,
-        call_context=ctx.call_context(
-            turn=turn, agent=ctx.step.agent if isinstance(ctx.step, AgentStep | MapAgent) else None
-        ),
+        call_context=ctx.call_context(turn=turn, agent=agent),
         sink=ctx.calls.append,
     )
     try:
         return await tool.run(call.arguments, context)
+    except BudgetExceeded:
+        raise  # a budget ends the run; the model cannot act on it
     except Exception as exc:  # a tool's failure is the model's information, not a crash
         return ToolResult(content=f"{type(exc).__name__}: {exc}", is_error=True)
 

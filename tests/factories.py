@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from typing import Any
 
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
+from agentmill.gateway import ChatRequest, ChatResponse
+from agentmill.gateway.providers.scripted import ScriptedProvider
 from agentmill.store.queries import RunView, StepView
 
 
@@ -33,3 +36,21 @@ async def event_types(engine: Engine, run_id: str, step_key: str | None = None) 
         for e in await engine.events(run_id=run_id)
         if step_key is None or e["step_key"] == step_key
     ]
+
+
+class RecordingProvider(ScriptedProvider):
+    """The scripted model, keeping every request it was sent and when it answered it
+    (``spans``: started, finished), so tests can see what each agent was told."""
+
+    def __init__(self) -> None:
+        super().__init__("scripted")
+        self.requests: list[ChatRequest] = []
+        self.spans: list[tuple[ChatRequest, float, float]] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.requests.append(request)
+        started = time.monotonic()
+        try:
+            return await super().chat(request)
+        finally:
+            self.spans.append((request, started, time.monotonic()))

@@ -851,6 +851,78 @@ def test_an_undefined_agent_with_and_without_a_hint() -> None:
     ]
 
 
+def test_an_agent_delegating_to_an_undefined_agent_or_to_itself() -> None:
+    assert problems("""\
+        name: x
+        agents:
+          lead: {model: scripted/l, tools: ["agent:writter", "agent:lead", python]}
+          writer: {model: scripted/w}
+        steps:
+          - {id: a, agent: lead, prompt: hi}
+        """) == [
+        (
+            "agents.lead.tools[0]",
+            "tool 'agent:writter': agent 'writter' is not defined under 'agents' "
+            "(did you mean 'writer'?)",
+            3,
+            37,
+        ),
+        ("agents.lead.tools[1]", "agent 'lead' cannot delegate to itself", 3, 54),
+    ]
+
+
+def test_agents_delegating_to_each_other_in_a_cycle() -> None:
+    assert problems("""\
+        name: x
+        agents:
+          lead: {model: scripted/l, tools: ["agent:a"]}
+          a: {model: scripted/a, tools: [python, "agent:b"]}
+          b: {model: scripted/b, tools: ["agent:c"]}
+          c: {model: scripted/c, tools: ["agent:a"]}
+        steps:
+          - {id: s, agent: lead, prompt: hi}
+        """) == [
+        (
+            "agents.c.tools[0]",
+            "agents delegate to each other in a cycle: a -> b -> c -> a",
+            6,
+            34,
+        ),
+    ]
+
+
+def test_a_delegate_needs_a_name_every_provider_takes_as_a_tool_name() -> None:
+    assert problems("""\
+        name: x
+        agents:
+          lead: {model: scripted/l, tools: ["agent:the writer"]}
+          the writer: {model: scripted/w}
+        steps:
+          - {id: s, agent: lead, prompt: hi}
+        """) == [
+        (
+            "agents.lead.tools[0]",
+            "tool 'agent:the writer': agent 'the writer' is offered to the model as a tool by "
+            "its name, which must be 1 to 64 letters, digits, '-' or '_'",
+            3,
+            37,
+        ),
+    ]
+
+
+def test_a_team_that_delegates_without_a_cycle_is_valid() -> None:
+    spec = load_workflow_text("""\
+        name: x
+        agents:
+          lead: {model: scripted/l, tools: ["agent:a", "agent:b"]}
+          a: {model: scripted/a, tools: ["agent:b"]}
+          b: {model: scripted/b}
+        steps:
+          - {id: s, agent: lead, prompt: hi}
+        """)
+    assert spec.agents["lead"].tools == ["agent:a", "agent:b"]
+
+
 def test_an_llm_step_needs_a_model_or_an_agent() -> None:
     assert problems("""\
         name: x

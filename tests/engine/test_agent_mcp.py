@@ -13,24 +13,12 @@ import pytest
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.engine import Engine
 from agentmill.errors import SpecError
-from agentmill.gateway import ChatRequest, ChatResponse, Gateway
-from agentmill.gateway.providers.scripted import ScriptedProvider
+from agentmill.gateway import ChatRequest, Gateway
 from agentmill.store.db import Database
 from agentmill.tools.registry import ToolRegistry
+from tests.factories import RecordingProvider as Recording
 from tests.factories import run_workflow, steps_by_key
 from tests.tools._mcp_helpers import STDIO_COMMAND, http_server, is_running
-
-
-class Recording(ScriptedProvider):
-    """The scripted model, keeping every request it was sent."""
-
-    def __init__(self) -> None:
-        super().__init__("scripted")
-        self.requests: list[ChatRequest] = []
-
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        self.requests.append(request)
-        return await super().chat(request)
 
 
 @pytest.fixture(scope="module")

@@ -225,6 +225,24 @@ async def test_replies_are_chosen_by_turn_and_the_last_repeats(turn: int, expect
     assert await answer(options={"replies": replies}, turn=turn) == expected
 
 
+async def test_a_reply_can_quote_what_the_tools_answered_to_the_last_turn() -> None:
+    base = request(options={"reply": "{{ results | length }}: {{ results | join(' + ') }}"})
+    earlier = (
+        Message(role="tool", content="old", tool_call_id="c0", name="t"),
+        Message(role="assistant", content=""),
+        Message(role="tool", content="one", tool_call_id="c1", name="t"),
+        Message(role="tool", content="two", tool_call_id="c2", name="t"),
+    )
+    called = ChatRequest(
+        model=base.model,
+        messages=(*base.messages, *earlier),
+        options=base.options,
+        context=base.context,
+    )
+    assert (await ScriptedProvider().chat(called)).content == "2: one + two"
+    assert (await ScriptedProvider().chat(base)).content == "0: "
+
+
 async def test_an_empty_replies_list_falls_back_to_reply() -> None:
     assert await answer(options={"replies": [], "reply": "fallback"}) == "fallback"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agentmill.domain.spec import AgentSpec
 from agentmill.domain.templates import TemplateError
 from agentmill.domain.validation import AGENT_PREFIX
 from agentmill.errors import BudgetExceeded, ConfigError, StepError
@@ -43,10 +42,12 @@ class DelegateTool:
         "additionalProperties": False,
     }
 
-    def __init__(self, agent: str, spec: AgentSpec, run: RunAgent) -> None:
+    def __init__(self, agent: str, system: str, run: RunAgent) -> None:
+        """``system`` is the agent's rendered system prompt: it tells the supervisor what the
+        agent is for."""
         self.name = agent
         self.agent = agent
-        about = " ".join((spec.system or "").split())
+        about = " ".join(system.split())
         if len(about) > _DESCRIPTION_CHARS:
             about = about[: _DESCRIPTION_CHARS - 3] + "..."
         self.description = (

@@ -66,7 +66,9 @@ async def _resolve_tools(ctx: StepContext, agent: AgentSpec, stack: AsyncExitSta
     for name in agent.tools:
         if is_agent_ref(name):
             target = name.removeprefix(AGENT_PREFIX)
-            tools.append(DelegateTool(target, ctx.agent(target), partial(run_agent_loop, ctx)))
+            system = ctx.agent(target).system
+            about = str(ctx.render(system)) if system else ""
+            tools.append(DelegateTool(target, about, partial(run_agent_loop, ctx)))
         elif not is_mcp_ref(name):
             tools.append(ctx.tools.resolve(name))
     refs = [name for name in agent.tools if is_mcp_ref(name)]

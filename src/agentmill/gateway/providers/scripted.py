@@ -3,7 +3,8 @@
 Options (an agent's or step's ``options``):
 
 ``latency``        seconds to wait before answering (a float; default 0)
-``reply``          the answer, a template over ``prompt``, ``system``, ``attempt``, ``turn``;
+``reply``          the answer, a template over ``prompt``, ``system``, ``attempt``, ``turn``
+                   and ``results`` (the texts of the tool results since the model's last turn);
                    a mapping or list is sent as JSON
 ``replies``        a list of answers, one per model turn of the step (the last one repeats)
 ``fail_attempts``  the first N attempts of a step fail with ``fail_with``
@@ -192,12 +193,23 @@ class ScriptedProvider:
             "system": system,
             "attempt": request.context.attempt,
             "turn": request.context.turn,
+            "results": _latest_tool_results(request),
         }
         try:
             rendered = compile_template(text).render(context) if "{" in text else text
         except TemplateError as exc:
             raise StepFailed(f"scripted reply template: {exc}") from None
         return rendered if isinstance(rendered, str) else json.dumps(rendered)
+
+
+def _latest_tool_results(request: ChatRequest) -> list[str]:
+    """What the tools answered to the model's last turn (empty when it called none)."""
+    results: list[str] = []
+    for message in reversed(request.messages):
+        if message.role != "tool":
+            break
+        results.append(message.content)
+    return results[::-1]
 
 
 def example_for_schema(schema: Mapping[str, Any], name: str = "item") -> Any:

@@ -118,6 +118,31 @@ async def test_yaml_errors_come_back_with_lines_and_nothing_is_saved(
     assert "(it started at line 1, column 7)" in problem["message"]
 
 
+async def test_a_template_escape_attempt_is_422_and_nothing_is_saved(
+    client: httpx.AsyncClient,
+) -> None:
+    ana = await signup(client, "Ana")
+    ws = await new_workspace(client, ana)
+    bad = 'name: sneaky\nsteps:\n  - id: a\n    value: "{{ lipsum.__globals__ }}"\n'
+
+    response = await client.post(
+        f"/api/v1/workspaces/{ws}/workflows", content=bad, headers={**ana.headers, **YAML}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [
+        {
+            "path": "steps[0].value",
+            "line": 4,
+            "column": 5,
+            "message": "not allowed in a template: '__globals__' is a Python internal",
+        }
+    ]
+    assert (
+        await client.get(f"/api/v1/workspaces/{ws}/workflows", headers=ana.headers)
+    ).json() == []
+
+
 async def test_json_bodies_work_too_and_duplicates_conflict(client: httpx.AsyncClient) -> None:
     ana = await signup(client, "Ana")
     ws = await new_workspace(client, ana)

@@ -180,6 +180,39 @@ def test_huge_ranges_are_refused() -> None:
     assert str(caught.value).startswith("OverflowError: Range too big.")
 
 
+def test_multiplying_and_powers_work_within_bounds() -> None:
+    assert render("{{ 'ab' * 3 }}|{{ 3 * 'ab' }}|{{ [0] * 2 }}") == "ababab|ababab|[0, 0]"
+    assert render("{{ 2 ** 10 }}") == 1024
+    assert render("{{ 2.5 * 2 }}") == 5.0
+    assert render("{{ 1 ** 100000000 }}") == 1
+    assert render("{{ 2 ** -2 }}") == 0.25
+    assert render("{{ 2 ** 30000 }}") == 2**30000
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "{{ [1, 2] * 500001 }}",
+            "not allowed in a template: repeating a list of length 2 500001 times makes more "
+            "than 1000000 items",
+        ),
+        ("{{ (-3) ** 50000 }}", "not allowed in a template: -3 ** 50000 is too large a number"),
+    ],
+)
+def test_repetitions_and_powers_too_large_are_refused_before_they_run(
+    source: str, message: str
+) -> None:
+    with pytest.raises(TemplateError) as caught:
+        render(source)
+    assert str(caught.value) == message
+
+
+def test_references_list_python_internals_it_reaches_for() -> None:
+    refs = references("{{ x.__class__ }} {{ y['_Foo__bar'] }} {{ z._id }} {{ w.a__b }}")
+    assert refs.internals == {"__class__", "_Foo__bar"}
+
+
 # ---------------------------------------------------------------- data stays data
 
 

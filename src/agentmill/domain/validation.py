@@ -491,8 +491,10 @@ class _Checker:
         except TemplateError as exc:
             self.add(path, str(exc))
             return
-        for name in sorted(refs.internals):
-            self.add(path, f"not allowed in a template: {name!r} is a Python internal")
+        if refs.internals:  # an escape attempt: say only that
+            for name in sorted(refs.internals):
+                self.add(path, f"not allowed in a template: {name!r} is a Python internal")
+            return
         for name in sorted(refs.names - set(names)):
             available = ", ".join(sorted(names))
             self.add(path, f"unknown name {name!r} in template (available: {available})")

@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -90,6 +90,34 @@ def test_run_json_gives_one_machine_readable_result(workdir: Path, examples_dir:
         f"work[{i}]" for i in range(5)
     ]
     assert payload["usage"]["input_tokens"] > 0
+
+
+def test_the_supervisor_example_delegates_and_counts_every_agents_calls(
+    workdir: Path, examples_dir: Path
+) -> None:
+    result = agentmill("run", str(examples_dir / "supervisor.yaml"), "--json", cwd=workdir)
+
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "COMPLETED"
+    assert payload["outputs"]["brief"] == (
+        "Checked and approved.\n"
+        "Brief on the notes below.\n"
+        "- What is the history of the topic? One sentence. (scripted notes: no model was called)\n"
+        "- What does it cost to start? One sentence. (scripted notes: no model was called)"
+    )
+    assert [s["key"] for s in payload["steps"]] == ["lead"]
+
+    def calls(engine: Engine) -> Awaitable[list[dict[str, Any]]]:
+        return engine.events(run_id=payload["run_id"])
+
+    events = with_engine(f"sqlite:///{workdir / '.agentmill' / 'agentmill.db'}", calls)
+    audit = [e["data"] for e in events if e["data"].get("topic") == "tool"]
+    assert [(a["agent"], a["tool"]) for a in audit] == [
+        ("supervisor", "researcher"),
+        ("supervisor", "researcher"),
+        ("supervisor", "writer"),
+    ]
 
 
 def test_an_invalid_workflow_exits_2_with_the_line_and_column(workdir: Path) -> None:

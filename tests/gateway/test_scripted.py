@@ -243,6 +243,26 @@ async def test_a_reply_can_quote_what_the_tools_answered_to_the_last_turn() -> N
     assert (await ScriptedProvider().chat(base)).content == "0: "
 
 
+async def test_scripted_tool_call_arguments_are_templates_too() -> None:
+    reply = {
+        "tool_calls": [
+            {"name": "writer", "arguments": {"task": "Brief on {{ prompt[:9] }}", "n": 2}}
+        ]
+    }
+    response = await ScriptedProvider().chat(request(options={"reply": reply}, turn=1))
+    (call,) = response.tool_calls
+    assert (call.id, call.name, call.arguments) == (
+        "call_1_0",
+        "writer",
+        {"task": "Brief on Tell me  ", "n": 2},
+    )
+    with pytest.raises(StepFailed) as caught:
+        await answer(
+            options={"reply": {"tool_calls": [{"name": "t", "arguments": {"a": "{{ x }}"}}]}}
+        )
+    assert str(caught.value) == "scripted tool call template: 'x' is undefined in '{{ x }}'"
+
+
 async def test_an_empty_replies_list_falls_back_to_reply() -> None:
     assert await answer(options={"replies": [], "reply": "fallback"}) == "fallback"
 

@@ -13,7 +13,8 @@ Options (an agent's or step's ``options``):
 ``price``          ``{input: USD, output: USD}`` per million tokens, to exercise cost accounting
 
 A reply that is a mapping with a ``tool_calls`` key asks for tools instead of answering:
-``{tool_calls: [{name: search, arguments: {q: bees}}], content: "optional text"}``.
+``{tool_calls: [{name: search, arguments: {q: bees}}], content: "optional text"}``; strings in
+``arguments`` are templates over the same names as ``reply`` (``{q: "{{ results[0] }}"}``).
 
 Without ``reply`` it echoes the prompt, saying plainly that no model was called; with a response
 schema it answers a JSON value that satisfies the schema. Streams send the same answer in pieces
@@ -31,7 +32,7 @@ from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from agentmill.domain.templates import TemplateError, compile_template
+from agentmill.domain.templates import TemplateError, compile_template, render_value
 from agentmill.errors import RetryableError, StepFailed
 from agentmill.gateway.config import ProviderConfig
 from agentmill.gateway.types import (
@@ -155,12 +156,19 @@ class ScriptedProvider:
             reply = replies[min(request.context.turn, len(replies) - 1)]
         elif "reply" in options:
             reply = options["reply"]
+        context = {
+            "prompt": prompt,
+            "system": system,
+            "attempt": request.context.attempt,
+            "turn": request.context.turn,
+            "results": _latest_tool_results(request),
+        }
         if isinstance(reply, Mapping) and "tool_calls" in reply:
-            return self._tool_calls(request, reply)
-        return self._text(request, reply, prompt, system), ()
+            return self._tool_calls(request, reply, context)
+        return self._text(request, reply, context), ()
 
     def _tool_calls(
-        self, request: ChatRequest, reply: Mapping[str, Any]
+        self, request: ChatRequest, reply: Mapping[str, Any], context: Mapping[str, Any]
     ) -> tuple[str, tuple[ToolCall, ...]]:
         calls = reply["tool_calls"]
         if not isinstance(calls, list) or not all(
@@ -172,34 +180,36 @@ class ScriptedProvider:
             ToolCall(
                 id=str(c.get("id") or f"call_{turn}_{i}"),
                 name=c["name"],
-                arguments=dict(c.get("arguments") or {}),
+                arguments=_render(dict(c.get("arguments") or {}), context),
             )
             for i, c in enumerate(calls)
         )
         return str(reply.get("content") or ""), made
 
-    def _text(self, request: ChatRequest, reply: Any, prompt: str, system: str) -> str:
+    def _text(self, request: ChatRequest, reply: Any, context: Mapping[str, Any]) -> str:
         if reply is None:
             if request.response_schema is not None:
                 return json.dumps(example_for_schema(request.response_schema))
-            excerpt = " ".join(prompt.split())
+            excerpt = " ".join(str(context["prompt"]).split())
             excerpt = excerpt if len(excerpt) <= 300 else excerpt[:297] + "..."
             return f"[offline: {request.model} is scripted, no model was called] {excerpt}"
         if isinstance(reply, (dict, list)):
             return json.dumps(reply)
         text = str(reply)
-        context = {
-            "prompt": prompt,
-            "system": system,
-            "attempt": request.context.attempt,
-            "turn": request.context.turn,
-            "results": _latest_tool_results(request),
-        }
         try:
             rendered = compile_template(text).render(context) if "{" in text else text
         except TemplateError as exc:
             raise StepFailed(f"scripted reply template: {exc}") from None
         return rendered if isinstance(rendered, str) else json.dumps(rendered)
+
+
+def _render(arguments: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Scripted tool-call arguments are templates too, so a script can pass a result on."""
+    try:
+        rendered: dict[str, Any] = render_value(arguments, context)
+    except TemplateError as exc:
+        raise StepFailed(f"scripted tool call template: {exc}") from None
+    return rendered
 
 
 def _latest_tool_results(request: ChatRequest) -> list[str]:

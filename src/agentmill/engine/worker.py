@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
-from agentmill.domain.spec import DEFAULT_QUEUE
+from agentmill.domain.spec import DEFAULT_QUEUE, HumanStep, NotifySpec
 from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
-from agentmill.engine.outcomes import Failed, StepReport
+from agentmill.engine.outcomes import Failed, StepReport, WaitForHuman
+from agentmill.engine.webhooks import waiting_payload
 from agentmill.queue import StepQueue, open_queue
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agentmill.worker")
 _DEADLINE_SWEEP_SECONDS = 1.0
+_DELIVERY_GRACE_SECONDS = 15.0
 _RECORD_RETRIES = 10  # about 10 s of waiting for the database before leaving it to the lease
 # Errors that say the result itself cannot be stored; retrying would not help.
 _REFUSED = (IntegrityError, DataError, ProgrammingError, TypeError, ValueError)
@@ -80,6 +82,7 @@ class Worker:
         self._stopping = False
         self._unsubscribe: Callable[[], object] | None = None
         self._saturated = False  # the last claim filled every free slot: more may be waiting
+        self._deliveries: set[asyncio.Task[None]] = set()  # webhooks of waiting steps
 
     @property
     def in_flight(self) -> int:
@@ -121,7 +124,7 @@ class Worker:
                             self._spawn(claim)
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
-                        await self.engine.db.write(lambda tx: transitions.expire_runs(tx, root))
+                        await self.engine.expire(root)
                     failures = 0
                 except Exception as exc:  # the database is unreachable or busy: back off, retry
                     failures += 1
@@ -145,6 +148,7 @@ class Worker:
             await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
             heartbeat.cancel()
             await self._shutdown()
+            await self._finish_deliveries()
             await self.queue.close()
             if self.root_run_id is None:
                 await self._report(stopped=True)
@@ -169,6 +173,16 @@ class Worker:
             hurry.cancel()
         if self._tasks:
             log.warning("grace period over; giving unfinished steps back", steps=len(self._tasks))
+
+    async def _finish_deliveries(self) -> None:
+        """Webhooks under way get a little time to finish (their retries included)."""
+        if not self._deliveries:
+            return
+        _, late = await asyncio.wait(self._deliveries, timeout=_DELIVERY_GRACE_SECONDS)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("stopped before webhooks were delivered", webhooks=len(late))
 
     async def _report(self, *, register: bool = False, stopped: bool = False) -> None:
         """Keep this worker's row in ``workers`` current (liveness for /health)."""
@@ -240,6 +254,43 @@ class Worker:
         await self.queue.done([claim.step_id])
         for next_claim in claims:
             self._spawn(next_claim)
+        if isinstance(report.outcome, WaitForHuman):  # recorded (committed): tell people
+            step = compiled.steps[claim.spec_id]
+            if isinstance(step, HumanStep) and step.notify is not None:
+                task = asyncio.create_task(self._notify(claim, step.notify, report.outcome))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _notify(self, claim: Claim, notify: NotifySpec, waiting: WaitForHuman) -> None:
+        """Deliver a waiting step's webhook and log how it went; a webhook that is down never
+        touches the run beyond a ``step.notify_failed`` event."""
+        engine = self.engine
+        payload = waiting_payload(
+            run_id=claim.run_id,
+            step_key=claim.step_key,
+            message=waiting.message,
+            form=waiting.form,
+            deadline=waiting.deadline,
+            public_url=engine.settings.public_url,
+        )
+        delivery = await engine.notifier.deliver(notify, payload)
+        data: dict[str, Any] = {
+            "webhook": notify.webhook,
+            "delivery_id": delivery.delivery_id,
+            "attempts": delivery.attempts,
+            "status": delivery.status,
+        }
+        if delivery.error is not None:
+            data["error"] = delivery.error
+            log.warning("webhook not delivered", step=claim.step_key, run_id=claim.run_id, **data)
+        try:
+            await engine.db.write(
+                lambda tx: engine.transitions.note_notification(
+                    tx, claim.run_id, claim.step_key, claim.attempt, **data
+                )
+            )
+        except Exception:
+            log.exception("could not log a webhook delivery", step=claim.step_key)
 
     async def _record(self, claim: Claim, report: StepReport, capacity: int) -> list[Claim]:
         """Record a result. The database being unreachable or out of connections is retried

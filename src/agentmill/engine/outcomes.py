@@ -39,6 +39,7 @@ class Failed:
 class WaitForHuman:
     message: str | None
     form: dict[str, Any] | None = None
+    default: dict[str, Any] | None = None  # the form's answer when nobody gives one
     deadline: datetime | None = None  # when the step's on_timeout applies
 
 

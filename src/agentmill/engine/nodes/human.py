@@ -15,5 +15,8 @@ async def run_human(ctx: StepContext) -> Outcome:
     message = ctx.render(step.message) if step.message else None
     deadline = datetime.now(UTC) + timedelta(seconds=step.timeout) if step.timeout else None
     return WaitForHuman(
-        message=None if message is None else str(message), form=step.form, deadline=deadline
+        message=None if message is None else str(message),
+        form=step.form,
+        default=step.default,
+        deadline=deadline,
     )

@@ -90,8 +90,9 @@ class ResultTransitions(TransitionsBase):
                 )
             self._usage(tx, state, claim, report)
             extra: dict[str, Any] = {}
-            if outcome.form is not None:
+            if outcome.form is not None:  # for UIs (and the terminal) to render the form
                 extra["form"] = outcome.form
+                extra["default"] = outcome.default
             if outcome.deadline is not None:
                 extra["deadline"] = outcome.deadline.isoformat()
             self._event(

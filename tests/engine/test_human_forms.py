@@ -52,9 +52,7 @@ outputs:
   declined: "{{ steps.declined.output }}"
 """
 
-FORM = (
-    "form: {type: object, properties: {priority: {type: string}}, required: [priority]}\n    "
-)
+FORM = "form: {type: object, properties: {priority: {type: string}}, required: [priority]}\n    "
 
 
 async def waiting(engine: Engine, yaml_text: str) -> str:

@@ -20,13 +20,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from agentmill.config import Settings
 from agentmill.domain.spec import NotifySpec
+from agentmill.engine.claims import Claim
+from agentmill.engine.outcomes import WaitForHuman
 from agentmill.ids import new_id
 from agentmill.tools.base import ToolContext
 from agentmill.tools.http import HttpRequestTool
+
+if TYPE_CHECKING:
+    from agentmill.engine.engine import Engine
+
+log = structlog.get_logger("agentmill.webhooks")
 
 SETTINGS_SECTION = "notify"
 SIGNATURE_HEADER = "X-AgentMill-Signature"
@@ -147,3 +156,34 @@ class WebhookNotifier:
             if attempt < self.attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         return Delivery(delivery_id=delivery_id, attempts=attempt, status=status, error=error)
+
+
+async def announce(engine: Engine, claim: Claim, notify: NotifySpec, waiting: WaitForHuman) -> None:
+    """Deliver a recorded wait's webhook and log how it went. A webhook that is down never
+    touches the run beyond a ``step.notify_failed`` event."""
+    payload = waiting_payload(
+        run_id=claim.run_id,
+        step_key=claim.step_key,
+        message=waiting.message,
+        form=waiting.form,
+        deadline=waiting.deadline,
+        public_url=engine.settings.public_url,
+    )
+    delivery = await engine.notifier.deliver(notify, payload)
+    data: dict[str, Any] = {
+        "webhook": notify.webhook,
+        "delivery_id": delivery.delivery_id,
+        "attempts": delivery.attempts,
+        "status": delivery.status,
+    }
+    if delivery.error is not None:
+        data["error"] = delivery.error
+        log.warning("webhook not delivered", step=claim.step_key, run_id=claim.run_id, **data)
+    try:
+        await engine.db.write(
+            lambda tx: engine.transitions.note_notification(
+                tx, claim.run_id, claim.step_key, claim.attempt, **data
+            )
+        )
+    except Exception:
+        log.exception("could not log a webhook delivery", step=claim.step_key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -22,7 +22,7 @@ from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport, WaitForHuman
-from agentmill.engine.webhooks import waiting_payload
+from agentmill.engine.webhooks import announce
 from agentmill.queue import StepQueue, open_queue
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -176,13 +176,14 @@ class Worker:
 
     async def _finish_deliveries(self) -> None:
         """Webhooks under way get a little time to finish (their retries included)."""
-        if not self._deliveries:
-            return
-        _, late = await asyncio.wait(self._deliveries, timeout=_DELIVERY_GRACE_SECONDS)
-        for task in late:
-            task.cancel()
-        if late:
-            log.warning("stopped before webhooks were delivered", webhooks=len(late))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DELIVERY_GRACE_SECONDS
+        while self._deliveries and loop.time() < deadline:  # a recorded wait adds its webhook
+            await asyncio.wait(set(self._deliveries), timeout=deadline - loop.time())
+        if self._deliveries:
+            log.warning("stopped before webhooks were delivered", webhooks=len(self._deliveries))
+            for task in list(self._deliveries):
+                task.cancel()
 
     async def _report(self, *, register: bool = False, stopped: bool = False) -> None:
         """Keep this worker's row in ``workers`` current (liveness for /health)."""
@@ -246,7 +247,11 @@ class Worker:
             return
         capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
         try:
-            claims = await self._record(claim, report, capacity)
+            notify = _notify_spec(compiled.steps[claim.spec_id], report)
+            if notify is None:
+                claims = await self._record(claim, report, capacity)
+            else:
+                claims = await self._record_then_notify(claim, report, capacity, notify)
         except StaleClaim as exc:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
             await self.queue.done([claim.step_id])
@@ -254,43 +259,28 @@ class Worker:
         await self.queue.done([claim.step_id])
         for next_claim in claims:
             self._spawn(next_claim)
-        if isinstance(report.outcome, WaitForHuman):  # recorded (committed): tell people
-            step = compiled.steps[claim.spec_id]
-            if isinstance(step, HumanStep) and step.notify is not None:
-                task = asyncio.create_task(self._notify(claim, step.notify, report.outcome))
-                self._deliveries.add(task)
-                task.add_done_callback(self._deliveries.discard)
 
-    async def _notify(self, claim: Claim, notify: NotifySpec, waiting: WaitForHuman) -> None:
-        """Deliver a waiting step's webhook and log how it went; a webhook that is down never
-        touches the run beyond a ``step.notify_failed`` event."""
-        engine = self.engine
-        payload = waiting_payload(
-            run_id=claim.run_id,
-            step_key=claim.step_key,
-            message=waiting.message,
-            form=waiting.form,
-            deadline=waiting.deadline,
-            public_url=engine.settings.public_url,
-        )
-        delivery = await engine.notifier.deliver(notify, payload)
-        data: dict[str, Any] = {
-            "webhook": notify.webhook,
-            "delivery_id": delivery.delivery_id,
-            "attempts": delivery.attempts,
-            "status": delivery.status,
-        }
-        if delivery.error is not None:
-            data["error"] = delivery.error
-            log.warning("webhook not delivered", step=claim.step_key, run_id=claim.run_id, **data)
-        try:
-            await engine.db.write(
-                lambda tx: engine.transitions.note_notification(
-                    tx, claim.run_id, claim.step_key, claim.attempt, **data
-                )
-            )
-        except Exception:
-            log.exception("could not log a webhook delivery", step=claim.step_key)
+    async def _record_then_notify(
+        self, claim: Claim, report: StepReport, capacity: int, notify: NotifySpec
+    ) -> list[Claim]:
+        """Record a wait, then deliver its webhook. Shielded: a worker told to stop the moment
+        the run waits (``agentmill run``) still sends it, and waits for it on the way out."""
+        assert isinstance(report.outcome, WaitForHuman)
+        waiting = report.outcome
+        record = asyncio.ensure_future(self._record(claim, report, capacity))
+
+        def recorded(task: asyncio.Task[list[Claim]]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                self._track(announce(self.engine, claim, notify, waiting))
+
+        record.add_done_callback(recorded)
+        self._track(record)
+        return await asyncio.shield(record)
+
+    def _track(self, work: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
     async def _record(self, claim: Claim, report: StepReport, capacity: int) -> list[Claim]:
         """Record a result. The database being unreachable or out of connections is retried
@@ -413,3 +403,10 @@ class Worker:
                 task = self._tasks.get(step_id)
                 if task is not None:
                     task.cancel()
+
+
+def _notify_spec(step: object, report: StepReport) -> NotifySpec | None:
+    """The webhook to call once this report is recorded: a human step's, when it waits."""
+    if isinstance(report.outcome, WaitForHuman) and isinstance(step, HumanStep):
+        return step.notify
+    return None

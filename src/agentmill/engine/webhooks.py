@@ -114,12 +114,14 @@ class WebhookNotifier:
     ) -> None:
         self._key = key
         self._context = ToolContext(settings={"egress": settings.get("egress", _PUBLIC_HOSTS)})
-        self._tool = HttpRequestTool(max_response_bytes=4096)
+        self._tool: HttpRequestTool | None = None  # made on first use: it loads CA certificates
         self.attempts = attempts
         self.backoff = backoff
         self.timeout = timeout
 
     async def deliver(self, notify: NotifySpec, payload: Mapping[str, Any]) -> Delivery:
+        if self._tool is None:
+            self._tool = HttpRequestTool(max_response_bytes=4096)
         body = json.dumps(payload, separators=(",", ":"), default=str)
         delivery_id = new_id("dlv")
         error = "not sent"

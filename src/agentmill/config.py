@@ -85,6 +85,16 @@ class Settings(BaseSettings):
         default=DEFAULT_SECRET,
         description="Signs access tokens. Set your own before serving beyond this machine.",
     )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signs the webhooks of human steps (HMAC-SHA256, X-AgentMill-Signature). "
+        "Unset: a key derived from `secret_key` (see README, Human steps).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The API's address as people reach it (e.g. https://agentmill.example.com); "
+        "webhooks link to it. Unset: their links are paths.",
+    )
     access_token_minutes: int = Field(
         default=12 * 60, gt=0, description="How long a login's access token stays valid."
     )

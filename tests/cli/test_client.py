@@ -57,6 +57,18 @@ APPROVAL = {
     "outputs": {"review": "{{ steps.after.output }}"},
 }
 
+FORM = {
+    "name": "form",
+    "steps": [
+        {
+            "id": "ask",
+            "type": "human",
+            "form": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        }
+    ],
+    "outputs": {"n": "{{ steps.ask.output.n }}", "comment": "{{ steps.ask.output.comment }}"},
+}
+
 BROKEN = "name: broken\nsteps:\n  - id: a\n    value: 1\n  - id: a\n    value: [\n"
 
 
@@ -388,6 +400,17 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert [m["id"] for m in am.search_memory(wsid)] == [kettle["id"], bees["id"]]
     assert am.delete_memory(wsid, bees["id"]) is None
     _raises(404, "not_found", lambda: am.delete_memory(wsid, bees["id"]))
+
+    # a form: a bad answer is refused with where it is wrong; a good one becomes the output
+    forms_ws = am.create_workspace("Forms")["id"]
+    form = am.create_workflow(forms_ws, FORM)
+    asked = am.start_run(form["id"])
+    assert am.wait(asked["id"], timeout=20)["status"] == "WAITING"
+    refused = _raises(422, "invalid_answer", lambda: am.respond(asked["id"], "ask", {"n": "x"}))
+    assert refused.details == {"path": "$.n"}
+    assert am.respond(asked["id"], "ask", {"n": 3}, comment="three")["id"] == asked["id"]
+    answered = am.wait(asked["id"], timeout=20)
+    assert answered["outputs"] == {"n": 3, "comment": "three"}
 
     # unknown ids, then logging out ends the token for everyone holding it
     _raises(404, "not_found", lambda: am.run("run_doesnotexist"))

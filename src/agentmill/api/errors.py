@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmill.api import openai_errors
 from agentmill.api.openai_errors import is_openai_path
+from agentmill.domain.forms import InvalidAnswer
 from agentmill.domain.inputs import InvalidInputs
 from agentmill.errors import (
     AgentMillError,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[AgentMillError], int, str]] = [
     (Conflict, 409, "conflict"),
     (SpecError, 422, "invalid_workflow"),
     (InvalidInputs, 422, "invalid_inputs"),
+    (InvalidAnswer, 422, "invalid_answer"),
     (ConfigError, 400, "bad_request"),
 ]
 _HTTP_CODES = {
@@ -78,6 +80,8 @@ def install_error_handlers(app: FastAPI) -> None:
                     ]
                 elif isinstance(exc, InvalidInputs):
                     details = exc.problems
+                elif isinstance(exc, InvalidAnswer):
+                    details = {"path": exc.path}
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 message = str(exc).split("\n", 1)[0] if isinstance(exc, SpecError) else str(exc)
                 return error_response(status, code, message, details, headers)

@@ -201,8 +201,14 @@ class DeadLetterPage(BaseModel):
 class Decision(_In):
     comment: str | None = Field(default=None, max_length=10_000)
     payload: dict[str, Any] = Field(
-        default_factory=dict, description="Merged into the step's output."
+        default_factory=dict,
+        description="Merged into the step's output; on a step with a form, its answer.",
     )
+
+
+class FormAnswer(_In):
+    answer: dict[str, Any] = Field(description="Must match the step's form (a JSON Schema).")
+    comment: str | None = Field(default=None, max_length=10_000)
 
 
 class StepMetrics(BaseModel):

@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.prompt import Confirm, Prompt
 from rich.text import Text
 
+from agentmill.cli.forms import ask_answer
 from agentmill.cli.progress import Progress
 from agentmill.config import get_settings
 from agentmill.domain.inputs import InvalidInputs, parse_cli_value
@@ -132,7 +133,11 @@ async def _drive(
                 err.print(f"\n[yellow]interrupted:[/] run {run_id} cancelled")
                 return EXIT_INTERRUPTED
             stop.cancel()
-            run = work.result()
+            try:
+                run = work.result()
+            except CannotAnswer as exc:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+                return EXIT_FAILED
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -141,26 +146,46 @@ async def _drive(
     return await _report(engine, run, options, out, err, time.monotonic() - started)
 
 
+class CannotAnswer(Exception):
+    """--auto-approve met a form without a default answer."""
+
+
 async def _decide(
     engine: Engine, run: RunView, options: RunOptions, progress: Progress, err: Console
 ) -> None:
     for step in await _waiting_steps(engine, run.id):
+        waiting = await _waiting_event(engine, step.run_id, step.key)
+        form, default = waiting.get("form"), waiting.get("default")
         if options.auto_approve:
-            await engine.decide(step.run_id, step.key, approved=True, by="auto-approve")
-            err.print(
-                f"  [magenta]⏸[/] {escape(step.key)}: approved automatically (--auto-approve)"
+            if form is not None and default is None:
+                raise CannotAnswer(
+                    f"step {step.key!r} asks for a form and has no 'default' answer, so "
+                    f"--auto-approve cannot answer it; answer it on a terminal with "
+                    f"agentmill run --resume {run.id}"
+                )
+            await engine.decide(
+                step.run_id, step.key, approved=True, by="auto-approve", answer=default
             )
+            how = "answered with its default" if form is not None else "approved automatically"
+            err.print(f"  [magenta]⏸[/] {escape(step.key)}: {how} (--auto-approve)")
             continue
         progress.pause()
-        message = await _waiting_message(engine, step.run_id, step.key)
-        body = Text(message) if message else Text("(no message)", style="dim")
-        err.print(Panel(body, title=f"approval needed: {escape(step.key)}", expand=False))
+        message = waiting.get("message")
+        body = Text(str(message)) if message is not None else Text("(no message)", style="dim")
+        title = "form" if form is not None else "approval needed"
+        err.print(Panel(body, title=f"{title}: {escape(step.key)}", expand=False))
         approved = await _ask(lambda: Confirm.ask("Approve?", console=err, default=True))
+        answer = await ask_answer(form, default, err, _ask) if form and approved else None
         comment = await _ask(
             lambda: Prompt.ask("Comment (optional)", console=err, default="", show_default=False)
         )
         await engine.decide(
-            step.run_id, step.key, approved=approved, by="terminal", comment=comment or None
+            step.run_id,
+            step.key,
+            approved=approved,
+            by="terminal",
+            comment=comment or None,
+            answer=answer,
         )
         progress.resume()
 
@@ -196,12 +221,12 @@ async def _waiting_steps(engine: Engine, root_run_id: str) -> list[Any]:
     return [s for s in steps if s.status == StepStatus.WAITING]
 
 
-async def _waiting_message(engine: Engine, run_id: str, step_key: str) -> str | None:
+async def _waiting_event(engine: Engine, run_id: str, step_key: str) -> dict[str, Any]:
+    """The data of the step's ``step.waiting`` event: message, and form and default if any."""
     for event in reversed(await engine.events(run_id=run_id)):
         if event["type"] == "step.waiting" and event["step_key"] == step_key:
-            message = event["data"].get("message")
-            return str(message) if message is not None else None
-    return None
+            return dict(event["data"])
+    return {}
 
 
 async def _stored_state(engine: Engine, root_run_id: str) -> tuple[dict[str, str], list[Any]]:

@@ -217,6 +217,7 @@ class Client:
     decide = _sync(api.decide)
     approve = _sync(api.approve)
     reject = _sync(api.reject)
+    respond = _sync(api.respond)
     events = _sync_iter(api.events)
     wait = _sync(api.wait)
     # usage
@@ -376,6 +377,7 @@ class AsyncClient:
     decide = _async(api.decide)
     approve = _async(api.approve)
     reject = _async(api.reject)
+    respond = _async(api.respond)
     events = _async_iter(api.events)
     wait = _async(api.wait)
     # usage

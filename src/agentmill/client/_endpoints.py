@@ -437,6 +437,19 @@ def reject(
     return decide(run_id, step, approved=False, comment=comment, payload=payload)
 
 
+def respond(
+    run_id: str, step: str, answer: dict[str, Any], *, comment: str | None = None
+) -> Call[dict[str, Any]]:
+    """Answer a waiting human step's form; the answer becomes its output. Returns the run.
+    An answer that does not match the form raises ApiError 422 (``details.path`` says where)."""
+    return Call(
+        method="POST",
+        path=f"{API}/runs/{_p(run_id)}/steps/{_p(step)}/respond",
+        json={"answer": answer, "comment": comment},
+        shape=_obj,
+    )
+
+
 def events(
     run_id: str,
     *,

@@ -220,8 +220,25 @@ class TemplateStep(_TemplateFields, _StepCommon):
     type: Literal["template"] = "template"
 
 
+class NotifySpec(_Strict):
+    """Where to tell people that a human step is waiting: a webhook that gets a signed POST."""
+
+    webhook: str = Field(description="An http:// or https:// URL; checked against egress.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with the POST (e.g. an Authorization header)."
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"webhook {value!r} must be an http:// or https:// address")
+        return value
+
+
 class HumanStep(_StepCommon):
-    """Pauses the run until someone approves or rejects; output is the decision."""
+    """Pauses the run until someone approves, rejects or answers its form; output is the
+    decision: ``{approved, by, comment}`` plus the form's answer, field by field."""
 
     type: Literal["human"] = "human"
     message: str | None = None
@@ -230,6 +247,27 @@ class HumanStep(_StepCommon):
         description="continue: the step succeeds with approved=false (branch with `when`); "
         "fail: the run fails.",
     )
+    form: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema (type: object) the answer must match; its properties become "
+        "fields of the step's output.",
+    )
+    # A human step's node returns at once, so "seconds per attempt" would mean nothing here:
+    # for this kind, timeout is how long the run waits for a person.
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds to wait for a person before `on_timeout`."
+    )
+    on_timeout: Literal["fail", "approve", "reject"] = Field(
+        default="fail",
+        description="What a timeout does: fail the run, approve (with `default` as the answer "
+        "of a form), or reject (then `on_reject` applies).",
+    )
+    default: dict[str, Any] | None = Field(
+        default=None,
+        description="The form's answer when nobody gives one: applied on a timeout with "
+        "on_timeout: approve, and by `agentmill run --auto-approve`.",
+    )
+    notify: NotifySpec | None = None
 
 
 class WorkflowStep(_WorkflowFields, _StepCommon):
@@ -349,6 +387,7 @@ KNOWN_KEYS = frozenset(
         AgentStep,
         TemplateStep,
         HumanStep,
+        NotifySpec,
         MapStep,
         WorkflowStep,
     )

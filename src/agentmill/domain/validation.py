@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError as PydanticValidationError
 
+from agentmill.domain.forms import RESERVED_FIELDS, answer_problem
 from agentmill.domain.source import Path as DocPath
 from agentmill.domain.source import Positions, load_document
 from agentmill.domain.spec import (
@@ -443,6 +444,7 @@ class _Checker:
             tmpl("value", step.value)
         if isinstance(step, HumanStep):
             tmpl("message", step.message)
+            self._human(path, step)
         if isinstance(step, (WorkflowStep, MapWorkflow)):
             tmpl("inputs", step.inputs)
             self._subworkflow(path, step)
@@ -473,7 +475,7 @@ class _Checker:
                 check_spec(step.spec, self.positions, (*self.prefix, *path, "spec"))
             )
 
-    def _schema(self, path: DocPath, schema: dict[str, Any]) -> None:
+    def _schema(self, path: DocPath, schema: dict[str, Any]) -> bool:
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
@@ -481,6 +483,42 @@ class _Checker:
             self.add(
                 (*path, *exc.path),
                 f"invalid JSON Schema{(' at ' + where) if where else ''}: {exc.message}",
+            )
+            return False
+        return True
+
+    def _human(self, path: DocPath, step: HumanStep) -> None:
+        """A form is an object schema; its default matches it; on_timeout has a timeout."""
+        if step.on_timeout != "fail" and step.timeout is None:
+            self.add((*path, "on_timeout"), "on_timeout applies only with a 'timeout' (seconds)")
+        if step.default is not None and step.form is None:
+            self.add((*path, "default"), "'default' is the answer to a 'form'; this step has none")
+        if step.form is None:
+            return
+        if step.form.get("type") != "object":
+            self.add((*path, "form"), "a form must be a JSON Schema with type: object")
+            return
+        if not self._schema((*path, "form"), step.form):
+            return
+        properties = step.form.get("properties")
+        for name in RESERVED_FIELDS:
+            if isinstance(properties, dict) and name in properties:
+                self.add(
+                    (*path, "form", "properties", name),
+                    f"form field {name!r} is reserved: the step's output has it already "
+                    f"(reserved: {', '.join(RESERVED_FIELDS)})",
+                )
+        if step.default is not None:
+            problem = answer_problem(step.form, step.default)
+            if problem is not None:
+                where, message = problem
+                self.add(
+                    (*path, "default"), f"default does not match the form at {where}: {message}"
+                )
+        elif step.on_timeout == "approve":
+            self.add(
+                (*path, "on_timeout"),
+                "on_timeout: approve on a form step needs a 'default' answer to apply",
             )
 
     def _template(

@@ -20,17 +20,18 @@ from agentmill.engine.claims import RunCaller
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.gateway_setup import build_gateway
 from agentmill.engine.transitions import Transitions, spec_loader
+from agentmill.engine.webhooks import SETTINGS_SECTION, WebhookNotifier, signing_key
 from agentmill.engine.worker import Worker
 from agentmill.errors import ConfigError
 from agentmill.gateway import Gateway
 from agentmill.gateway.config import parse_gateway_config
 from agentmill.store import queries
-from agentmill.store.db import Database
+from agentmill.store.db import Database, Tx
 from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
 from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
-from agentmill.tools.memory import SETTINGS_SECTION
+from agentmill.tools.memory import SETTINGS_SECTION as MEMORY_SECTION
 from agentmill.tools.registry import ToolRegistry, parse_tool_settings
 
 
@@ -52,7 +53,10 @@ class Engine:
             gateway = build_gateway(db, self.settings, config)
         self.gateway = gateway
         self.tools = tools or ToolRegistry(settings=parse_tool_settings(file, source))
-        self.tools.set_default(SETTINGS_SECTION, "embedding_model", self.settings.embedding_model)
+        self.tools.set_default(MEMORY_SECTION, "embedding_model", self.settings.embedding_model)
+        self.notifier = WebhookNotifier(
+            key=signing_key(self.settings), settings=self.tools.settings_for(SETTINGS_SECTION)
+        )
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 
@@ -114,8 +118,10 @@ class Engine:
         by: str | None = None,
         comment: str | None = None,
         payload: dict[str, Any] | None = None,
+        answer: dict[str, Any] | None = None,
     ) -> None:
-        """Approve or reject the human step ``step_key`` of a waiting run."""
+        """Approve or reject the human step ``step_key`` of a waiting run; a step with a form
+        is approved with its ``answer`` (InvalidAnswer when it does not match the form)."""
         await self.db.write(
             lambda tx: self.transitions.decide(
                 tx,
@@ -125,8 +131,18 @@ class Engine:
                 by=by,
                 comment=comment,
                 payload=payload,
+                answer=answer,
             )
         )
+
+    async def expire(self, root_run_id: str | None = None) -> None:
+        """Time out overdue runs and waiting human steps (what workers do every second)."""
+
+        def sweep(tx: Tx) -> None:
+            self.transitions.expire_runs(tx, root_run_id)
+            self.transitions.expire_waits(tx, root_run_id)
+
+        await self.db.write(sweep)
 
     async def dead_letters(
         self, workspace_id: str = LOCAL_WORKSPACE, *, cursor: str | None = None, limit: int = 50

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from agentmill.domain.spec import MapStep
+from agentmill.domain.spec import HumanStep, MapStep
 from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
@@ -54,7 +54,9 @@ async def execute(
             outcome = Skipped(reason=f"'when' was false: {when!r}")
         else:
             kind = "map" if claim.map_index is None and isinstance(spec, MapStep) else step.type
-            outcome = await _with_timeouts(ctx, claim, step.timeout, kind)
+            # A human step's timeout is how long it waits for a person (transitions/human.py).
+            timeout = None if isinstance(step, HumanStep) else step.timeout
+            outcome = await _with_timeouts(ctx, claim, timeout, kind)
             if isinstance(outcome, Succeeded):
                 _check_json(outcome.output)
     except _RunDeadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -37,6 +38,9 @@ class Failed:
 @dataclass(frozen=True, kw_only=True)
 class WaitForHuman:
     message: str | None
+    form: dict[str, Any] | None = None
+    default: dict[str, Any] | None = None  # the form's answer when nobody gives one
+    deadline: datetime | None = None  # when the step's on_timeout applies
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
-from agentmill.domain.spec import DEFAULT_QUEUE
+from agentmill.domain.spec import DEFAULT_QUEUE, HumanStep, NotifySpec
 from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
-from agentmill.engine.outcomes import Failed, StepReport
+from agentmill.engine.outcomes import Failed, StepReport, WaitForHuman
+from agentmill.engine.webhooks import announce
 from agentmill.queue import StepQueue, open_queue
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agentmill.worker")
 _DEADLINE_SWEEP_SECONDS = 1.0
+_DELIVERY_GRACE_SECONDS = 15.0
 _RECORD_RETRIES = 10  # about 10 s of waiting for the database before leaving it to the lease
 # Errors that say the result itself cannot be stored; retrying would not help.
 _REFUSED = (IntegrityError, DataError, ProgrammingError, TypeError, ValueError)
@@ -80,6 +82,7 @@ class Worker:
         self._stopping = False
         self._unsubscribe: Callable[[], object] | None = None
         self._saturated = False  # the last claim filled every free slot: more may be waiting
+        self._deliveries: set[asyncio.Task[None]] = set()  # webhooks of waiting steps
 
     @property
     def in_flight(self) -> int:
@@ -121,7 +124,7 @@ class Worker:
                             self._spawn(claim)
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
-                        await self.engine.db.write(lambda tx: transitions.expire_runs(tx, root))
+                        await self.engine.expire(root)
                     failures = 0
                 except Exception as exc:  # the database is unreachable or busy: back off, retry
                     failures += 1
@@ -145,6 +148,7 @@ class Worker:
             await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
             heartbeat.cancel()
             await self._shutdown()
+            await self._finish_deliveries()
             await self.queue.close()
             if self.root_run_id is None:
                 await self._report(stopped=True)
@@ -169,6 +173,17 @@ class Worker:
             hurry.cancel()
         if self._tasks:
             log.warning("grace period over; giving unfinished steps back", steps=len(self._tasks))
+
+    async def _finish_deliveries(self) -> None:
+        """Webhooks under way get a little time to finish (their retries included)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DELIVERY_GRACE_SECONDS
+        while self._deliveries and loop.time() < deadline:  # a recorded wait adds its webhook
+            await asyncio.wait(set(self._deliveries), timeout=deadline - loop.time())
+        if self._deliveries:
+            log.warning("stopped before webhooks were delivered", webhooks=len(self._deliveries))
+            for task in list(self._deliveries):
+                task.cancel()
 
     async def _report(self, *, register: bool = False, stopped: bool = False) -> None:
         """Keep this worker's row in ``workers`` current (liveness for /health)."""
@@ -232,7 +247,11 @@ class Worker:
             return
         capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
         try:
-            claims = await self._record(claim, report, capacity)
+            notify = _notify_spec(compiled.steps[claim.spec_id], report)
+            if notify is None:
+                claims = await self._record(claim, report, capacity)
+            else:
+                claims = await self._record_then_notify(claim, report, capacity, notify)
         except StaleClaim as exc:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
             await self.queue.done([claim.step_id])
@@ -240,6 +259,28 @@ class Worker:
         await self.queue.done([claim.step_id])
         for next_claim in claims:
             self._spawn(next_claim)
+
+    async def _record_then_notify(
+        self, claim: Claim, report: StepReport, capacity: int, notify: NotifySpec
+    ) -> list[Claim]:
+        """Record a wait, then deliver its webhook. Shielded: a worker told to stop the moment
+        the run waits (``agentmill run``) still sends it, and waits for it on the way out."""
+        assert isinstance(report.outcome, WaitForHuman)
+        waiting = report.outcome
+        record = asyncio.ensure_future(self._record(claim, report, capacity))
+
+        def recorded(task: asyncio.Task[list[Claim]]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                self._track(announce(self.engine, claim, notify, waiting))
+
+        record.add_done_callback(recorded)
+        self._track(record)
+        return await asyncio.shield(record)
+
+    def _track(self, work: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
     async def _record(self, claim: Claim, report: StepReport, capacity: int) -> list[Claim]:
         """Record a result. The database being unreachable or out of connections is retried
@@ -362,3 +403,10 @@ class Worker:
                 task = self._tasks.get(step_id)
                 if task is not None:
                     task.cancel()
+
+
+def _notify_spec(step: object, report: StepReport) -> NotifySpec | None:
+    """The webhook to call once this report is recorded: a human step's, when it waits."""
+    if isinstance(report.outcome, WaitForHuman) and isinstance(step, HumanStep):
+        return step.notify
+    return None

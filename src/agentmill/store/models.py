@@ -202,6 +202,12 @@ class Step(Base):
             sqlite_where=text("status = 'FAILED'"),
             postgresql_where=text("status = 'FAILED'"),
         ),
+        Index(  # human steps with a timeout, for the sweep that applies on_timeout
+            "ix_steps_wait_until",
+            "wait_until",
+            sqlite_where=text("status = 'WAITING' AND wait_until IS NOT NULL"),
+            postgresql_where=text("status = 'WAITING' AND wait_until IS NOT NULL"),
+        ),
         Index(  # map items only: most steps have no parent and skip this index
             "ix_steps_parent",
             "parent_step_id",
@@ -239,6 +245,8 @@ class Step(Base):
     children_started: Mapped[int | None] = mapped_column(Integer)
     children_done: Mapped[int | None] = mapped_column(Integer)
     child_run_id: Mapped[str | None] = mapped_column(Id)
+    # A waiting human step's deadline: the sweep applies its on_timeout after it.
+    wait_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))

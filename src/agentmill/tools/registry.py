@@ -4,6 +4,8 @@ and the operator's settings for each (from ``agentmill.yaml``'s ``tools:`` secti
     tools:
       http_request:
         egress: {hosts: [api.github.com, "*.wikipedia.org"], ports: [443]}
+      notify:                       # webhooks of human steps (default: any public host)
+        egress: {hosts: [hooks.example.com]}
       memory:                       # memory_store and memory_search share one section
         embedding_model: scripted/embed
       mcp:                                  # MCP servers workflows may use (tools.mcp)
@@ -98,8 +100,9 @@ def parse_tool_settings(data: Mapping[str, Any], path: str) -> dict[str, Mapping
         isinstance(v, Mapping) for v in section.values()
     ):
         raise ConfigError(f"{path}: tools must map each tool's name to its settings")
-    if "http_request" in section:
-        EgressPolicy.from_settings(section["http_request"].get("egress"))  # fail at start
+    for name in ("http_request", "notify"):  # notify: the webhooks of human steps
+        if name in section:
+            EgressPolicy.from_settings(section[name].get("egress"))  # fail at start
     model = section.get(SETTINGS_SECTION, {}).get("embedding_model")
     if model is not None and (not isinstance(model, str) or "/" not in model):
         raise ConfigError(

@@ -1,9 +1,9 @@
-"""Runs: read, list, steps, metrics, cancel, and decisions on human steps."""
+"""Runs: read, list, steps, metrics, cancel, and decisions and answers on human steps."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -16,7 +16,15 @@ from agentmill.api.deps import (
     role_of,
 )
 from agentmill.api.runs_view import run_public, step_public
-from agentmill.api.schemas import Decision, RunMetrics, RunPage, RunPublic, StepMetrics, StepPublic
+from agentmill.api.schemas import (
+    Decision,
+    FormAnswer,
+    RunMetrics,
+    RunPage,
+    RunPublic,
+    StepMetrics,
+    StepPublic,
+)
 from agentmill.domain.permissions import Permission, allows
 from agentmill.domain.states import RunStatus
 from agentmill.engine.engine import Engine
@@ -161,15 +169,31 @@ async def reject_step(
     return await _decide(run_id, step_key, body, request, db, principal, approved=False)
 
 
+@router.post("/runs/{run_id}/steps/{step_key}/respond", response_model=RunPublic)
+async def respond_to_step(
+    run_id: str,
+    step_key: str,
+    body: FormAnswer,
+    request: Request,
+    db: DbDep,
+    principal: PrincipalDep,
+) -> RunPublic:
+    """Answer a waiting human step's form; the answer becomes its output."""
+    return await _decide(
+        run_id, step_key, body, request, db, principal, approved=True, answer=body.answer
+    )
+
+
 async def _decide(
     run_id: str,
     step_key: str,
-    body: Decision,
+    body: Decision | FormAnswer,
     request: Request,
     db: DbDep,
     principal: PrincipalDep,
     *,
     approved: bool,
+    answer: dict[str, Any] | None = None,
 ) -> RunPublic:
     await run_access(db, principal, run_id, Permission.RUN_APPROVE)
     engine = _engine(request)
@@ -179,6 +203,7 @@ async def _decide(
         approved=approved,
         by=principal.who,
         comment=body.comment,
-        payload=body.payload,
+        payload=body.payload if isinstance(body, Decision) else None,
+        answer=answer,
     )
     return run_public(await engine.get_run(run_id))

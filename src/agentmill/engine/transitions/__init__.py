@@ -10,8 +10,8 @@ Rules that keep runs correct when processes die or messages repeat (DESIGN decis
   worker has room it claims that step at once (no queue round trip); otherwise it is ``QUEUED``.
 * Every change appends events to the run's log in the same transaction.
 
-The parts live in one module each: ``runs``, ``claiming``, ``results``, ``dag``, ``redrive``;
-shared state and helpers in ``_base``.
+The parts live in one module each: ``runs``, ``claiming``, ``results``, ``human``, ``dag``,
+``redrive``; shared state and helpers in ``_base``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from agentmill.engine.claims import Claim, StaleClaim
 from agentmill.engine.transitions._base import NewRun, RunState, TransitionsBase, spec_loader
 from agentmill.engine.transitions.claiming import ClaimTransitions
 from agentmill.engine.transitions.dag import DagTransitions
+from agentmill.engine.transitions.human import HumanTransitions
 from agentmill.engine.transitions.redrive import RedriveTransitions
 from agentmill.engine.transitions.results import ResultTransitions
 from agentmill.engine.transitions.runs import RunTransitions
@@ -29,6 +30,7 @@ class Transitions(
     RunTransitions,
     ClaimTransitions,
     ResultTransitions,
+    HumanTransitions,
     DagTransitions,
     RedriveTransitions,
     TransitionsBase,

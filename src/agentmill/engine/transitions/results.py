@@ -1,14 +1,13 @@
-"""Results of an attempt: success, retry or failure, human decisions, map fan-out."""
+"""Results of an attempt: success, retry or failure, waiting for a person, map fan-out."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from agentmill.domain.spec import (
-    HumanStep,
     MapStep,
 )
 from agentmill.domain.states import RunStatus, StepStatus
@@ -23,7 +22,6 @@ from agentmill.engine.outcomes import (
     WaitForHuman,
 )
 from agentmill.engine.transitions._base import (
-    NONE,
     Inline,
     RunState,
     TransitionsBase,
@@ -32,7 +30,6 @@ from agentmill.engine.transitions._base import (
     usage_data,
     workflow_id_of,
 )
-from agentmill.errors import Conflict, NotFound
 from agentmill.ids import new_id
 from agentmill.store import statements as sql
 from agentmill.store.db import Tx
@@ -40,7 +37,7 @@ from agentmill.store.models import steps
 
 
 class ResultTransitions(TransitionsBase):
-    """What an attempt produced, and the decisions people make on waiting steps."""
+    """What an attempt produced."""
 
     def record(
         self,
@@ -85,9 +82,27 @@ class ResultTransitions(TransitionsBase):
             self._failed(tx, state, claim, report, outcome, budget, claims)
         elif isinstance(outcome, WaitForHuman):
             self._finish_attempt(tx, claim, report, StepStatus.WAITING, finished=False)
+            if outcome.deadline is not None:  # the sweep applies on_timeout after it
+                tx.conn.execute(
+                    update(steps)
+                    .where(steps.c.id == claim.step_id)
+                    .values(wait_until=outcome.deadline)
+                )
             self._usage(tx, state, claim, report)
+            extra: dict[str, Any] = {}
+            if outcome.form is not None:  # for UIs (and the terminal) to render the form
+                extra["form"] = outcome.form
+                extra["default"] = outcome.default
+            if outcome.deadline is not None:
+                extra["deadline"] = outcome.deadline.isoformat()
             self._event(
-                tx, state, "step.waiting", claim.step_key, claim.attempt, message=outcome.message
+                tx,
+                state,
+                "step.waiting",
+                claim.step_key,
+                claim.attempt,
+                message=outcome.message,
+                **extra,
             )
             if state.status == RunStatus.RUNNING:
                 self._set_status(tx, state, RunStatus.WAITING, step=claim.step_key)
@@ -127,75 +142,6 @@ class ResultTransitions(TransitionsBase):
         self._flush(tx, state)
         self._write_events(tx)
         return claims
-
-    def decide(
-        self,
-        tx: Tx,
-        *,
-        run_id: str,
-        step_key: str,
-        approved: bool,
-        by: str | None = None,
-        comment: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        """Approve or reject a waiting human step."""
-        state = self._lock_run(tx, run_id)
-        row = tx.conn.execute(
-            select(
-                steps.c.id, steps.c.status, steps.c.spec_id, steps.c.attempt, steps.c.parent_step_id
-            ).where(steps.c.run_id == run_id, steps.c.step_key == step_key)
-        ).first()
-        if row is None:
-            raise NotFound(f"run {run_id!r} has no step {step_key!r}")
-        if row.status != StepStatus.WAITING:
-            raise Conflict(f"step {step_key!r} is not waiting for a decision (it is {row.status})")
-        spec = state.compiled.steps[row.spec_id]
-        assert isinstance(spec, HumanStep)
-        decision = {"approved": approved, "by": by, "comment": comment, **(payload or {})}
-        self._event(
-            tx,
-            state,
-            "step.approved" if approved else "step.rejected",
-            step_key,
-            row.attempt,
-            by=by,
-            comment=comment,
-        )
-        if not approved and spec.on_reject == "fail":
-            message = f"step {step_key!r} was rejected" + (f" by {by}" if by else "")
-            if comment:
-                message += f": {comment}"
-            tx.conn.execute(
-                update(steps)
-                .where(steps.c.id == row.id)
-                .values(
-                    status=StepStatus.FAILED, output=decision, error=message, finished_at=tx.now
-                )
-            )
-            self._event(
-                tx, state, "step.failed", step_key, row.attempt, level="error", error=message
-            )
-            self._end_run(tx, state, RunStatus.FAILED, message)
-        else:
-            tx.conn.execute(
-                update(steps)
-                .where(steps.c.id == row.id)
-                .values(status=StepStatus.SUCCEEDED, output=decision, finished_at=tx.now)
-            )
-            self._event(tx, state, "step.succeeded", step_key, row.attempt, output=decision)
-            still_waiting = tx.conn.scalar(
-                select(func.count()).where(
-                    steps.c.run_id == run_id, steps.c.status == StepStatus.WAITING
-                )
-            )
-            if state.status == RunStatus.WAITING and not still_waiting:
-                self._set_status(tx, state, RunStatus.RUNNING)
-            self._step_final(
-                tx, state, step_key, row.parent_step_id, StepStatus.SUCCEEDED, None, NONE, []
-            )
-        self._flush(tx, state)
-        self._write_events(tx)
 
     def _finish_attempt(
         self,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from agentmill.domain.forms import InvalidAnswer
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.engine import Engine
 from agentmill.errors import Conflict
+from agentmill.store.models import steps
 from tests.factories import event_types, start, steps_by_key
 
 TRIAGE = """
@@ -37,7 +39,7 @@ name: timed
 steps:
   - id: ask
     type: human
-    timeout: 0.3
+    timeout: 60
     EXTRA
   - id: accepted
     needs: [ask]
@@ -123,8 +125,16 @@ async def test_a_form_step_can_still_be_rejected_and_a_plain_step_has_no_form(
 
 
 async def overdue(engine: Engine, run_id: str) -> None:
-    """Let the step's 0.3 s deadline pass (the step was recorded before this is called)."""
-    await asyncio.sleep(0.4)
+    """Move the waiting step's deadline into the past, as if its 60 s had gone by. (A real
+    short timeout would race the worker's own sweep inside ``run_until_settled``.)"""
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await engine.db.write(
+        lambda tx: tx.conn.execute(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.wait_until.is_not(None))
+            .values(wait_until=past)
+        )
+    )
 
 
 async def test_timeout_approves_with_the_forms_default(engine: Engine) -> None:
@@ -177,7 +187,7 @@ async def test_timeout_rejects_and_on_reject_fail_fails_the_run(engine: Engine) 
     run = await engine.get_run(run_id)
 
     assert run.status == RunStatus.FAILED
-    assert run.error == "step 'ask' timed out after 0.3s waiting for a person (rejected)"
+    assert run.error == "step 'ask' timed out after 60s waiting for a person (rejected)"
 
 
 async def test_without_on_timeout_a_timed_out_step_fails_the_run(engine: Engine) -> None:
@@ -188,7 +198,7 @@ async def test_without_on_timeout_a_timed_out_step_fails_the_run(engine: Engine)
     run = await engine.get_run(run_id)
 
     assert run.status == RunStatus.FAILED
-    assert run.error == "step 'ask' timed out after 0.3s waiting for a person"
+    assert run.error == "step 'ask' timed out after 60s waiting for a person"
     steps = await steps_by_key(engine, run_id)
     assert steps["ask"].status == StepStatus.FAILED
     assert await event_types(engine, run_id, "ask") == [
@@ -213,7 +223,9 @@ async def test_a_decision_before_the_deadline_leaves_nothing_to_time_out(engine:
 
 
 async def test_the_workers_own_sweep_applies_the_timeout(engine: Engine) -> None:
-    run_id = await start(engine, TIMED.replace("EXTRA", "on_timeout: approve"))
+    run_id = await start(
+        engine, TIMED.replace("timeout: 60", "timeout: 0.3").replace("EXTRA", "on_timeout: approve")
+    )
 
     # on_waiting does nothing: the run stays with the worker until its sweep resolves it.
     run = await engine.run_until_settled(run_id, on_waiting=lambda run: None)

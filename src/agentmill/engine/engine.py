@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agentmill.artifacts import ArtifactStore, artifacts_root
 from agentmill.config import Settings, get_settings, read_config_file
 from agentmill.domain.inputs import resolve_inputs
 from agentmill.domain.spec import WorkflowSpec
@@ -53,6 +54,11 @@ class Engine:
         self.gateway = gateway
         self.tools = tools or ToolRegistry(settings=parse_tool_settings(file, source))
         self.tools.set_default(SETTINGS_SECTION, "embedding_model", self.settings.embedding_model)
+        self.artifacts = ArtifactStore(
+            db,
+            artifacts_root(self.settings, db.url),
+            max_bytes=self.settings.artifact_max_bytes,
+        )
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 

@@ -163,6 +163,7 @@ async def _result(
             turn=turn, agent=ctx.step.agent if isinstance(ctx.step, AgentStep | MapAgent) else None
         ),
         sink=ctx.calls.append,
+        artifacts=ctx.artifacts,
     )
     try:
         return await tool.run(call.arguments, context)

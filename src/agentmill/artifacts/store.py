@@ -132,10 +132,10 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFound(f"the file of artifact {name!r} is missing from {path}") from None
 
-    def remove_workspace(self, workspace_id: str) -> None:
+    async def remove_workspace(self, workspace_id: str) -> None:
         """Delete every file of a workspace (after its rows are gone)."""
         folder = self.root / _segment(workspace_id)
-        shutil.rmtree(folder, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     def _run_dir(self, place: repo.RunPlace, run_id: str) -> Path:
         return self.root / _segment(place.workspace_id) / _segment(run_id)

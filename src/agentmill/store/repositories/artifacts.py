@@ -107,8 +107,3 @@ def find(tx: Tx, run_id: str, name: str) -> ArtifactRecord | None:
     """The run's artifact called ``name``, if any."""
     row = tx.conn.execute(select(artifacts).where(_a.run_id == run_id, _a.name == name)).first()
     return None if row is None else _record(row._mapping)
-
-
-def delete_workspace_artifacts(tx: Tx, workspace_id: str) -> None:
-    """Forget every artifact row of a workspace (its files are removed by the caller)."""
-    tx.conn.execute(delete(artifacts).where(_a.workspace_id == workspace_id))

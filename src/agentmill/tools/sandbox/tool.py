@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agentmill.artifacts import artifact_ref
-from agentmill.errors import InvalidArtifact
+from agentmill.errors import InvalidArtifact, NotFound
 from agentmill.tools.base import ToolContext, ToolResult, ToolUnavailable
 from agentmill.tools.sandbox._artifacts import EXTRA_PROCESSES, Collected, read_collected
 from agentmill.tools.sandbox._command import (
@@ -387,7 +387,8 @@ async def _save_artifacts(
     result: ToolResult, collected: Collected, context: ToolContext
 ) -> ToolResult:
     """Store what the code left in ``artifacts/`` and say so in the result."""
-    assert context.artifacts is not None and context.run_id is not None
+    assert context.artifacts is not None
+    assert context.run_id is not None
     saved: list[dict[str, Any]] = []
     problems = list(collected.problems)
     for name, data in collected.files:
@@ -395,7 +396,7 @@ async def _save_artifacts(
             record = await context.artifacts.write(
                 context.run_id, name, data, step_key=context.step_key
             )
-        except InvalidArtifact as exc:
+        except (InvalidArtifact, NotFound, OSError) as exc:  # the code's output still matters
             problems.append(str(exc))
         else:
             saved.append(artifact_ref(record))

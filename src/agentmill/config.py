@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         "unset: search matches words. `tools: memory: embedding_model:` in agentmill.yaml "
         "overrides it. `scripted/embed` works offline.",
     )
+    artifacts_dir: Path | None = Field(
+        default=None,
+        description="Where the files of artifacts are kept (`<dir>/<workspace>/<run>/<name>`); "
+        "default an `artifacts` folder next to the SQLite database (or under `home`). In "
+        "distributed mode every API and worker process must see the same folder: a shared "
+        "volume mounted at the same path.",
+    )
+    artifact_max_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        gt=0,
+        description="Largest artifact a step or a member may store, in bytes.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,

@@ -4,7 +4,8 @@
 
     AgentMillError
     ├── ConfigError            a mistake in configuration or use; reported to the person at once
-    │   └── UnknownModel       a model name no configured provider serves
+    │   ├── UnknownModel       a model name no configured provider serves
+    │   └── InvalidArtifact    an artifact name, media type or size that cannot be stored
     ├── SpecError              a workflow spec is invalid; carries every problem found
     ├── NotFound               a workflow, run or step does not exist (or is another tenant's)
     ├── Conflict               the request does not fit the current state (approve a finished step)
@@ -89,6 +90,10 @@ class StepError(AgentMillError):
 
 class UnknownModel(ConfigError):
     """No configured provider serves the named model."""
+
+
+class InvalidArtifact(ConfigError):
+    """An artifact cannot be stored as asked (unsafe name, bad media type, too large)."""
 
 
 class RetryableError(StepError):

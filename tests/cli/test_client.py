@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,6 +71,21 @@ FORM = {
     "outputs": {"n": "{{ steps.ask.output.n }}", "comment": "{{ steps.ask.output.comment }}"},
 }
 
+WRITES = """
+name: writes
+agents:
+  m:
+    model: scripted/m
+    tools: [artifact_write]
+    options:
+      replies:
+        - tool_calls: [{name: artifact_write, arguments: {name: notes/today.txt, content: hello}}]
+        - done
+steps:
+  - id: make
+    agent: m
+    prompt: x
+"""
 BROKEN = "name: broken\nsteps:\n  - id: a\n    value: 1\n  - id: a\n    value: [\n"
 
 
@@ -104,12 +121,14 @@ class Server:
 @contextlib.contextmanager
 def serve(database_url: str) -> Iterator[Server]:
     """A real server (uvicorn, embedded worker) in a thread, on a free loopback port."""
-    app = create_app(
-        Settings(secret_key="test-secret", poll_interval=0.05), database_url=database_url
-    )
-    recorder = Recorder(app)
-    with serving(recorder) as url:
-        yield Server(url, recorder)
+    with tempfile.TemporaryDirectory(prefix="agentmill-artifacts-") as artifacts:
+        settings = Settings(
+            secret_key="test-secret", poll_interval=0.05, artifacts_dir=Path(artifacts)
+        )
+        app = create_app(settings, database_url=database_url)
+        recorder = Recorder(app)
+        with serving(recorder) as url:
+            yield Server(url, recorder)
 
 
 @pytest.fixture
@@ -411,6 +430,15 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert am.respond(asked["id"], "ask", {"n": 3}, comment="three")["id"] == asked["id"]
     answered = am.wait(asked["id"], timeout=20)
     assert answered["outputs"] == {"n": 3, "comment": "three"}
+
+    # artifacts: what a run's agent wrote, listed and downloaded byte for byte
+    files = am.push_workflow(wsid, WRITES)
+    wrote = am.start_run(files["id"])
+    assert am.wait(wrote["id"], timeout=20)["status"] == "COMPLETED"
+    (listed,) = am.artifacts(wrote["id"])
+    assert (listed["name"], listed["size"], listed["step"]) == ("notes/today.txt", 5, "make")
+    assert am.download_artifact(wrote["id"], "notes/today.txt") == b"hello"
+    _raises(404, "not_found", lambda: am.download_artifact(wrote["id"], "nope.txt"))
 
     # unknown ids, then logging out ends the token for everyone holding it
     _raises(404, "not_found", lambda: am.run("run_doesnotexist"))

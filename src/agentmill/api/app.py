@@ -14,6 +14,7 @@ from agentmill import __version__
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
 from agentmill.api.routes import (
     api_keys,
+    artifacts,
     auth,
     dead_letters,
     events,
@@ -110,6 +111,7 @@ def create_app(
         dead_letters,
         spending,
         memory,
+        artifacts,
     )
     # /v1 (OpenAI's API, for OpenAI SDKs) first: routes are matched in order, and the gateway's
     # calls are the ones where a fraction of a millisecond counts.

@@ -495,3 +495,15 @@ class MemoryPublic(BaseModel):
         description="How well it matched a search (higher is closer): cosine similarity with "
         "an embedding model, a full-text rank without one; null when listing.",
     )
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    run_id: str
+    name: str = Field(description="A relative path, unique in the run (e.g. charts/q1.png).")
+    step: str | None = Field(description="The step that wrote it; null when a member uploaded it.")
+    size: int = Field(description="Bytes.")
+    sha256: str = Field(description="Hex digest of the content; the download's ETag.")
+    media_type: str
+    url: str = Field(description="Where to download it (this API, same credentials).")
+    created_at: datetime

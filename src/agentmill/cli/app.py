@@ -25,10 +25,11 @@ app.add_typer(db_app, name="db")
 
 
 def _add_remote_commands() -> None:
-    from agentmill.cli.remote import dead_letters_app, runs_app, workflows_app
+    from agentmill.cli.remote import artifacts_app, dead_letters_app, runs_app, workflows_app
 
     app.add_typer(workflows_app, name="workflows")
     app.add_typer(runs_app, name="runs")
+    app.add_typer(artifacts_app, name="artifacts")
     app.add_typer(dead_letters_app, name="dead-letters")
 
 

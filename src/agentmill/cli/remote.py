@@ -1,10 +1,11 @@
-"""Commands that talk to a running server: ``agentmill workflows …``, ``agentmill runs …`` and
-``agentmill dead-letters …``."""
+"""Commands that talk to a running server: ``agentmill workflows …``, ``agentmill runs …``,
+``agentmill artifacts …`` and ``agentmill dead-letters …``."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import sys
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 workflows_app = typer.Typer(help="Workflows on a server.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs on a server.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Files a run's steps wrote, on a server.", no_args_is_help=True)
 dead_letters_app = typer.Typer(
     help="Steps that failed for good on a server, and re-driving them.", no_args_is_help=True
 )
@@ -199,6 +201,48 @@ def cancel(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -
         except ApiError as exc:
             raise _fail(exc) from None
     out.print(f"{run['id']} · {run['status']}")
+
+
+@artifacts_app.command("list")
+def list_artifacts(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -> None:
+    """A run's artifacts: name, size, media type and the step that wrote each."""
+    with _client(server, api_key) as client:
+        try:
+            rows = client.artifacts(run_id)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    _print_table(
+        ["name", "bytes", "type", "step", "sha256"],
+        [[a["name"], str(a["size"]), a["media_type"], a["step"] or "", a["sha256"]] for a in rows],
+    )
+
+
+@artifacts_app.command("get")
+def get_artifact(
+    run_id: str,
+    name: str,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to save it (default: its file name here; - for stdout)."
+        ),
+    ] = None,
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+) -> None:
+    """Download one of a run's artifacts."""
+    with _client(server, api_key) as client:
+        try:
+            data = client.download_artifact(run_id, name)
+        except ApiError as exc:
+            raise _fail(exc) from None
+    if output is not None and str(output) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = output or Path(PurePosixPath(name).name)
+    target.write_bytes(data)
+    err.print(f"saved {escape(name)} ({len(data)} bytes) to {escape(str(target))}")
 
 
 @dead_letters_app.command("list")

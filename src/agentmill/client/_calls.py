@@ -46,10 +46,13 @@ class Call(Generic[T]):
     content: bytes | None = None
     headers: Mapping[str, str] | None = None
     accept: frozenset[int] = field(default_factory=frozenset)  # non-2xx statuses that answer
+    raw: bool = False  # shape the answer's bytes (a download), not its JSON
 
     def result(self, response: httpx.Response) -> T:
         if response.status_code not in self.accept:
             raise_for(response)
+        if self.raw:
+            return self.shape(response.content)
         return self.shape(response.json() if response.content else None)
 
 

@@ -239,6 +239,10 @@ class Client:
     search_memory = _sync(api.search_memory)
     delete_memory = _sync(api.delete_memory)
 
+    # artifacts
+    artifacts = _sync(api.artifacts)
+    download_artifact = _sync(api.download_artifact)
+
     # dead letters
     dead_letters = _sync(api.dead_letters)
     redrive = _sync(api.redrive)
@@ -398,6 +402,10 @@ class AsyncClient:
     store_memory = _async(api.store_memory)
     search_memory = _async(api.search_memory)
     delete_memory = _async(api.delete_memory)
+
+    # artifacts
+    artifacts = _async(api.artifacts)
+    download_artifact = _async(api.download_artifact)
 
     # dead letters
     dead_letters = _async(api.dead_letters)

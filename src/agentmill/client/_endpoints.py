@@ -607,6 +607,20 @@ def delete_memory(workspace_id: str, memory_id: str) -> Call[None]:
     return Call(method="DELETE", path=path, shape=_nothing)
 
 
+# artifacts
+
+
+def artifacts(run_id: str) -> Call[list[dict[str, Any]]]:
+    """The files a run's steps wrote (name, size, media type, sha256, step, url)."""
+    return Call(method="GET", path=f"{API}/runs/{_p(run_id)}/artifacts", shape=_objs)
+
+
+def download_artifact(run_id: str, name: str) -> Call[bytes]:
+    """The bytes of one of a run's artifacts."""
+    path = f"{API}/runs/{_p(run_id)}/artifacts/{quote(name, safe='/')}"
+    return Call(method="GET", path=path, shape=bytes, raw=True)
+
+
 # dead letters
 
 

@@ -42,7 +42,17 @@ RUN_NAMES = frozenset({"inputs", "steps", "run"})
 MAP_NAMES = RUN_NAMES | {"item", "index"}
 # Built-in tools; others are named by import path (package.module:function) or as an MCP
 # server's (mcp:<server> for all its tools, mcp:<server>/<tool> for one).
-KNOWN_TOOLS: frozenset[str] = frozenset({"python", "http_request", "memory_store", "memory_search"})
+KNOWN_TOOLS: frozenset[str] = frozenset(
+    {
+        "python",
+        "http_request",
+        "memory_store",
+        "memory_search",
+        "artifact_write",
+        "artifact_read",
+        "artifact_list",
+    }
+)
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 MCP_PREFIX = "mcp:"
 AGENT_PREFIX = "agent:"  # another agent of the workflow, as a tool (delegation)

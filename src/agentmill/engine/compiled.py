@@ -29,6 +29,8 @@ class CompiledWorkflow:
     roots: tuple[str, ...]
     reads: Mapping[str, frozenset[str]]  # step id -> the steps its templates read
     output_reads: frozenset[str]
+    # step id -> the upstream steps whose ``.artifacts`` its templates may read
+    artifact_reads: Mapping[str, frozenset[str]]
 
     @classmethod
     def build(cls, spec: WorkflowSpec) -> CompiledWorkflow:
@@ -45,6 +47,7 @@ class CompiledWorkflow:
             roots=tuple(step.id for step in spec.steps if not step.needs),
             reads=reads,
             output_reads=frozenset(_steps_read(spec.outputs)),
+            artifact_reads={step.id: _artifact_reads(step, reads[step.id]) for step in spec.steps},
         )
 
     def inner(self, spec_id: str) -> AnyStep:
@@ -75,6 +78,15 @@ def _steps_read(value: Any) -> set[str]:
 def _reads(step: ExecutableStep) -> frozenset[str]:
     payload = step.model_dump(exclude={"spec", "output_schema"})
     return frozenset(_steps_read(payload))
+
+
+def _artifact_reads(step: ExecutableStep, reads: frozenset[str]) -> frozenset[str]:
+    """A cheap superset: every step read by a step whose templates mention ``artifacts``
+    (loading a few references too many costs one small query; missing one breaks a template)."""
+    payload = step.model_dump(exclude={"spec", "output_schema"})
+    if any("artifacts" in text for _path, text in template_strings(payload)):
+        return reads
+    return frozenset()
 
 
 class WorkflowRegistry:

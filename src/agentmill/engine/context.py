@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agentmill.artifacts import ArtifactStore
 from agentmill.domain.spec import AgentSpec, AnyStep
 from agentmill.domain.templates import render_value
 from agentmill.engine.claims import Claim
@@ -24,6 +25,10 @@ class StepContext:
     gateway: Gateway
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     db: Database | None = None  # for tools that keep data (memory); None in unit tests
+    artifacts: ArtifactStore | None = None  # the run's files; None in unit tests
+    # References to upstream steps' artifacts, for the steps whose ``.artifacts`` this step's
+    # templates read (loaded only then: most steps read none).
+    upstream_artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None
@@ -33,7 +38,7 @@ class StepContext:
         if self._template_context is None:
             context: dict[str, Any] = {
                 "inputs": self.claim.run_inputs,
-                "steps": self.claim.upstream,
+                "steps": self._steps(),
                 "run": {"id": self.claim.run_id, "attempt": self.claim.attempt},
             }
             if self.claim.map_index is not None:
@@ -41,6 +46,14 @@ class StepContext:
                 context["index"] = self.claim.map_index
             self._template_context = context
         return self._template_context
+
+    def _steps(self) -> dict[str, dict[str, Any]]:
+        if not self.upstream_artifacts:
+            return self.claim.upstream
+        return {
+            key: {**value, "artifacts": self.upstream_artifacts.get(key, [])}
+            for key, value in self.claim.upstream.items()
+        }
 
     def render(self, value: Any) -> Any:
         """Render templates inside ``value`` with the run's inputs and upstream outputs."""

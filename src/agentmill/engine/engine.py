@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agentmill.artifacts import ArtifactStore, artifacts_root
 from agentmill.config import Settings, get_settings, read_config_file
 from agentmill.domain.inputs import resolve_inputs
 from agentmill.domain.spec import WorkflowSpec
@@ -56,6 +57,11 @@ class Engine:
         self.tools.set_default(MEMORY_SECTION, "embedding_model", self.settings.embedding_model)
         self.notifier = WebhookNotifier(
             key=signing_key(self.settings), settings=self.tools.settings_for(SETTINGS_SECTION)
+        )
+        self.artifacts = ArtifactStore(
+            db,
+            artifacts_root(self.settings, db.url),
+            max_bytes=self.settings.artifact_max_bytes,
         )
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)

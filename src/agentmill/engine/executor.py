@@ -7,9 +7,11 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
+from agentmill.artifacts import ArtifactStore, artifact_ref
 from agentmill.domain.spec import HumanStep, MapStep
 from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.engine.claims import Claim
@@ -20,6 +22,7 @@ from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succ
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import Gateway
 from agentmill.store.db import Database
+from agentmill.store.repositories.artifacts import step_owner
 from agentmill.tools.registry import ToolRegistry
 
 log = structlog.get_logger("agentmill.executor")
@@ -35,6 +38,7 @@ async def execute(
     gateway: Gateway,
     tools: ToolRegistry | None = None,
     db: Database | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     spec = compiled.steps[claim.spec_id]
@@ -46,9 +50,13 @@ async def execute(
         gateway=gateway,
         tools=tools or ToolRegistry(),
         db=db,
+        artifacts=artifacts,
     )
     outcome: Outcome
     try:
+        reads = compiled.artifact_reads.get(claim.spec_id)
+        if reads and artifacts is not None:
+            ctx.upstream_artifacts = await _artifact_refs(artifacts, claim.run_id, reads)
         when = getattr(step, "when", None)
         if when is not None and claim.map_index is None and not _truthy(ctx, when):
             outcome = Skipped(reason=f"'when' was false: {when!r}")
@@ -101,6 +109,17 @@ async def _with_timeouts(
         if run_left is not None and (step_timeout is None or run_left < step_timeout):
             raise _RunDeadline from None
         raise
+
+
+async def _artifact_refs(
+    store: ArtifactStore, run_id: str, step_keys: frozenset[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """References to the artifacts the upstream steps ``step_keys`` wrote, by step."""
+    found: dict[str, list[dict[str, Any]]] = {key: [] for key in step_keys}
+    for record in await store.list(run_id, step_keys):
+        if record.step_key is not None:
+            found[step_owner(record.step_key)].append(artifact_ref(record))
+    return found
 
 
 def _check_json(value: object) -> None:

@@ -419,6 +419,30 @@ class Memory(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Artifact(Base):
+    """A file a step wrote (or a member uploaded), kept with its run. The bytes live in the
+    artifacts directory (``<dir>/<workspace>/<run>/<name>``, see ``artifacts/store.py``); this
+    row is written after them, so a listed artifact always has its file. No foreign key to
+    ``runs``: rows go with their workspace, deleted explicitly like memories."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (
+        UniqueConstraint("run_id", "name", name="uq_artifacts_run_name"),
+        Index("ix_artifacts_workspace", "workspace_id"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[str] = mapped_column(Id)
+    root_run_id: Mapped[str] = mapped_column(Id)
+    workspace_id: Mapped[str] = mapped_column(Id)
+    step_key: Mapped[str | None] = mapped_column(String(96))
+    name: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 def described_by_models(name: str | None, kind: str, _parents: Any = None) -> bool:
     """For Alembic's comparisons: False for the FTS5 tables migration 0009 makes on SQLite (a
     virtual table and its shadow tables), which no model describes."""
@@ -428,3 +452,4 @@ def described_by_models(name: str | None, kind: str, _parents: Any = None) -> bo
 budgets = cast(Table, BudgetRow.__table__)
 rate_limits = cast(Table, RateLimitRow.__table__)
 memories = cast(Table, Memory.__table__)
+artifacts = cast(Table, Artifact.__table__)

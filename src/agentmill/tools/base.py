@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentmill.errors import AgentMillError
 
 if TYPE_CHECKING:
+    from agentmill.artifacts import ArtifactStore
     from agentmill.gateway import CallContext, Gateway
     from agentmill.gateway.types import CallReport
     from agentmill.store.db import Database
@@ -44,6 +45,8 @@ class ToolContext:
     # (with its result, like the agent's own calls).
     call_context: CallContext | None = None
     sink: Callable[[CallReport], None] | None = None
+    # Where the run's files go (artifact_* tools, the python tool's artifacts/ folder).
+    artifacts: ArtifactStore | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

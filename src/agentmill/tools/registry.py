@@ -21,6 +21,7 @@ from typing import Any
 
 from agentmill.config import get_settings, read_config_file
 from agentmill.errors import ConfigError
+from agentmill.tools.artifacts import ArtifactListTool, ArtifactReadTool, ArtifactWriteTool
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
 from agentmill.tools.http import EgressPolicy, HttpRequestTool
@@ -45,6 +46,9 @@ BUILTINS: dict[str, Callable[[], Tool]] = {
     "http_request": HttpRequestTool,
     "memory_store": MemoryStoreTool,
     "memory_search": MemorySearchTool,
+    "artifact_write": ArtifactWriteTool,
+    "artifact_read": ArtifactReadTool,
+    "artifact_list": ArtifactListTool,
 }
 
 # Tools that read a shared settings section rather than one of their own name.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from agentmill.api.deps import CurrentUser, DbDep, PrincipalDep, WorkspaceAccess, require
 from agentmill.api.schemas import (
@@ -16,6 +16,7 @@ from agentmill.api.schemas import (
     WorkspaceUpdate,
 )
 from agentmill.domain.permissions import Permission
+from agentmill.engine.engine import Engine
 from agentmill.store.repositories import workspaces
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
@@ -80,9 +81,12 @@ async def rename_workspace(body: WorkspaceUpdate, access: Manage, db: DbDep) -> 
 
 
 @router.delete("/{ws}", status_code=204)
-async def delete_workspace(access: Manage, db: DbDep) -> None:
+async def delete_workspace(access: Manage, db: DbDep, request: Request) -> None:
     """Delete a workspace and everything in it (owners)."""
     await db.write(lambda tx: workspaces.delete_workspace(tx, access.workspace_id))
+    engine: Engine = request.app.state.engine
+    # After the commit: a file without its row is unreachable, a row without its file is not.
+    await engine.artifacts.remove_workspace(access.workspace_id)
 
 
 @router.get("/{ws}/members", response_model=list[MemberPublic])

@@ -193,6 +193,7 @@ async def _result(
         gateway=ctx.gateway,
         call_context=ctx.call_context(turn=turn, agent=agent),
         sink=ctx.calls.append,
+        artifacts=ctx.artifacts,
     )
     try:
         return await tool.run(call.arguments, context)

@@ -11,7 +11,7 @@ from agentmill.domain.permissions import Role
 from agentmill.errors import Conflict, NotFound
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import memberships, memories, users, workspaces
+from agentmill.store.models import artifacts, memberships, memories, users, workspaces
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +79,8 @@ def delete_workspace(tx: Tx, workspace_id: str) -> None:
     tx.conn.execute(delete(memberships).where(memberships.c.workspace_id == workspace_id))
     # No foreign key cascades to memories (see models.Memory).
     tx.conn.execute(delete(memories).where(memories.c.workspace_id == workspace_id))
+    # Artifact rows too; their files go after the commit (api/routes/workspaces.py).
+    tx.conn.execute(delete(artifacts).where(artifacts.c.workspace_id == workspace_id))
     tx.conn.execute(delete(workspaces).where(workspaces.c.id == workspace_id))
 
 

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentmill.tools.sandbox._artifacts import collecting
+
 # Inside the sandbox the code always runs as nobody, whatever host uid backs it.
 SANDBOX_UID = 65534
 SCRATCH = "/scratch"
@@ -89,11 +91,13 @@ def bwrap_argv(
     code_fd: int,
     seccomp_fd: int,
     root_links: dict[str, str | None],
+    collect_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command that runs ``/scratch/main.py`` (read from ``code_fd``).
 
     ``root_links`` maps top-level host paths such as ``/lib64`` to their symlink target (to
-    recreate) or None (a real directory, bound read-only).
+    recreate) or None (a real directory, bound read-only). With ``collect_fd``, the files the
+    code leaves in ``artifacts/`` are written there afterwards (see ``_artifacts``).
     """
     argv = [
         bwrap,
@@ -151,16 +155,15 @@ def bwrap_argv(
         "--seccomp",
         str(seccomp_fd),
         "--",
-        str(interpreter.executable),
-        *PYTHON_FLAGS,
-        MAIN,
     ]
-    return argv
+    command = [str(interpreter.executable), *PYTHON_FLAGS, MAIN]
+    return argv + (command if collect_fd is None else collecting(command, collect_fd))
 
 
-def unsandboxed_argv(interpreter: Interpreter) -> list[str]:
+def unsandboxed_argv(interpreter: Interpreter, collect_fd: int | None = None) -> list[str]:
     """The rlimit-only command: the same interpreter, run in a fresh host directory."""
-    return [str(interpreter.executable), *PYTHON_FLAGS, "main.py"]
+    command = [str(interpreter.executable), *PYTHON_FLAGS, "main.py"]
+    return command if collect_fd is None else collecting(command, collect_fd)
 
 
 def root_links() -> dict[str, str | None]:

@@ -26,12 +26,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agentmill.artifacts import artifact_ref
+from agentmill.errors import InvalidArtifact, NotFound
 from agentmill.tools.base import ToolContext, ToolResult, ToolUnavailable
+from agentmill.tools.sandbox._artifacts import EXTRA_PROCESSES, Collected, read_collected
 from agentmill.tools.sandbox._command import (
     SANDBOX_ENV,
     Interpreter,
@@ -149,7 +152,8 @@ class PythonTool:
             "empty at the start of every call. Limits: "
             f"{limits_.timeout_seconds:g} s wall clock, {limits_.cpu_seconds} s CPU, "
             f"{limits_.memory_bytes >> 20} MiB address space, "
-            f"{limits_.output_bytes >> 10} KiB of output per stream."
+            f"{limits_.output_bytes >> 10} KiB of output per stream. Files you write under "
+            "./artifacts/ are saved as artifacts of the run (listed in the result)."
         )
         self.parameters: Mapping[str, Any] = {
             "type": "object",
@@ -192,8 +196,14 @@ class PythonTool:
         if len(code) > MAX_CODE_CHARS or len(stdin) > MAX_STDIN_CHARS:
             return ToolResult(content="'code' or 'stdin' is too long", is_error=True)
         sandboxed = setup.status.state is SandboxState.AVAILABLE
-        outcome = await self._execute(setup, code, stdin, self.limits, sandboxed=sandboxed)
-        return tool_result(outcome, self.limits, sandboxed=sandboxed)
+        collect = context.artifacts is not None and context.run_id is not None
+        outcome, collected = await self._execute(
+            setup, code, stdin, self.limits, sandboxed=sandboxed, collect=collect
+        )
+        result = tool_result(outcome, self.limits, sandboxed=sandboxed)
+        if collected is None or not (collected.files or collected.problems):
+            return result
+        return await _save_artifacts(result, collected, context)
 
     # -- detection -----------------------------------------------------------------------
 
@@ -273,7 +283,7 @@ class PythonTool:
 
     async def _probe(self, setup: _Setup, *, sandboxed: bool) -> str | None:
         try:
-            outcome = await self._execute(
+            outcome, _ = await self._execute(
                 setup, _PROBE_CODE, "", _PROBE_LIMITS, sandboxed=sandboxed
             )
         except OSError as exc:
@@ -286,13 +296,25 @@ class PythonTool:
     # -- execution -----------------------------------------------------------------------
 
     async def _execute(
-        self, setup: _Setup, code: str, stdin: str, limits: SandboxLimits, *, sandboxed: bool
-    ) -> Outcome:
+        self,
+        setup: _Setup,
+        code: str,
+        stdin: str,
+        limits: SandboxLimits,
+        *,
+        sandboxed: bool,
+        collect: bool = False,
+    ) -> tuple[Outcome, Collected | None]:
+        """Run the code; with ``collect``, also the files it left in ``artifacts/``."""
         async with contextlib.AsyncExitStack() as stack:
             # made before the lease so that it is removed after the lease's processes are dead
             workdir = None if sandboxed else stack.enter_context(_workdir())
             user = await stack.enter_async_context(self._host_user(setup))
             nproc = limits.max_processes + _BWRAP_PROCESSES
+            collect_fd = None
+            if collect:
+                collect_fd = stack.enter_context(_memfd("artifacts", b""))
+                nproc += EXTRA_PROCESSES
             if user is None:
                 # Not root: the kernel checks RLIMIT_NPROC against everything this uid runs,
                 # the server's own threads included, so the run's share goes on top of those.
@@ -310,30 +332,34 @@ class PythonTool:
                     code_fd=code_fd,
                     seccomp_fd=seccomp_fd,
                     root_links=setup.links,
+                    collect_fd=collect_fd,
                 )
-                return await run_capped(
+                outcome = await run_capped(
                     argv,
                     stdin=stdin_fd,
-                    pass_fds=(code_fd, seccomp_fd),
+                    pass_fds=(code_fd, seccomp_fd, *_fds(collect_fd)),
                     env=_LAUNCH_ENV,
                     user=user,
                     wall_seconds=limits.timeout_seconds,
                     output_bytes=limits.output_bytes,
                 )
+                return outcome, _collected(collect_fd, limits)
             workdir = _required(workdir)
             if user is not None:
                 os.chown(workdir, user.uid, user.gid)
             (workdir / "main.py").write_text(code, encoding="utf-8")
             env = {**SANDBOX_ENV, "HOME": str(workdir), "TMPDIR": str(workdir)}
-            return await run_capped(
-                limit_argv + unsandboxed_argv(interpreter),
+            outcome = await run_capped(
+                limit_argv + unsandboxed_argv(interpreter, collect_fd),
                 stdin=stdin_fd,
+                pass_fds=_fds(collect_fd),
                 env=env,
                 cwd=str(workdir),
                 user=user,
                 wall_seconds=limits.timeout_seconds,
                 output_bytes=limits.output_bytes,
             )
+            return outcome, _collected(collect_fd, limits)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.asynccontextmanager
@@ -346,6 +372,39 @@ class PythonTool:
                 yield user
             finally:
                 await _end_everything_of(user)
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
+
+
+def _collected(fd: int | None, limits: SandboxLimits) -> Collected | None:
+    # The files cannot be larger than the scratch space they were written in (plus tar headers).
+    return None if fd is None else read_collected(fd, limits.scratch_bytes + (1 << 20))
+
+
+async def _save_artifacts(
+    result: ToolResult, collected: Collected, context: ToolContext
+) -> ToolResult:
+    """Store what the code left in ``artifacts/`` and say so in the result."""
+    assert context.artifacts is not None
+    assert context.run_id is not None
+    saved: list[dict[str, Any]] = []
+    problems = list(collected.problems)
+    for name, data in collected.files:
+        try:
+            record = await context.artifacts.write(
+                context.run_id, name, data, step_key=context.step_key
+            )
+        except (InvalidArtifact, NotFound, OSError) as exc:  # the code's output still matters
+            problems.append(str(exc))
+        else:
+            saved.append(artifact_ref(record))
+    content = dict(result.content)
+    content["artifacts"] = saved
+    if problems:
+        content["artifact_errors"] = problems
+    return replace(result, content=content)
 
 
 def _unavailable(reason: str, *, bwrap: str | None = None) -> _Setup:

@@ -201,10 +201,17 @@ async def test_workers_recover_when_their_database_connections_are_dropped(
     admin = await asyncpg.connect(fresh_pg)
     try:
         for _ in range(3):  # every connection of every worker, three times over
-            dropped = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+            dropped = 0
+            # Each round waits for the workers to have connected again (on a loaded machine
+            # that can take longer than the pause), so each round really drops something.
+            for _ in range(300):
+                dropped = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                if dropped:
+                    break
+                await asyncio.sleep(0.1)
             assert dropped > 0
             await asyncio.sleep(0.7)
     finally:

@@ -16,6 +16,7 @@ from agentmill.api.routes import (
     api_keys,
     auth,
     dead_letters,
+    egress,
     events,
     health,
     home,
@@ -109,6 +110,7 @@ def create_app(
         usage,
         dead_letters,
         spending,
+        egress,
         memory,
     )
     # /v1 (OpenAI's API, for OpenAI SDKs) first: routes are matched in order, and the gateway's

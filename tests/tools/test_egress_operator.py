@@ -96,7 +96,9 @@ def test_the_ceiling_says_why_a_network_is_refused() -> None:
         ({WORKSPACE_EGRESS: {}}, "unknown tools.http_request keys ['workspace_egress']"),
     ],
 )
-def test_a_malformed_operator_section_fails_at_start(section: dict[str, object], message: str) -> None:
+def test_a_malformed_operator_section_fails_at_start(
+    section: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_tool_settings({"tools": {"http_request": section}}, "agentmill.yaml")
 

@@ -83,7 +83,8 @@ async def test_the_operators_default_applies_until_the_workspace_sets_its_own(
     assert put.status_code == 200, put.text
     got = (await open_client.get(egress_url(ws), headers=owner.headers)).json()
     assert got == {**default, **own, "source": "workspace", "updated_at": got["updated_at"]}
-    assert got["updated_at"] is not None and put.json() == got
+    assert got["updated_at"] is not None
+    assert put.json() == got
 
     # Ports default to 80 and 443, as in agentmill.yaml.
     put = await open_client.put(

@@ -92,9 +92,12 @@ class Server:
 @contextlib.contextmanager
 def serve(database_url: str) -> Iterator[Server]:
     """A real server (uvicorn, embedded worker) in a thread, on a free loopback port."""
-    app = create_app(
-        Settings(secret_key="test-secret", poll_interval=0.05), database_url=database_url
+    # The workspace provider registered below points at loopback, which takes the operator's
+    # permission (tests/api/test_egress.py covers the refusal).
+    settings = Settings(
+        secret_key="test-secret", poll_interval=0.05, allow_private_provider_urls=True
     )
+    app = create_app(settings, database_url=database_url)
     recorder = Recorder(app)
     with serving(recorder) as url:
         yield Server(url, recorder)

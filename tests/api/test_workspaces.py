@@ -155,7 +155,7 @@ FAILS_ONCE = {
 EXISTING_PROVIDER = {
     "name": "existing",
     "kind": "openai_compatible",
-    "base_url": "http://127.0.0.1:8000/v1",
+    "base_url": "https://93.184.215.14/v1",  # public: loopback would need the operator's leave
     "api_key": "sk-existing",
 }
 

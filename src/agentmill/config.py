@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest artifact a step or a member may store, in bytes.",
     )
+    allow_private_provider_urls: bool = Field(
+        default=False,
+        description="Let workspaces register model providers whose base URL is on a loopback, "
+        "private, link-local or other non-public address (e.g. a model server on the same "
+        "network). Off: such URLs are refused, so a workspace cannot make the server call its "
+        "internal services or a cloud metadata endpoint. The operator's own providers in "
+        "agentmill.yaml are not affected.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,

@@ -61,7 +61,10 @@ models:
 """
         )
         os.environ["E2E_ANTHROPIC_KEY"] = ANTHROPIC_KEY
-        settings = Settings(secret_key="test-secret", config=config)
+        # The workspaces' own providers here are wire fakes on loopback.
+        settings = Settings(
+            secret_key="test-secret", config=config, allow_private_provider_urls=True
+        )
         try:
             with serve(f"sqlite:///{folder / 'agentmill.db'}", settings) as server:
                 yield Stack(server, new_tenant(server.url), oai, claude)

@@ -28,6 +28,17 @@ from tests.api.conftest import Account, new_workspace, signup
 SECRET = "test-secret"  # the app fixture's
 
 
+@pytest.fixture
+async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    """The API, with the operator's permission for provider URLs on loopback and private
+    addresses: these tests register providers on 127.0.0.1 and 10.0.0.5 (test_egress.py covers
+    the refusal without it)."""
+    settings = Settings(secret_key=SECRET, allow_private_provider_urls=True)
+    application = create_app(settings, database_url=database_url)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 def a_key() -> str:
     return f"sk-test-{uuid.uuid4().hex}"
 

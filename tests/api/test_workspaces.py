@@ -111,6 +111,14 @@ ENDPOINTS = [
     Endpoint(
         "PUT", "/api/v1/workspaces/{ws}/markup", Permission.WORKSPACE_MANAGE, {"markup": "0.1"}
     ),
+    Endpoint("GET", "/api/v1/workspaces/{ws}/egress", Permission.WORKFLOW_READ),
+    Endpoint(
+        "PUT",
+        "/api/v1/workspaces/{ws}/egress",
+        Permission.EGRESS_MANAGE,
+        {"hosts": ["api.example.com"], "ports": [443]},
+    ),
+    Endpoint("DELETE", "/api/v1/workspaces/{ws}/egress", Permission.EGRESS_MANAGE),
     Endpoint("GET", "/api/v1/workspaces/{ws}/memory", Permission.WORKFLOW_READ),
     Endpoint(
         "POST", "/api/v1/workspaces/{ws}/memory", Permission.WORKFLOW_CREATE, {"text": "remember"}
@@ -147,7 +155,7 @@ FAILS_ONCE = {
 EXISTING_PROVIDER = {
     "name": "existing",
     "kind": "openai_compatible",
-    "base_url": "http://127.0.0.1:8000/v1",
+    "base_url": "https://93.184.215.14/v1",  # public: loopback would need the operator's leave
     "api_key": "sk-existing",
 }
 

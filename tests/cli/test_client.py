@@ -121,9 +121,14 @@ class Server:
 @contextlib.contextmanager
 def serve(database_url: str) -> Iterator[Server]:
     """A real server (uvicorn, embedded worker) in a thread, on a free loopback port."""
+    # The workspace provider registered below points at loopback, which takes the operator's
+    # permission (tests/api/test_egress.py covers the refusal).
     with tempfile.TemporaryDirectory(prefix="agentmill-artifacts-") as artifacts:
         settings = Settings(
-            secret_key="test-secret", poll_interval=0.05, artifacts_dir=Path(artifacts)
+            secret_key="test-secret",
+            poll_interval=0.05,
+            artifacts_dir=Path(artifacts),
+            allow_private_provider_urls=True,
         )
         app = create_app(settings, database_url=database_url)
         recorder = Recorder(app)
@@ -405,6 +410,15 @@ def test_every_method_against_a_real_server(server: Server, connect: Connect) ->
     assert am.rate_limits(wsid) == []
     assert am.set_markup(wsid, "0.25") == {"workspace_id": wsid, "markup": "0.25"}
     assert Decimal(am.markup(wsid)["markup"]) == Decimal("0.25")
+
+    # egress: the server's default until the workspace sets its own, refused entries named
+    assert am.egress(wsid)["source"] == "operator"
+    own = am.set_egress(wsid, hosts=["api.example.com"], ports=[443])
+    assert (own["source"], own["hosts"], own["ports"]) == ("workspace", ["api.example.com"], [443])
+    assert am.egress(wsid) == own
+    _raises(422, "validation_error", lambda: am.set_egress(wsid, networks=["10.0.0.1/8"]))
+    assert am.clear_egress(wsid) is None
+    assert am.egress(wsid)["source"] == "operator"
     health = am.providers_health()
     assert "scripted" in health["providers"]
     assert [m["model"] for m in health["models"] if m["provider"] == "scripted"] == ["writer"]

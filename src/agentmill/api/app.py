@@ -17,6 +17,7 @@ from agentmill.api.routes import (
     artifacts,
     auth,
     dead_letters,
+    egress,
     events,
     health,
     home,
@@ -110,6 +111,7 @@ def create_app(
         usage,
         dead_letters,
         spending,
+        egress,
         memory,
         artifacts,
     )

@@ -470,6 +470,45 @@ class ProviderPublic(BaseModel):
     updated_at: datetime
 
 
+# ---------------------------------------------------------------- egress
+
+
+class EgressUpdate(_In):
+    """A workspace's own allowlist for the ``http_request`` tool; it replaces the operator's
+    default for this workspace. Entries follow the ``egress`` rules of agentmill.yaml."""
+
+    hosts: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=500,
+        description='Host names or IP addresses; "*.example.org" for any name below '
+        'example.org, "*" for any host (addresses must still be public).',
+    )
+    networks: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Non-public CIDR blocks to allow (only within what the operator permits).",
+    )
+    ports: list[Annotated[int, Field(strict=True)]] = Field(
+        default_factory=lambda: [80, 443], max_length=100, description="Allowed ports."
+    )
+
+
+class EgressPublic(BaseModel):
+    workspace_id: str
+    source: Literal["workspace", "operator"] = Field(
+        description="`workspace`: its own policy applies; `operator`: the server's default."
+    )
+    hosts: list[str]
+    networks: list[str] = Field(
+        description="In effect: a stored network the operator no longer permits is left out."
+    )
+    ports: list[int]
+    permitted_networks: list[str] = Field(
+        description="The ranges the operator lets workspaces open (empty: none)."
+    )
+    updated_at: datetime | None = None
+
+
 # ---------------------------------------------------------------- memory
 
 

@@ -232,6 +232,9 @@ class Client:
     delete_rate_limit = _sync(api.delete_rate_limit)
     markup = _sync(api.markup)
     set_markup = _sync(api.set_markup)
+    egress = _sync(api.egress)
+    set_egress = _sync(api.set_egress)
+    clear_egress = _sync(api.clear_egress)
     providers_health = _sync(api.providers_health)
 
     # memory
@@ -396,6 +399,9 @@ class AsyncClient:
     delete_rate_limit = _async(api.delete_rate_limit)
     markup = _async(api.markup)
     set_markup = _async(api.set_markup)
+    egress = _async(api.egress)
+    set_egress = _async(api.set_egress)
+    clear_egress = _async(api.clear_egress)
     providers_health = _async(api.providers_health)
 
     # memory

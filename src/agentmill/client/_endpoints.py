@@ -574,6 +574,30 @@ def set_markup(workspace_id: str, markup: str | float) -> Call[dict[str, Any]]:
     return Call(method="PUT", path=path, json={"markup": str(markup)}, shape=_obj)
 
 
+def egress(workspace_id: str) -> Call[dict[str, Any]]:
+    """The egress allowlist in effect for the workspace's http_request calls."""
+    return Call(method="GET", path=f"{API}/workspaces/{_p(workspace_id)}/egress", shape=_obj)
+
+
+def set_egress(
+    workspace_id: str,
+    *,
+    hosts: Sequence[str] = (),
+    networks: Sequence[str] = (),
+    ports: Sequence[int] = (80, 443),
+) -> Call[dict[str, Any]]:
+    """Set the workspace's own allowlist, replacing the server's default (admins, owners)."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/egress"
+    body = {"hosts": list(hosts), "networks": list(networks), "ports": list(ports)}
+    return Call(method="PUT", path=path, json=body, shape=_obj)
+
+
+def clear_egress(workspace_id: str) -> Call[None]:
+    """Drop the workspace's own allowlist: the server's default applies again."""
+    path = f"{API}/workspaces/{_p(workspace_id)}/egress"
+    return Call(method="DELETE", path=path, shape=_nothing)
+
+
 def providers_health(workspace_id: str | None = None) -> Call[dict[str, Any]]:
     """Each model's circuit breaker, error rate and latency percentiles."""
     params = _params(workspace=workspace_id)

@@ -27,6 +27,7 @@ class Permission(StrEnum):
     BUDGETS_MANAGE = "budgets:manage"
     MODEL_CALL = "model:call"  # the OpenAI-compatible /v1 gateway endpoints
     PROVIDERS_MANAGE = "providers:manage"
+    EGRESS_MANAGE = "egress:manage"  # where the workspace's agents may send HTTP requests
 
 
 _VIEWER = frozenset({Permission.WORKFLOW_READ, Permission.USAGE_READ})
@@ -44,6 +45,7 @@ _ADMIN = _MEMBER | {
     Permission.API_KEYS_MANAGE,
     Permission.BUDGETS_MANAGE,
     Permission.PROVIDERS_MANAGE,
+    Permission.EGRESS_MANAGE,
 }
 _OWNER = _ADMIN | {Permission.WORKSPACE_MANAGE}
 

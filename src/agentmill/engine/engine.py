@@ -29,6 +29,7 @@ from agentmill.gateway.config import parse_gateway_config
 from agentmill.store import queries
 from agentmill.store.db import Database, Tx
 from agentmill.store.dead_letters import DeadLetterPage, list_dead_letters
+from agentmill.store.egress_policies import DatabaseEgress
 from agentmill.store.models import LOCAL_WORKSPACE
 from agentmill.store.queries import RunView, StepView
 from agentmill.store.workflows import VersionRef, load_spec, save_version
@@ -54,6 +55,10 @@ class Engine:
             gateway = build_gateway(db, self.settings, config)
         self.gateway = gateway
         self.tools = tools or ToolRegistry(settings=parse_tool_settings(file, source))
+        # Workspaces' own egress policies (PUT /workspaces/{ws}/egress), unless a test set one.
+        self.egress = DatabaseEgress(db)
+        if self.tools.workspace_egress is None:
+            self.tools.workspace_egress = self.egress
         self.tools.set_default(MEMORY_SECTION, "embedding_model", self.settings.embedding_model)
         self.notifier = WebhookNotifier(
             key=signing_key(self.settings), settings=self.tools.settings_for(SETTINGS_SECTION)

@@ -102,6 +102,22 @@ class WorkspaceProvider(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class WorkspaceEgress(Base):
+    """A workspace's own egress allowlist for ``http_request`` (no row: the operator's default).
+    Entries are stored as the API accepted them; tools.http parses them on use."""
+
+    __tablename__ = "workspace_egress"
+
+    workspace_id: Mapped[str] = mapped_column(
+        Id, ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    hosts: Mapped[list[str]] = mapped_column(JsonValue)
+    networks: Mapped[list[str]] = mapped_column(JsonValue)
+    ports: Mapped[list[int]] = mapped_column(JsonValue)
+    updated_by: Mapped[str | None] = mapped_column(Id)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class RevokedToken(Base):
     """Access tokens ended by logout, kept until they would have expired anyway."""
 
@@ -361,6 +377,7 @@ workspaces = cast(Table, Workspace.__table__)
 memberships = cast(Table, Membership.__table__)
 api_keys = cast(Table, ApiKey.__table__)
 workspace_providers = cast(Table, WorkspaceProvider.__table__)
+workspace_egress = cast(Table, WorkspaceEgress.__table__)
 revoked_tokens = cast(Table, RevokedToken.__table__)
 llm_calls = cast(Table, LlmCall.__table__)
 worker_processes = cast(Table, WorkerProcess.__table__)

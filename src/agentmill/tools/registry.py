@@ -2,8 +2,9 @@
 and the operator's settings for each (from ``agentmill.yaml``'s ``tools:`` section)::
 
     tools:
-      http_request:
+      http_request:                 # the default; a workspace may set its own (tools.http)
         egress: {hosts: [api.github.com, "*.wikipedia.org"], ports: [443]}
+        allow_workspace_networks: false   # or true, or CIDR blocks workspaces may open
       notify:                       # webhooks of human steps (default: any public host)
         egress: {hosts: [hooks.example.com]}
       memory:                       # memory_store and memory_search share one section
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agentmill.config import get_settings, read_config_file
 from agentmill.errors import ConfigError
 from agentmill.tools.artifacts import ArtifactListTool, ArtifactReadTool, ArtifactWriteTool
 from agentmill.tools.base import Tool
 from agentmill.tools.function import load_function_tool
-from agentmill.tools.http import EgressPolicy, HttpRequestTool
+from agentmill.tools.http import WORKSPACE_EGRESS, EgressPolicy, HttpRequestTool, OperatorEgress
 from agentmill.tools.mcp import McpPolicy
 from agentmill.tools.memory import SETTINGS_SECTION, MemorySearchTool, MemoryStoreTool
 from agentmill.tools.sandbox import PythonTool
@@ -55,17 +56,39 @@ BUILTINS: dict[str, Callable[[], Tool]] = {
 _SECTIONS = {"memory_store": SETTINGS_SECTION, "memory_search": SETTINGS_SECTION}
 
 
+class EgressSource(Protocol):
+    """Where a workspace's own egress policy is kept (the database, behind a short cache)."""
+
+    async def egress(self, workspace_id: str) -> Mapping[str, Any] | None: ...
+
+
 class ToolRegistry:
     def __init__(
-        self, tools: Iterable[Tool] = (), *, settings: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        workspace_egress: EgressSource | None = None,
     ) -> None:
         self._tools: dict[str, Tool] = {}
         self.settings = dict(settings or {})
+        # Set by the engine; without it every workspace gets the operator's default policy.
+        self.workspace_egress = workspace_egress
         for tool in tools:
             self.register(tool)
 
     def settings_for(self, tool: str) -> Mapping[str, Any]:
+        """The operator's settings for ``tool``."""
         return self.settings.get(_SECTIONS.get(tool, tool), {})
+
+    async def settings_for_call(self, tool: str, workspace_id: str | None) -> Mapping[str, Any]:
+        """What one call of ``tool`` from ``workspace_id`` reads: the operator's settings, and
+        for ``http_request`` the workspace's own egress policy when it set one."""
+        settings = self.settings_for(tool)
+        if tool != HttpRequestTool.name or workspace_id is None or self.workspace_egress is None:
+            return settings
+        own = await self.workspace_egress.egress(workspace_id)
+        return settings if own is None else {**settings, WORKSPACE_EGRESS: own}
 
     def set_default(self, section: str, key: str, value: Any) -> None:
         """Use ``value`` for ``key`` in ``section`` unless the operator's file sets it (how
@@ -104,9 +127,10 @@ def parse_tool_settings(data: Mapping[str, Any], path: str) -> dict[str, Mapping
         isinstance(v, Mapping) for v in section.values()
     ):
         raise ConfigError(f"{path}: tools must map each tool's name to its settings")
-    for name in ("http_request", "notify"):  # notify: the webhooks of human steps
-        if name in section:
-            EgressPolicy.from_settings(section[name].get("egress"))  # fail at start
+    if "http_request" in section:
+        OperatorEgress.from_settings(section["http_request"])  # fail at start, not per call
+    if "notify" in section:  # the webhooks of human steps
+        EgressPolicy.from_settings(section["notify"].get("egress"))
     model = section.get(SETTINGS_SECTION, {}).get("embedding_model")
     if model is not None and (not isinstance(model, str) or "/" not in model):
         raise ConfigError(

@@ -15,11 +15,13 @@ from fastapi.exceptions import RequestValidationError
 
 from agentmill.api.deps import DbDep, SettingsDep, WorkspaceAccess, require
 from agentmill.api.schemas import PROVIDER_NAME, ProviderCreate, ProviderPublic, ProviderUpdate
+from agentmill.config import Settings
 from agentmill.domain.permissions import Permission
 from agentmill.errors import NotFound
 from agentmill.store.db import Tx
 from agentmill.store.repositories import providers
 from agentmill.store.repositories.providers import ProviderRecord
+from agentmill.tools.http import Refused, check_public_url
 
 router = APIRouter(tags=["providers"])
 
@@ -51,6 +53,23 @@ def _check(kind: str, base_url: str | None, has_api_key: bool) -> None:
         raise RequestValidationError(errors)
 
 
+async def _check_destination(base_url: str | None, settings: Settings) -> None:
+    """Refuse a base URL on a non-public address (422) unless the operator allows them: the
+    server would otherwise call, for a workspace, its own network or a metadata endpoint."""
+    if base_url is None or settings.allow_private_provider_urls:
+        return
+    try:
+        await check_public_url(base_url)
+    except Refused as exc:
+        message = (
+            f"refused: {exc}; this server only calls providers on public addresses "
+            "(the operator can allow others with AGENTMILL_ALLOW_PRIVATE_PROVIDER_URLS)"
+        )
+        raise RequestValidationError(
+            [{"loc": ("body", "base_url"), "msg": message, "type": "value_error"}]
+        ) from None
+
+
 def _known(name: str) -> str:
     # A name no provider can have is not looked up (nor sent to the database as it is).
     if not _NAME.match(name) or len(name) > 64:
@@ -71,6 +90,7 @@ async def create_provider(
 ) -> ProviderPublic:
     """Add a provider; its models are then ``name/model`` in this workspace (admins, owners)."""
     _check(body.kind, body.base_url, body.api_key is not None)
+    await _check_destination(body.base_url, settings)
     api_key = body.api_key.get_secret_value() if body.api_key is not None else None
     record = await db.write(
         lambda tx: providers.create_provider(
@@ -104,6 +124,7 @@ async def update_provider(
     changes = {key: getattr(body, key) for key in body.model_fields_set}
     if changes.get("api_key") is not None:
         changes["api_key"] = changes["api_key"].get_secret_value()
+    await _check_destination(changes.get("base_url"), settings)
 
     def update(tx: Tx) -> ProviderRecord:
         # Checked against the stored row in the same transaction, so two PATCHes cannot

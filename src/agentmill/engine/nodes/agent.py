@@ -184,11 +184,12 @@ async def _result(
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
         return ToolResult(content=f"invalid arguments at {where}: {error.message}", is_error=True)
+    workspace_id = ctx.claim.caller.workspace_id
     context = ToolContext(
-        workspace_id=ctx.claim.caller.workspace_id,
+        workspace_id=workspace_id,
         run_id=ctx.claim.run_id,
         step_key=ctx.claim.step_key,
-        settings=ctx.tools.settings_for(call.name),
+        settings=await ctx.tools.settings_for_call(call.name, workspace_id),
         db=ctx.db,
         gateway=ctx.gateway,
         call_context=ctx.call_context(turn=turn, agent=agent),

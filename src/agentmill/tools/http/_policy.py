@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
@@ -20,7 +20,8 @@ _KEYS = {"hosts", "networks", "ports"}
 class EgressPolicy:
     """Where ``http_request`` may go for one workspace. The default allows nothing.
 
-    Read from ``ToolContext.settings["egress"]``::
+    The operator's default is ``ToolContext.settings["egress"]``; a workspace's own policy (set
+    over the API) replaces it (see ``_operator.OperatorEgress``). Both have this shape::
 
         {"hosts": ["api.example.com", "*.example.org"],   # "*" allows any host name
          "networks": ["10.20.0.0/16"],                    # non-public ranges opted into
@@ -89,6 +90,31 @@ class EgressPolicy:
         return any(f"*.{'.'.join(labels[i:])}" in self.hosts for i in range(1, len(labels)))
 
 
+def entry_errors(value: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """Every bad entry of an egress mapping's ``hosts``, ``networks`` and ``ports`` lists, as
+    ``(key, index, reason)``: the same rules as :meth:`EgressPolicy.from_settings`, for an API
+    that names each entry it refuses."""
+    errors: list[tuple[str, int, str]] = []
+    checks: dict[str, Callable[[Any], object]] = {
+        "hosts": _host_pattern,
+        "networks": _network,
+        "ports": _port,
+    }
+    for key, check in checks.items():
+        for index, entry in enumerate(value.get(key) or ()):
+            try:
+                check(entry)
+            except ConfigError as exc:
+                errors.append((key, index, str(exc)))
+    return errors
+
+
+def _port(value: Any) -> int:
+    if not _is_port(value):
+        raise ConfigError(f"egress port {value!r} is not a port (1-65535)")
+    return int(value)
+
+
 def _strings(value: Any, key: str) -> Iterable[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"egress {key} must be a list of strings, not {value!r}")
@@ -97,6 +123,8 @@ def _strings(value: Any, key: str) -> Iterable[str]:
 
 def _host_pattern(pattern: str) -> str:
     """Normalise a host pattern the way URLs are normalised, so the two compare equal."""
+    if not isinstance(pattern, str):
+        raise ConfigError(f"egress host {pattern!r} is not a host name or IP address")
     if pattern == "*":
         return pattern
     wildcard = pattern.startswith("*.")
@@ -115,6 +143,8 @@ def _host_pattern(pattern: str) -> str:
 
 
 def _network(text: str) -> IPv4Network | IPv6Network:
+    if not isinstance(text, str):
+        raise ConfigError(f"egress network {text!r} is not a CIDR block")
     try:
         return ip_network(text, strict=True)
     except ValueError as exc:

@@ -26,6 +26,7 @@ from agentmill.tools.base import ToolContext, ToolResult
 from agentmill.tools.http._addresses import IPAddress, parse_address
 from agentmill.tools.http._body import read_capped, render_body
 from agentmill.tools.http._errors import Refused, RequestFailed
+from agentmill.tools.http._operator import call_policy
 from agentmill.tools.http._policy import EgressPolicy
 from agentmill.tools.http._request import METHODS, Call, InvalidArguments, parse_call
 from agentmill.tools.http._transport import PinnedBackend, PinnedTransport
@@ -123,7 +124,7 @@ class HttpRequestTool:
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         """Make the request; every failure is an error result, never an exception."""
         try:
-            policy = EgressPolicy.from_settings(context.settings.get("egress"))
+            policy = call_policy(context.settings)
             call = parse_call(
                 arguments,
                 default_timeout=self.default_timeout,

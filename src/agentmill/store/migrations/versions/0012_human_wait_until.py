@@ -1,7 +1,7 @@
 """steps.wait_until: when a waiting human step times out
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 
 The worker's periodic sweep finds overdue waiting steps through the partial index, which holds
 only waiting steps that have a deadline.
@@ -15,7 +15,7 @@ from alembic import op
 from agentmill.store import types as am
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -9,6 +9,8 @@ from agentmill.domain.spec import AgentSpec, AnyStep
 from agentmill.domain.templates import render_value
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
+from agentmill.engine.live import LiveBus, live_event
+from agentmill.engine.live_chat import DeltaPublisher, stream_chat
 from agentmill.engine.outcomes import LogLine
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
 from agentmill.gateway.types import CallReport
@@ -24,6 +26,7 @@ class StepContext:
     gateway: Gateway
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     db: Database | None = None  # for tools that keep data (memory); None in unit tests
+    live: LiveBus | None = None  # the run's live followers (token deltas, tool notices)
     calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None
@@ -73,7 +76,30 @@ class StepContext:
         One try per model: the engine retries a step durably, with backoff, without holding a
         worker slot, so the gateway only fails over."""
         request = replace(request, tries_per_model=1)
-        response = await self.gateway.chat(request, sink=self.calls.append)
+        if self.live is not None and await self.live.watched(self.claim.root_run_id):
+            # Someone follows the run: stream, so they see the answer as it is written.
+            data = {"source": "llm", "turn": request.context.turn, "agent": request.context.agent}
+            publisher = DeltaPublisher(self.live, self.claim.root_run_id, self._live_base(data))
+            response = await stream_chat(self.gateway, request, self.calls.append, publisher)
+        else:
+            response = await self.gateway.chat(request, sink=self.calls.append)
         for notice in response.notices:
             self.log(notice, level="warning", topic="budget")
         return response
+
+    async def notify(self, type: str, level: str = "info", **data: Any) -> None:
+        """Tell the run's live followers, if any, what the step is doing now. Not stored: what
+        must be kept goes through :meth:`log`, with the step's result."""
+        if self.live is None or not await self.live.watched(self.claim.root_run_id):
+            return
+        base = self._live_base(data)
+        event = live_event(type=type, level=level, **base)
+        await self.live.publish(self.claim.root_run_id, event)
+
+    def _live_base(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": self.claim.run_id,
+            "step_key": self.claim.step_key,
+            "attempt": self.claim.attempt,
+            "data": data,
+        }

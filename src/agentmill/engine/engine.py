@@ -19,6 +19,7 @@ from agentmill.domain.states import RunStatus
 from agentmill.engine.claims import RunCaller
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.gateway_setup import build_gateway
+from agentmill.engine.live import LiveBus
 from agentmill.engine.transitions import Transitions, spec_loader
 from agentmill.engine.worker import Worker
 from agentmill.errors import ConfigError
@@ -53,11 +54,15 @@ class Engine:
         self.gateway = gateway
         self.tools = tools or ToolRegistry(settings=parse_tool_settings(file, source))
         self.tools.set_default(SETTINGS_SECTION, "embedding_model", self.settings.embedding_model)
+        # Token deltas and tool notices for live followers; across processes through Redis.
+        self.live = LiveBus(self.settings.shared_redis_url)
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 
     async def aclose(self) -> None:
-        """Close the gateway (its provider clients, Redis connections, pending usage records)."""
+        """Close the gateway (its provider clients, Redis connections, pending usage records)
+        and the live events' Redis connections."""
+        await self.live.aclose()
         await self.gateway.aclose()
 
     # ------------------------------------------------------------------ workflows

@@ -15,6 +15,7 @@ from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.context import StepContext
+from agentmill.engine.live import LiveBus
 from agentmill.engine.nodes import NODES
 from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
@@ -35,6 +36,7 @@ async def execute(
     gateway: Gateway,
     tools: ToolRegistry | None = None,
     db: Database | None = None,
+    live: LiveBus | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     spec = compiled.steps[claim.spec_id]
@@ -46,6 +48,7 @@ async def execute(
         gateway=gateway,
         tools=tools or ToolRegistry(),
         db=db,
+        live=live,
     )
     outcome: Outcome
     try:

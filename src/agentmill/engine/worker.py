@@ -226,7 +226,9 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         engine = self.engine
         compiled = await engine.compiled(claim.version_id, claim.spec_path)
-        report = await execute(claim, compiled, engine.gateway, engine.tools, engine.db)
+        report = await execute(
+            claim, compiled, engine.gateway, engine.tools, engine.db, engine.live
+        )
         if claim.step_id in self._lost:
             await self.queue.done([claim.step_id])
             return

@@ -19,6 +19,7 @@ import jsonschema
 
 from agentmill.domain.spec import AgentSpec, AgentStep, MapAgent
 from agentmill.engine.context import StepContext
+from agentmill.engine.live import TOOL
 from agentmill.engine.nodes._output import parse_output
 from agentmill.engine.outcomes import Outcome, Succeeded
 from agentmill.errors import ConfigError, RetryableError, StepFailed
@@ -27,6 +28,7 @@ from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
 from agentmill.tools.mcp import is_mcp_ref, mcp_tools
 
 _RESULT_LIMIT = 64_000  # characters of one tool result sent back to the model
+_PREVIEW_LIMIT = 1000  # characters of a call's arguments in its live notice
 
 
 async def run_agent(ctx: StepContext) -> Outcome:
@@ -112,10 +114,23 @@ def _repair_prompt(problem: str) -> str:
 
 
 async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall, turn: int) -> str:
-    """Run one call and return what the model is told; audit it either way."""
+    """Run one call and return what the model is told; audit it either way (live followers
+    hear of it as it starts and ends; the audit line is stored with the step's result)."""
     started = time.perf_counter()
+    about: dict[str, Any] = {"source": "step", "tool": call.name, "call_id": call.id, "turn": turn}
+    await ctx.notify(TOOL, phase="start", arguments=_preview(call.arguments_json), **about)
     result = await _result(ctx, tools, call, turn)
     text = _as_text(result)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    outcome = "error" if result.is_error else "ok"
+    await ctx.notify(
+        TOOL,
+        level="warning" if result.is_error else "info",
+        phase="end",
+        outcome=outcome,
+        duration_ms=duration_ms,
+        **about,
+    )
     ctx.log(
         f"tool {call.name}: {'error' if result.is_error else 'ok'}",
         level="warning" if result.is_error else "info",
@@ -124,9 +139,9 @@ async def _call_tool(ctx: StepContext, tools: Mapping[str, Tool], call: ToolCall
         call_id=call.id,
         turn=turn,
         arguments=dict(call.arguments),
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=duration_ms,
         result_size=len(text),
-        outcome="error" if result.is_error else "ok",
+        outcome=outcome,
         error=text[:500] if result.is_error else None,
     )
     if len(text) > _RESULT_LIMIT:
@@ -178,3 +193,7 @@ def _as_text(result: ToolResult) -> str:
         return json.dumps(content, default=str)
     except (TypeError, ValueError):
         return str(content)
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= _PREVIEW_LIMIT else text[: _PREVIEW_LIMIT - 1] + "…"

@@ -82,9 +82,11 @@ async def test_a_follower_sees_deltas_and_tool_notices_before_the_step_ends(
     assert "".join(d["data"]["text"] for d in deltas) == ANSWER
     assert {d["data"]["turn"] for d in deltas if d["data"]["text"]} == {1}
     first = deltas[0]
-    assert first["ephemeral"] is True and "id" not in first
+    assert first["ephemeral"] is True
+    assert "id" not in first
     assert (first["run_id"], first["step_key"], first["attempt"]) == (run_id, "write", 1)
-    assert first["data"]["agent"] == "writer" and first["data"]["source"] == "llm"
+    assert first["data"]["agent"] == "writer"
+    assert first["data"]["source"] == "llm"
     # the tool call: its name streamed in turn 0, then its start and end, all before the end
     assert deltas[0]["data"]["tool_calls"] == [{"index": 0, "id": "call_0_0", "name": "add"}]
     tools = [e for e in timeline if e["type"] == "step.tool"]
@@ -93,7 +95,8 @@ async def test_a_follower_sees_deltas_and_tool_notices_before_the_step_ends(
         ("end", "add"),
     ]
     assert tools[0]["data"]["arguments"] == '{"a":2,"b":3}'
-    assert tools[1]["data"]["outcome"] == "ok" and tools[1]["data"]["call_id"] == "call_0_0"
+    assert tools[1]["data"]["outcome"] == "ok"
+    assert tools[1]["data"]["call_id"] == "call_0_0"
     assert timeline.index(tools[1]) < timeline.index(deltas[-1]) < succeeded
     assert model.streams == 2  # both turns streamed, because someone watched
 

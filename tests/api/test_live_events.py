@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from agentmill.api.app import create_app
+from agentmill.client import AsyncClient
 from agentmill.config import Settings
 from agentmill.store import queries
 from agentmill.store.db import Database
@@ -74,6 +75,16 @@ async def follow_while_it_runs(
     return seen
 
 
+async def log_only(url: str, who: Account, run_id: str, waiting: asyncio.Event) -> list[Any]:
+    seen = []
+    async with AsyncClient(url, token=who.token) as am:
+        async for event in am.events(run_id, live=False):
+            seen.append(event)
+            if event["type"] == "step.waiting":
+                waiting.set()
+    return seen
+
+
 async def test_deltas_and_tool_notices_stream_live_over_sse(
     database_url: str, db: Database
 ) -> None:
@@ -88,7 +99,12 @@ async def test_deltas_and_tool_notices_stream_live_over_sse(
                     f"/api/v1/workflows/{workflow['id']}/runs", json={}, headers=ana.headers
                 )
             ).json()
+            # The Python client, following with live=False at the same time: the log alone.
+            waiting = asyncio.Event()
+            plain = asyncio.create_task(log_only(url, ana, run["id"], waiting))
+            await asyncio.wait_for(waiting.wait(), 30)
             live = await asyncio.wait_for(follow_while_it_runs(client, ana, run["id"]), 30)
+            logged = await asyncio.wait_for(plain, 30)
             replay = [m async for m in messages(client, ana, run["id"])]
     stored = await db.read(lambda tx: queries.list_events(tx, root_run_id=run["id"]))
 
@@ -118,3 +134,4 @@ async def test_deltas_and_tool_notices_stream_live_over_sse(
     # a replay is the log alone: no deltas, nothing stored for them
     assert [m["data"]["id"] for m in replay] == [m["data"]["id"] for m in durable]
     assert not [e for e in stored if e["type"] in ("step.delta", "step.tool")]
+    assert [e["id"] for e in logged] == [m["data"]["id"] for m in durable]

@@ -71,6 +71,14 @@ async def run_events(
     source: Annotated[
         list[str] | None, Query(description="Only these sources (engine, llm, step).")
     ] = None,
+    live_events: Annotated[
+        bool,
+        Query(
+            alias="live",
+            description="Also send live, unstored events (step.delta, step.tool); false: "
+            "only the log's events.",
+        ),
+    ] = True,
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
 ) -> StreamingResponse:
     """The run's events (and its sub-runs'): what happened so far, then live, until it ends."""
@@ -84,7 +92,7 @@ async def run_events(
             lambda tx, after: queries.list_events(tx, root_run_id=run_id, after=after, limit=500),
             after=last_event_id or 0,
             until_run=run_id,
-            live=live,
+            live=live if live_events else None,
         )
         async with contextlib.aclosing(events):
             async for event in events:

@@ -3,6 +3,7 @@ the step runs, are not stored, and cost nothing (no streaming) when nobody follo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,3 +122,55 @@ async def test_nobody_watching_means_no_streaming_and_no_live_events(
     assert (await steps_by_key(engine, run_id))["write"].output == ANSWER
     assert model.streams == 0  # plain calls: no cost for a feature nobody uses
     assert seen == []
+
+
+NESTED = f"""
+name: parent
+steps:
+  - id: child
+    spec:
+      name: child
+      agents:
+        m: {{model: scripted/m, options: {{reply: "{ANSWER}"}}}}
+      steps:
+        - {{id: gate, type: human}}
+        - {{id: shout, agent: m, prompt: Shout., needs: [gate]}}
+"""
+
+
+async def status_of(engine: Engine, run_id: str, wanted: str) -> None:
+    for _ in range(500):
+        if (await engine.get_run(run_id)).status == wanted:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} never became {wanted}")
+
+
+async def test_a_sub_runs_deltas_reach_followers_of_it_and_of_its_root(engine: Engine) -> None:
+    root_id = await start(engine, NESTED)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(engine.worker(name="w", queues=None).run(stop))
+    of_root: list[dict[str, Any]] = []
+    of_child: list[dict[str, Any]] = []
+    try:
+        for _ in range(500):
+            child_id = (await steps_by_key(engine, root_id))["child"].child_run_id
+            if child_id is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert child_id is not None
+        await status_of(engine, child_id, "WAITING")
+        unsubscribe_root = await engine.live.subscribe(root_id, of_root.append)
+        unsubscribe_child = await engine.live.subscribe(child_id, of_child.append)
+        await engine.decide(child_id, "gate", approved=True)
+        await status_of(engine, root_id, "COMPLETED")
+        unsubscribe_root()
+        unsubscribe_child()
+    finally:
+        stop.set()
+        await worker
+
+    for seen in (of_root, of_child):
+        deltas = [e for e in seen if e["type"] == "step.delta"]
+        assert {(e["run_id"], e["step_key"]) for e in deltas} == {(child_id, "shout")}
+        assert "".join(e["data"]["text"] for e in deltas) == ANSWER

@@ -76,10 +76,11 @@ class StepContext:
         One try per model: the engine retries a step durably, with backoff, without holding a
         worker slot, so the gateway only fails over."""
         request = replace(request, tries_per_model=1)
-        if self.live is not None and await self.live.watched(self.claim.root_run_id):
+        audience = await self._audience()
+        if self.live is not None and audience:
             # Someone follows the run: stream, so they see the answer as it is written.
             data = {"source": "llm", "turn": request.context.turn, "agent": request.context.agent}
-            publisher = DeltaPublisher(self.live, self.claim.root_run_id, self._live_base(data))
+            publisher = DeltaPublisher(self.live, audience, self._live_base(data))
             response = await stream_chat(self.gateway, request, self.calls.append, publisher)
         else:
             response = await self.gateway.chat(request, sink=self.calls.append)
@@ -90,11 +91,20 @@ class StepContext:
     async def notify(self, type: str, level: str = "info", **data: Any) -> None:
         """Tell the run's live followers, if any, what the step is doing now. Not stored: what
         must be kept goes through :meth:`log`, with the step's result."""
-        if self.live is None or not await self.live.watched(self.claim.root_run_id):
+        audience = await self._audience()
+        if self.live is None or not audience:
             return
-        base = self._live_base(data)
-        event = live_event(type=type, level=level, **base)
-        await self.live.publish(self.claim.root_run_id, event)
+        event = live_event(type=type, level=level, **self._live_base(data))
+        for run_id in audience:
+            await self.live.publish(run_id, event)
+
+    async def _audience(self) -> tuple[str, ...]:
+        """The followed runs this step's live events go to: its root run (whose stream shows
+        its sub-runs too) and, for a sub-run's step, the sub-run itself."""
+        if self.live is None:
+            return ()
+        runs = {self.claim.root_run_id, self.claim.run_id}
+        return tuple(sorted([r for r in runs if await self.live.watched(r)]))
 
     def _live_base(self, data: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -23,9 +23,9 @@ FLUSH_CHARS = 2000
 class DeltaPublisher:
     """Coalesces one model call's deltas into ``step.delta`` events."""
 
-    def __init__(self, bus: LiveBus, root_run_id: str, base: dict[str, Any]) -> None:
+    def __init__(self, bus: LiveBus, audience: tuple[str, ...], base: dict[str, Any]) -> None:
         self._bus = bus
-        self._root = root_run_id
+        self._audience = audience  # the followed runs (by id) the events go to
         self._base = base  # run_id, step_key, attempt, and the data every event carries
         self._text: list[str] = []
         self._size = 0
@@ -68,7 +68,8 @@ class DeltaPublisher:
             type=DELTA,
             data=data,
         )
-        await self._bus.publish(self._root, event)
+        for run_id in self._audience:
+            await self._bus.publish(run_id, event)
 
     def cancel(self) -> None:
         """The call failed or was cancelled: drop what is buffered, send nothing more."""

@@ -72,14 +72,12 @@ async def follow(
     unsubscribe_remote = db.subscribe_remote(
         lambda channel, _root: signals.on_log() if channel == EVENTS_CHANNEL else None
     )
-    unsubscribe_live = (
-        await live.subscribe(until_run, signals.on_live)
-        if live is not None and until_run is not None
-        else None
-    )
+    unsubscribe_live: Callable[[], None] | None = None
     ended = False
     finished: set[tuple[str, str, int]] = set()  # step attempts whose end was sent
     try:
+        if live is not None and until_run is not None:
+            unsubscribe_live = await live.subscribe(until_run, signals.on_live)
         while True:
             signals.wake.clear()
             # Taken before the read: they were published before anything it may return.

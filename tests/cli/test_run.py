@@ -363,7 +363,7 @@ def test_on_a_terminal_a_running_agent_step_shows_its_model_writing(workdir: Pat
             f"""\
             name: live
             agents:
-              m: {{model: scripted/m, options: {{stream_delay: 0.05, reply: "{words}"}}}}
+              m: {{model: scripted/m, options: {{stream_delay: 0.1, reply: "{words}"}}}}
             steps:
               - {{id: write, agent: m, prompt: Write.}}
             outputs:
@@ -387,7 +387,7 @@ def test_on_a_terminal_a_running_agent_step_shows_its_model_writing(workdir: Pat
     try:
         # The words are not in the outputs (only their length is): they can only come from
         # the running step's note, as its model wrote them.
-        _read_until(master, b"streamed20", seen)
+        _read_until(master, b"streamed", seen)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:

@@ -53,7 +53,10 @@ async def read_stream(
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
             if line.startswith("data: "):
-                events.append(json.loads(line[len("data: ") :]))
+                event = json.loads(line[len("data: ") :])
+                if event.get("ephemeral"):  # live deltas: tests/api/test_live_events.py
+                    continue
+                events.append(event)
                 if stop_after is not None and len(events) >= stop_after:
                     break
     return events

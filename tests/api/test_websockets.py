@@ -4,6 +4,7 @@ workspace's run feed; credentials required, other tenants' runs hidden."""
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,13 +75,14 @@ def test_a_run_stream_replays_follows_and_resumes(server: str) -> None:
     with connect(
         f"ws://{server}/api/v1/runs/{run_id}/ws", additional_headers=headers
     ) as connection:
-        everything = receive_all(connection)  # the server closes it when the run ends
+        # The server closes it when the run ends. Live deltas (no id) are checked below.
+        everything = [m for m in receive_all(connection) if not m.get("ephemeral")]
     middle = everything[len(everything) // 2]["id"]
     token = headers["Authorization"].split()[1]
     with connect(
         f"ws://{server}/api/v1/runs/{run_id}/ws?after={middle}&token={token}"
     ) as connection:
-        rest = receive_all(connection)
+        rest = [m for m in receive_all(connection) if not m.get("ephemeral")]
 
     ids = [m["id"] for m in everything]
     assert ids == sorted(ids)
@@ -128,3 +130,40 @@ def test_websockets_need_credentials_and_hide_other_tenants(server: str) -> None
         f"ws://{server}/api/v1/workspaces/{ws}/runs/ws", additional_headers=other_headers
     ) as connection:
         assert json.loads(connection.recv(timeout=10))["error"]["code"] == "not_found"
+
+
+def test_a_run_stream_carries_live_deltas_marked_ephemeral(server: str) -> None:
+    headers, ws = account(server)
+    answer = " ".join(f"w{i}" for i in range(45))
+    text = textwrap.dedent(
+        f"""\
+        name: live
+        agents:
+          m: {{model: scripted/m, options: {{stream_delay: 0.02, reply: "{answer}"}}}}
+        steps:
+          - id: go
+            type: human
+          - id: write
+            needs: [go]
+            agent: m
+            prompt: Write.
+        """
+    )
+    run_id = start_run(server, headers, ws, text)
+    messages: list[dict[str, Any]] = []
+    with connect(
+        f"ws://{server}/api/v1/runs/{run_id}/ws", additional_headers=headers
+    ) as connection:
+        while not messages or messages[-1]["type"] != "step.waiting":
+            messages.append(json.loads(connection.recv(timeout=20)))
+        with httpx.Client(base_url=f"http://{server}/api/v1", headers=headers) as http:
+            assert http.post(f"/runs/{run_id}/steps/go/approve", json={}).status_code == 200
+        messages += receive_all(connection)
+
+    deltas = [m for m in messages if m["type"] == "step.delta"]
+    done = next(m for m in messages if m["type"] == "step.succeeded" and m["step"] == "write")
+    assert len(deltas) >= 2
+    assert all(messages.index(m) < messages.index(done) for m in deltas)
+    assert "".join(m["data"]["text"] for m in deltas) == answer
+    assert all(m["ephemeral"] is True and "id" not in m for m in deltas)
+    assert all("ephemeral" not in m for m in messages if m not in deltas)

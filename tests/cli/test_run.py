@@ -381,3 +381,44 @@ def test_on_a_terminal_the_run_asks_for_approval_and_follows_the_answer(
     assert steps["review"].output == {"approved": False, "by": "terminal", "comment": "too formal"}
     assert steps["publish"].status == StepStatus.SKIPPED
     assert steps["revise"].status == StepStatus.SUCCEEDED
+
+
+def test_on_a_terminal_a_running_agent_step_shows_its_model_writing(workdir: Path) -> None:
+    words = " ".join(f"streamed{i}" for i in range(40))
+    flow = workdir / "live.yaml"
+    flow.write_text(
+        textwrap.dedent(
+            f"""\
+            name: live
+            agents:
+              m: {{model: scripted/m, options: {{stream_delay: 0.1, reply: "{words}"}}}}
+            steps:
+              - {{id: write, agent: m, prompt: Write.}}
+            outputs:
+              length: "{{{{ steps.write.output | length }}}}"
+            """
+        )
+    )
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*CLI, "run", str(flow), "--db", f"sqlite:///{workdir / 'runs.db'}"],
+        cwd=workdir,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = bytearray()
+    try:
+        # The words are not in the outputs (only their length is): they can only come from
+        # the running step's note, as its model wrote them.
+        _read_until(master, b"streamed", seen)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

@@ -127,11 +127,13 @@ async def test_a_stream_fails_over_before_its_first_delta() -> None:
     primary, backup = Flaky("primary"), Flaky("backup")
     primary.fail(server_error(), times=2)
     collector = StreamCollector("x")
-    async for delta in gateway(primary, backup).stream(ask(fallbacks=("backup/m",))):
+    deltas = [d async for d in gateway(primary, backup).stream(ask(fallbacks=("backup/m",)))]
+    for delta in deltas:
         collector.add(delta)
     assert collector.response().content == "backup answers "
     assert collector.usage.output_tokens == 100
     assert collector.usage.cost == Decimal("0.001")
+    assert [d.model for d in deltas if d.model is not None] == ["backup/m"]  # who answered
 
 
 # ---------------------------------------------------------------- circuit breakers
@@ -259,6 +261,19 @@ def _lines(gw: Gateway) -> list[str]:
             now=datetime.now(UTC),
         )
     ]
+
+
+async def test_a_stream_carries_the_soft_limit_notice_on_its_priced_delta() -> None:
+    budget = workspace_budget("0.005", scope=BudgetScope.API_KEY)
+    policies = StaticPolicies({"ws_1": WorkspacePolicy(budgets=(budget,))})
+    gw = gateway(Flaky("primary"), policies=policies)
+    for _ in range(3):
+        await gw.chat(ask())
+    deltas = [d async for d in gw.stream(ask())]
+    assert [d.notices for d in deltas if d.notices] == [
+        ("api_key monthly budget 'b_api_key' for 'key_1' passed 80% of its 0.005 USD",)
+    ]
+    assert deltas[-1].usage is not None
 
 
 async def test_each_api_key_has_its_own_budget_and_the_soft_limit_warns_once() -> None:

@@ -64,6 +64,7 @@ def create_app(
         app.state.db = db
         app.state.settings = settings
         app.state.engine = engine
+        app.state.live = engine.live  # token deltas and tool notices for the run streams
         app.state.gateway = engine.gateway  # the /v1 endpoints share the engine's gateway
         stop = asyncio.Event()
         worker = (

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from agentmill.api.security import api_key_prefix, hash_api_key, read_token, same_hash
 from agentmill.config import Settings
 from agentmill.domain.permissions import Permission, Role, allows
+from agentmill.engine.live import LiveBus
 from agentmill.errors import NotAuthenticated, NotFound, PermissionDenied
 from agentmill.store.db import Database, Tx
 from agentmill.store.repositories import accounts, api_keys, workspaces
@@ -33,8 +34,14 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
+async def _live(request: Request) -> LiveBus:
+    live: LiveBus = request.app.state.live
+    return live
+
+
 DbDep = Annotated[Database, Depends(_db)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+LiveDep = Annotated[LiveBus, Depends(_live)]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,7 @@ _EVENT_STATUS = {
     "step.fanout": "RUNNING",
     "step.child_run": "RUNNING",
 }
+_LIVE_NOTE = 60  # characters of a running step's streamed text shown in its note
 
 
 @dataclass
@@ -61,6 +62,7 @@ class StepLine:
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
     note: str = ""
+    streamed: str = ""  # the tail of what the running attempt's model wrote so far
 
 
 class Progress:
@@ -125,6 +127,21 @@ class Progress:
         if self.live is not None:
             self.live.update(self._render())
 
+    def on_live(self, event: dict[str, Any]) -> None:
+        """A live event of a running step: its note shows the end of what its model is
+        writing, or the tool it is calling (redrawn at the table's pace, not per token)."""
+        line = self.lines.get(self.prefix.get(event["run_id"], "…") + event["step_key"])
+        if line is None or line.status != "RUNNING":
+            return
+        data: dict[str, Any] = event["data"]
+        if event["type"] == "step.delta" and data.get("text"):
+            line.streamed = (line.streamed + data["text"])[-4 * _LIVE_NOTE :]
+            line.note = " ".join(line.streamed.split())[-_LIVE_NOTE:]
+        elif event["type"] == "step.tool":
+            line.note = f"calling {data.get('tool')}…" if data.get("phase") == "start" else ""
+        if self.live is not None:
+            self.live.update(self._render())
+
     def _apply(self, event: dict[str, Any]) -> None:
         kind: str = event["type"]
         data: dict[str, Any] = event["data"]
@@ -143,6 +160,7 @@ class Progress:
             return
         if status == "RUNNING" and kind == "step.started":
             line.started = time.monotonic()
+            line.streamed = ""
             line.attempt = event["attempt"] or line.attempt
         if kind in ("step.succeeded", "step.failed", "step.retrying"):
             line.input_tokens += int(data.get("input_tokens", 0))

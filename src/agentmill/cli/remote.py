@@ -186,7 +186,7 @@ def logs(run_id: str, server: Server = DEFAULT_SERVER, api_key: ApiKey = "") -> 
     """Follow a run's events until it ends."""
     with _client(server, api_key) as client:
         try:
-            for event in client.events(run_id):
+            for event in client.events(run_id, live=False):  # the log, not token deltas
                 out.print(_event_line(event), markup=False)
         except ApiError as exc:
             raise _fail(exc) from None

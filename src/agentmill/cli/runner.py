@@ -108,6 +108,13 @@ async def _drive(
         verb = "resuming" if options.resume else "running"
         err.print(f"▶ {verb} [bold]{escape(run.workflow)}[/] · run {run_id}")
     unsubscribe = engine.db.subscribe(progress.on_events) if not options.json_output else None
+    # On a terminal, the running step's note shows its model writing (steps stream only while
+    # someone follows, so not when the output goes to a file or a program).
+    unfollow = (
+        await engine.live.subscribe(run_id, progress.on_live)
+        if progress.interactive and not options.json_output
+        else None
+    )
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,6 +150,8 @@ async def _drive(
             loop.remove_signal_handler(sig)
         if unsubscribe:
             unsubscribe()
+        if unfollow:
+            unfollow()
     return await _report(engine, run, options, out, err, time.monotonic() - started)
 
 

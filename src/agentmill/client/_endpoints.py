@@ -456,14 +456,18 @@ def events(
     after: int | None = None,
     level: str | Sequence[str] | None = None,
     source: str | Sequence[str] | None = None,
+    live: bool = True,
 ) -> Feed[dict[str, Any]]:
     """The run's events (and its sub-runs'), replayed then live, until the run ends.
 
     ``after`` resumes after that event id (``Last-Event-ID``); ``level`` (info, warning, error)
-    and ``source`` (engine, llm, step) keep only those events.
+    and ``source`` (engine, llm, step) keep only those events. While the run goes on, live
+    events that are not stored come too: ``step.delta`` (a model writing) and ``step.tool``
+    (a tool call starting or ending), with ``"ephemeral": True`` and no ``id``; ``live=False``
+    leaves them out.
     """
     headers = {"Last-Event-ID": str(after)} if after is not None else None
-    params = _params(level=_list(level), source=_list(source))
+    params = _params(level=_list(level), source=_list(source), live=None if live else "false")
     path = f"{API}/runs/{_p(run_id)}/events"
     yield Stream(
         Call(method="GET", path=path, params=params, headers=headers, shape=_nothing), sse_data

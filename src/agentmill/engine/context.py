@@ -10,6 +10,8 @@ from agentmill.domain.spec import AgentSpec, AnyStep
 from agentmill.domain.templates import render_value
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
+from agentmill.engine.live import LiveBus, live_event
+from agentmill.engine.live_chat import DeltaPublisher, stream_chat
 from agentmill.engine.outcomes import LogLine
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
 from agentmill.gateway.types import CallReport
@@ -29,6 +31,7 @@ class StepContext:
     # References to upstream steps' artifacts, for the steps whose ``.artifacts`` this step's
     # templates read (loaded only then: most steps read none).
     upstream_artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    live: LiveBus | None = None  # the run's live followers (token deltas, tool notices)
     calls: list[CallReport] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
     _template_context: dict[str, Any] | None = None
@@ -86,7 +89,40 @@ class StepContext:
         One try per model: the engine retries a step durably, with backoff, without holding a
         worker slot, so the gateway only fails over."""
         request = replace(request, tries_per_model=1)
-        response = await self.gateway.chat(request, sink=self.calls.append)
+        audience = await self._audience()
+        if self.live is not None and audience:
+            # Someone follows the run: stream, so they see the answer as it is written.
+            data = {"source": "llm", "turn": request.context.turn, "agent": request.context.agent}
+            publisher = DeltaPublisher(self.live, audience, self._live_base(data))
+            response = await stream_chat(self.gateway, request, self.calls.append, publisher)
+        else:
+            response = await self.gateway.chat(request, sink=self.calls.append)
         for notice in response.notices:
             self.log(notice, level="warning", topic="budget")
         return response
+
+    async def notify(self, type: str, level: str = "info", **data: Any) -> None:
+        """Tell the run's live followers, if any, what the step is doing now. Not stored: what
+        must be kept goes through :meth:`log`, with the step's result."""
+        audience = await self._audience()
+        if self.live is None or not audience:
+            return
+        event = live_event(type=type, level=level, **self._live_base(data))
+        for run_id in audience:
+            await self.live.publish(run_id, event)
+
+    async def _audience(self) -> tuple[str, ...]:
+        """The followed runs this step's live events go to: its root run (whose stream shows
+        its sub-runs too) and, for a sub-run's step, the sub-run itself."""
+        if self.live is None:
+            return ()
+        runs = {self.claim.root_run_id, self.claim.run_id}
+        return tuple(sorted([r for r in runs if await self.live.watched(r)]))
+
+    def _live_base(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": self.claim.run_id,
+            "step_key": self.claim.step_key,
+            "attempt": self.claim.attempt,
+            "data": data,
+        }

@@ -20,6 +20,7 @@ from agentmill.domain.states import RunStatus
 from agentmill.engine.claims import RunCaller
 from agentmill.engine.compiled import CompiledWorkflow, WorkflowRegistry
 from agentmill.engine.gateway_setup import build_gateway
+from agentmill.engine.live import LiveBus
 from agentmill.engine.transitions import Transitions, spec_loader
 from agentmill.engine.webhooks import SETTINGS_SECTION, WebhookNotifier, signing_key
 from agentmill.engine.worker import Worker
@@ -68,11 +69,15 @@ class Engine:
             artifacts_root(self.settings, db.url),
             max_bytes=self.settings.artifact_max_bytes,
         )
+        # Token deltas and tool notices for live followers; across processes through Redis.
+        self.live = LiveBus(self.settings.shared_redis_url)
         self.registry = WorkflowRegistry()
         self.transitions = Transitions(self.registry, lease_seconds=self.settings.lease_seconds)
 
     async def aclose(self) -> None:
-        """Close the gateway (its provider clients, Redis connections, pending usage records)."""
+        """Close the gateway (its provider clients, Redis connections, pending usage records)
+        and the live events' Redis connections."""
+        await self.live.aclose()
         await self.gateway.aclose()
 
     # ------------------------------------------------------------------ workflows

@@ -17,6 +17,7 @@ from agentmill.domain.templates import TemplateError, compile_template
 from agentmill.engine.claims import Claim
 from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.context import StepContext
+from agentmill.engine.live import LiveBus
 from agentmill.engine.nodes import NODES
 from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
@@ -39,6 +40,7 @@ async def execute(
     tools: ToolRegistry | None = None,
     db: Database | None = None,
     artifacts: ArtifactStore | None = None,
+    live: LiveBus | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     spec = compiled.steps[claim.spec_id]
@@ -51,6 +53,7 @@ async def execute(
         tools=tools or ToolRegistry(),
         db=db,
         artifacts=artifacts,
+        live=live,
     )
     outcome: Outcome
     try:

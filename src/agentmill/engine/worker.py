@@ -242,7 +242,13 @@ class Worker:
         engine = self.engine
         compiled = await engine.compiled(claim.version_id, claim.spec_path)
         report = await execute(
-            claim, compiled, engine.gateway, engine.tools, engine.db, engine.artifacts
+            claim,
+            compiled,
+            engine.gateway,
+            engine.tools,
+            engine.db,
+            engine.artifacts,
+            engine.live,
         )
         if claim.step_id in self._lost:
             await self.queue.done([claim.step_id])

@@ -242,15 +242,15 @@ class Gateway:
                     async for delta in route.provider.stream(replace(request, model=route.model)):
                         collector.add(delta)
                         if delta.usage is not None:
-                            usage, _ = await self._succeed(
+                            usage, notices = await self._succeed(
                                 plan, route, reservation, delta.usage, started, sink
                             )
                             settled = True
-                            delta = replace(delta, usage=usage)
+                            delta = replace(delta, usage=usage, model=route.model, notices=notices)
                         sent = True
                         yield delta
                     if not settled:  # the provider reported no usage: count it ourselves
-                        usage, _ = await self._succeed(
+                        usage, notices = await self._succeed(
                             plan,
                             route,
                             reservation,
@@ -259,7 +259,7 @@ class Gateway:
                             sink,
                         )
                         settled = True
-                        yield ChatDelta(usage=usage)
+                        yield ChatDelta(usage=usage, model=route.model, notices=notices)
                     return
                 except RetryableError as exc:
                     self._failed(plan, route, exc, started, sink)

@@ -184,12 +184,15 @@ class ToolCallDelta:
 @dataclass(frozen=True, kw_only=True)
 class ChatDelta:
     """One streamed piece of an answer. The last delta of a stream has ``finish_reason`` and,
-    where the provider reports it, ``usage``."""
+    where the provider reports it, ``usage``. The gateway's delta with the priced usage also
+    says which ``model`` answered (after failover) and carries the call's ``notices``."""
 
     text: str = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    model: str | None = None
+    notices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,10 @@ The stream first replays the log from the beginning (or after ``Last-Event-ID``)
 new events as they commit, and ends after the run's final event. Each message carries the
 event's id, so a client that reconnects with ``Last-Event-ID`` misses nothing and sees nothing
 twice.
+
+While it follows, live events are merged in: ``step.delta`` (a running step's model writing) and
+``step.tool`` (a tool call starting or ending). They are not in the log, so they have no id (a
+reconnect neither resumes nor repeats them), and ``"ephemeral": true`` instead of ``"id"``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from agentmill.api.deps import DbDep, PrincipalDep
+from agentmill.api.deps import DbDep, LiveDep, PrincipalDep
 from agentmill.api.follow import POLL_SECONDS, follow
 from agentmill.api.routes.runs import run_access
 from agentmill.domain.permissions import Permission
@@ -32,19 +36,22 @@ def _source(event: dict[str, Any]) -> str:
 
 
 def _message(event: dict[str, Any]) -> str:
+    ephemeral = bool(event.get("ephemeral"))
     payload = {
-        "id": event["id"],
+        **({"ephemeral": True} if ephemeral else {"id": event["id"]}),
         "run_id": event["run_id"],
         "step": event["step_key"],
         "attempt": event["attempt"],
         "type": event["type"],
         "level": event["level"],
-        "ts": event["ts"].isoformat(),
+        "ts": event["ts"] if isinstance(event["ts"], str) else event["ts"].isoformat(),
         "data": event["data"],
     }
-    return (
-        f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(payload, default=str)}\n\n"
-    )
+    body = f"event: {event['type']}\ndata: {json.dumps(payload, default=str)}\n\n"
+    if ephemeral:
+        # No id: a live event is not in the log, and must not move the client's Last-Event-ID.
+        return body
+    return f"id: {event['id']}\n" + body
 
 
 @router.get(
@@ -56,6 +63,7 @@ async def run_events(
     run_id: str,
     request: Request,
     db: DbDep,
+    live: LiveDep,
     principal: PrincipalDep,
     level: Annotated[
         list[str] | None, Query(description="Only these levels (info, warning, error).")
@@ -63,6 +71,14 @@ async def run_events(
     source: Annotated[
         list[str] | None, Query(description="Only these sources (engine, llm, step).")
     ] = None,
+    live_events: Annotated[
+        bool,
+        Query(
+            alias="live",
+            description="Also send live, unstored events (step.delta, step.tool); false: "
+            "only the log's events.",
+        ),
+    ] = True,
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
 ) -> StreamingResponse:
     """The run's events (and its sub-runs'): what happened so far, then live, until it ends."""
@@ -76,6 +92,7 @@ async def run_events(
             lambda tx, after: queries.list_events(tx, root_run_id=run_id, after=after, limit=500),
             after=last_event_id or 0,
             until_run=run_id,
+            live=live if live_events else None,
         )
         async with contextlib.aclosing(events):
             async for event in events:

@@ -1,7 +1,9 @@
 """WebSockets: a run's event stream (the UI's terminal view), and a workspace's run-status feed.
 
 Browsers cannot set headers on a WebSocket, so the credential may also come as ``?token=``.
-Both streams follow the events log; ``?after=<event id>`` resumes without gaps.
+Both streams follow the events log; ``?after=<event id>`` resumes without gaps. A run's stream
+also carries its live events (``step.delta``, ``step.tool``), marked ``"ephemeral": true`` and
+without an id: they are not in the log and are not replayed.
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ async def _accept(websocket: WebSocket) -> tuple[Database, Principal] | None:
 
 
 def _wire(event: dict[str, Any]) -> str:
+    ts = event["ts"]
     return json.dumps(
         {
-            "id": event["id"],
+            # A live event (token delta, tool notice) is not in the log: no id to resume from.
+            **({"ephemeral": True} if event.get("ephemeral") else {"id": event["id"]}),
             "run_id": event["run_id"],
             "step": event["step_key"],
             "type": event["type"],
             "level": event["level"],
-            "ts": event["ts"].isoformat(),
+            "ts": ts if isinstance(ts, str) else ts.isoformat(),
             "data": event["data"],
             **({"workflow": event["workflow"]} if "workflow" in event else {}),
         },
@@ -102,6 +106,7 @@ async def run_stream(websocket: WebSocket, run_id: str) -> None:
         lambda tx, after: queries.list_events(tx, root_run_id=run_id, after=after, limit=500),
         after=_after(websocket) or 0,
         until_run=run_id,
+        live=websocket.app.state.live,
     )
     await _send(websocket, events)
 

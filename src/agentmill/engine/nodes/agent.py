@@ -23,6 +23,7 @@ import jsonschema
 from agentmill.domain.spec import AgentSpec, AgentStep, MapAgent
 from agentmill.domain.validation import AGENT_PREFIX
 from agentmill.engine.context import StepContext
+from agentmill.engine.live import TOOL
 from agentmill.engine.nodes._delegate import DelegateTool, is_agent_ref
 from agentmill.engine.nodes._output import parse_output
 from agentmill.engine.outcomes import Outcome, Succeeded
@@ -32,6 +33,7 @@ from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
 from agentmill.tools.mcp import is_mcp_ref, mcp_tools
 
 _RESULT_LIMIT = 64_000  # characters of one tool result sent back to the model
+_PREVIEW_LIMIT = 1000  # characters of a call's arguments in its live notice
 
 
 async def run_agent(ctx: StepContext) -> Outcome:
@@ -143,10 +145,29 @@ def _repair_prompt(problem: str) -> str:
 async def _call_tool(
     ctx: StepContext, agent: str, tools: Mapping[str, Tool], call: ToolCall, turn: int
 ) -> str:
-    """Run one call of ``agent`` and return what the model is told; audit it either way."""
+    """Run one call of ``agent`` and return what the model is told; audit it either way (live
+    followers hear of it as it starts and ends; the audit line is stored with the step's result)."""
     started = time.perf_counter()
+    about: dict[str, Any] = {
+        "source": "step",
+        "agent": agent,
+        "tool": call.name,
+        "call_id": call.id,
+        "turn": turn,
+    }
+    await ctx.notify(TOOL, phase="start", arguments=_preview(call.arguments_json), **about)
     result = await _result(ctx, agent, tools, call, turn)
     text = _as_text(result)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    outcome = "error" if result.is_error else "ok"
+    await ctx.notify(
+        TOOL,
+        level="warning" if result.is_error else "info",
+        phase="end",
+        outcome=outcome,
+        duration_ms=duration_ms,
+        **about,
+    )
     ctx.log(
         f"tool {call.name}: {'error' if result.is_error else 'ok'}",
         level="warning" if result.is_error else "info",
@@ -156,9 +177,9 @@ async def _call_tool(
         call_id=call.id,
         turn=turn,
         arguments=dict(call.arguments),
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=duration_ms,
         result_size=len(text),
-        outcome="error" if result.is_error else "ok",
+        outcome=outcome,
         error=text[:500] if result.is_error else None,
     )
     if len(text) > _RESULT_LIMIT:
@@ -212,3 +233,7 @@ def _as_text(result: ToolResult) -> str:
         return json.dumps(content, default=str)
     except (TypeError, ValueError):
         return str(content)
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= _PREVIEW_LIMIT else text[: _PREVIEW_LIMIT - 1] + "…"

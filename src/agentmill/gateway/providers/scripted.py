@@ -3,6 +3,7 @@
 Options (an agent's or step's ``options``):
 
 ``latency``        seconds to wait before answering (a float; default 0)
+``stream_delay``   seconds between a stream's pieces (a float; default 0), to watch one arrive
 ``reply``          the answer, a template over ``prompt``, ``system``, ``attempt``, ``turn``
                    and ``results`` (the texts of the tool results since the model's last turn);
                    a mapping or list is sent as JSON
@@ -106,8 +107,11 @@ class ScriptedProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         response = await self.chat(request)
+        delay = float(request.options.get("stream_delay", 0) or 0)
         words = response.content.split(" ")
         for i in range(0, len(words), 3):
+            if delay > 0 and i:
+                await asyncio.sleep(delay)
             piece = " ".join(words[i : i + 3])
             yield ChatDelta(text=piece if i == 0 else " " + piece)
         for index, call in enumerate(response.tool_calls):

@@ -92,6 +92,17 @@ def dockerfile_uid() -> int:
     return int(user)
 
 
+def dockerfile_owner() -> tuple[str, str]:
+    """The final stage's USER as (user, group); the group is the user's when not given."""
+    user, _, group = final_stage("USER")[-1].partition(":")
+    return user, group or user
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """A RUN line's commands (split at ``&&`` and ``;``) as argument lists."""
+    return [shlex.split(part) for part in re.split(r"&&|;", script) if part.strip()]
+
+
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return data
@@ -106,11 +117,29 @@ def is_ours(service: dict[str, Any]) -> bool:
     return "build" in service or str(service.get("image", "")).startswith(IMAGE)
 
 
+def compose_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """A service's volumes in compose's long syntax (the short ``source:target[:mode]`` read
+    into ``source``, ``target`` and ``read_only``)."""
+    found: list[dict[str, Any]] = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found.append(volume)
+            continue
+        source, target, *mode = volume.split(":")
+        found.append({"source": source, "target": target, "read_only": "ro" in mode})
+    return found
+
+
+def k8s_files() -> dict[str, list[dict[str, Any]]]:
+    """Each manifest file's name and its documents."""
+    return {
+        file.name: [doc for doc in yaml.safe_load_all(file.read_text()) if doc is not None]
+        for file in sorted(K8S.glob("*.yaml"))
+    }
+
+
 def k8s_docs() -> list[dict[str, Any]]:
-    docs = []
-    for file in sorted(K8S.glob("*.yaml")):
-        docs.extend(doc for doc in yaml.safe_load_all(file.read_text()) if doc is not None)
-    return docs
+    return [doc for docs in k8s_files().values() for doc in docs]
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -211,6 +240,7 @@ def test_kubernetes_manifests_are_complete_and_namespace_less() -> None:
         "Service": 1,
         "ScaledObject": 1,
         "HorizontalPodAutoscaler": 1,
+        "PersistentVolumeClaim": 1,
     }
     for doc in k8s_docs():
         assert doc.get("apiVersion"), doc
@@ -545,3 +575,100 @@ def test_agentmill_worker_takes_the_queues_to_serve() -> None:
     refused = runner.invoke(cli_app, ["worker", "--queue", "GPU"])
     assert refused.exit_code == 2
     assert "lowercase letters" in refused.output
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def compose_artifacts_dir() -> str:
+    path: str = services()["api"]["environment"]["AGENTMILL_ARTIFACTS_DIR"]
+    assert path.startswith("/"), "an absolute path inside the container"
+    return path
+
+
+def configmap_artifacts_dir() -> str:
+    (configmap,) = [d for d in manifests() if d["kind"] == "ConfigMap"]
+    path: str = configmap["data"]["AGENTMILL_ARTIFACTS_DIR"]
+    assert path.startswith("/"), "an absolute path inside the container"
+    return path
+
+
+def test_compose_api_and_workers_share_one_artifacts_volume_at_the_artifacts_dir() -> None:
+    path = compose_artifacts_dir()
+    named = compose().get("volumes") or {}
+    sources = set()
+    ours = [name for name, service in services().items() if is_ours(service)]
+    assert {"api", "worker"} <= set(ours)
+    for name in ours:
+        mounted = [m for m in compose_mounts(services()[name]) if m["target"] == path]
+        assert len(mounted) == 1, f"{name} mounts nothing at AGENTMILL_ARTIFACTS_DIR {path}"
+        (mount,) = mounted
+        assert mount.get("type", "volume") == "volume", name
+        # A named volume, not an anonymous one per container: every replica sees the same files.
+        assert mount["source"] in named, f"{name}: {mount['source']!r} is no named volume"
+        assert not mount.get("read_only"), f"{name} must write artifacts"
+        sources.add(mount["source"])
+    assert len(sources) == 1, f"the API and the workers mount different volumes: {sources}"
+
+
+def test_dockerfile_creates_the_artifacts_dir_owned_by_the_image_user() -> None:
+    # Docker copies the image folder's owner into a fresh named volume; Kubernetes mounts over
+    # it, and the same path keeps the two setups alike.
+    paths = {compose_artifacts_dir(), configmap_artifacts_dir()}
+    assert len(paths) == 1, f"compose and Kubernetes mount artifacts at different paths: {paths}"
+    (path,) = paths
+    user, group = dockerfile_owner()
+    commands = [argv for run in final_stage("RUN") for argv in shell_commands(run)]
+    # The owner may be given by number or by the name useradd gave it.
+    names = {user} | {argv[-1] for argv in commands if argv[0] == "useradd"}
+    assert any(argv[0] == "mkdir" and path in argv[1:] for argv in commands), f"mkdir {path}"
+    owners = [
+        [a for a in argv[1:] if not a.startswith("-")]
+        for argv in commands
+        if argv[0] == "chown" and path in argv[1:]
+    ]
+    assert owners, f"the final stage does not chown {path}"
+    for owner, *_ in owners:
+        owner_user, _, owner_group = owner.partition(":")
+        assert owner_user in names, f"{path} is owned by {owner_user!r}, the image runs as {user}"
+        assert owner_group in {"", group} | names, f"{path}: group {owner_group!r}"
+
+
+def test_kubernetes_artifacts_claim_is_read_write_many_and_listed() -> None:
+    files = k8s_files()
+    found = [
+        (file, doc)
+        for file, docs in files.items()
+        for doc in docs
+        if doc["kind"] == "PersistentVolumeClaim"
+    ]
+    assert len(found) == 1
+    ((file, claim),) = found
+    # API and worker pods run on any node at once: ReadWriteOnce would pin them to one node.
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    assert "storageClassName" not in claim["spec"], "the cluster's RWX class is the user's choice"
+    assert "storageClassName" in (K8S / file).read_text(), "a comment says which class to set"
+    (kustomization,) = [d for d in k8s_docs() if d["kind"] == "Kustomization"]
+    assert file in kustomization["resources"]
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_pods_mount_the_artifacts_claim_at_the_artifacts_dir(command: str) -> None:
+    (claim,) = [d for d in manifests() if d["kind"] == "PersistentVolumeClaim"]
+    deployment, container = deployment_running(command)
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {
+        volume["name"]
+        for volume in pod.get("volumes", [])
+        if volume.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+    }
+    assert volumes, f"{command} pods do not use the claim {claim['metadata']['name']!r}"
+    mounts = [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
+    assert [m["mountPath"] for m in mounts] == [configmap_artifacts_dir()]
+    (mount,) = mounts
+    assert not mount.get("readOnly"), f"{command} pods must write artifacts"
+    assert "subPath" not in mount, "both Deployments see the whole volume"
+    # fsGroup makes the volume writable by the image's group (a fresh volume belongs to root).
+    _, group = dockerfile_owner()
+    assert pod["securityContext"]["fsGroup"] == int(group)

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from agentmill.domain import template_limits as limits
+from agentmill.domain.template_limits import MAX_RENDERED_CHARS as MAX_RENDERED_CHARS
 
 _MARKERS = ("{{", "{%", "{#")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
-MAX_RENDERED_CHARS = 1_000_000
 
 
 class TemplateError(Exception):
@@ -28,6 +34,7 @@ class TemplateError(Exception):
 
 
 def _tojson(value: Any) -> str:
+    limits.refuse_over(limits.size(value), "tojson")
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -41,15 +48,29 @@ class _Undefined(StrictUndefined):
     __repr__ = StrictUndefined._fail_with_undefined_error
 
 
+class _CheckedCodeGenerator(CodeGenerator):
+    """``a ~ b`` compiles to a join of its parts; check their sizes first."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        self.write(f"{join}(environment.checked_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
+
 class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
     """``x.items`` means the key ``items`` when ``x`` is a mapping that has it, not the dict
     method: workflow data is JSON, and keys like items, keys or values are common.
 
-    ``*`` and ``**`` are checked before they run: ``'y' * 10**10`` would allocate gigabytes
-    before the rendered-size limit could see the result (intercepted operators are also never
-    folded at compile time, so validating such a template cannot hang either)."""
+    Operations that can build a large value are checked before they run (template_limits):
+    ``'y' * 10**10`` or ``'%*s' % (10**10, 'y')`` would allocate gigabytes before the
+    rendered-size limit could see the result. Intercepted operators are also never folded at
+    compile time, so validating such a template cannot hang either."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _CheckedCodeGenerator
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:
@@ -58,20 +79,59 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
-            _check_repeat(left, right)
-            _check_repeat(right, left)
+            limits.check_repeat(left, right)
+            limits.check_repeat(right, left)
         elif operator == "**":
             _check_power(left, right)
+        elif operator == "+":
+            limits.check_add(left, right)
+        elif operator == "%":
+            limits.check_printf(left, right)
         return super().call_binop(context, operator, left, right)
 
+    def checked_concat(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
+        return limits.check_concat(parts)
 
-def _check_repeat(sequence: Any, times: Any) -> None:
-    sized = isinstance(sequence, str | list | tuple) and isinstance(times, int)
-    if sized and len(sequence) * times > MAX_RENDERED_CHARS:
-        raise SecurityError(
-            f"repeating a {type(sequence).__name__} of length {len(sequence)} {times} times "
-            f"makes more than {MAX_RENDERED_CHARS} items"
+    def call(
+        __self,  # noqa: N805 - Jinja's own spelling, so keyword arguments pass through
+        __context: Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(__obj, types.BuiltinMethodType) and isinstance(owner, str | bytes):
+            limits.check_text_method(owner, __obj.__name__, args)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """Jinja's sandboxed ``str.format``/``format_map``, with a formatter that checks each
+        field's width and the running size (``'{:>10000000000}'.format(1)``)."""
+        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (
+            "format",
+            "format_map",
+        ):
+            return None
+        owner: Any = value.__self__
+        if not isinstance(owner, str):
+            return None
+        is_map = value.__name__ == "format_map"
+        formatter = (
+            limits.BoundedEscapeFormatter(self, escape=owner.escape)
+            if isinstance(owner, Markup)
+            else limits.BoundedFormatter(self)
         )
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs:
+                    raise TypeError("format_map() takes no keyword arguments")
+                if len(args) != 1:
+                    raise TypeError(f"format_map() takes exactly one argument ({len(args)} given)")
+                kwargs, args = args[0], ()
+            return type(owner)(formatter.vformat(owner, args, kwargs))
+
+        return update_wrapper(wrapper, value)
 
 
 _MAX_POWER_BITS = 65_536
@@ -84,7 +144,10 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 
 def _make_env() -> ImmutableSandboxedEnvironment:
-    env = _DataFirstEnvironment(undefined=_Undefined, autoescape=False)
+    env = _DataFirstEnvironment(
+        undefined=_Undefined, autoescape=False, finalize=limits.check_output
+    )
+    env.filters.update(limits.bounded_filters())
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = _fromjson
     return env
@@ -110,13 +173,11 @@ class Template:
         try:
             if self.native:
                 value = self._render(**context)
+                if limits.size(value) > limits.limit():
+                    raise TemplateError(_too_long())
                 _reject_undefined(value)
-                if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
-                    raise TemplateError(
-                        f"rendered text is longer than {MAX_RENDERED_CHARS} characters"
-                    )
                 return value
-            text = self._render.render(context)
+            text = _render_bounded(self._render, context)
         except UndefinedError as exc:
             raise TemplateError(f"{exc.message} in {self.source!r}") from None
         except SecurityError as exc:
@@ -125,9 +186,24 @@ class Template:
             raise
         except Exception as exc:  # a filter or operator failed on the data
             raise TemplateError(f"{type(exc).__name__}: {exc} in {self.source!r}") from None
-        if len(text) > MAX_RENDERED_CHARS:
-            raise TemplateError(f"rendered text is longer than {MAX_RENDERED_CHARS} characters")
         return text
+
+
+def _too_long() -> str:
+    return f"rendered text is longer than {limits.limit()} characters"
+
+
+def _render_bounded(template: Any, context: Mapping[str, Any]) -> str:
+    """Render piece by piece and stop once past the limit: a loop printing a million
+    characters a hundred thousand times never gets to join its output."""
+    pieces: list[str] = []
+    made = 0
+    for piece in template.generate(context):
+        made += len(piece)
+        if made > limits.limit():
+            raise TemplateError(_too_long())
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _reject_undefined(value: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from agentmill.domain import template_limits
 from agentmill.domain.templates import (
     MAX_RENDERED_CHARS,
     References,
@@ -343,3 +345,130 @@ def test_references_report_syntax_errors() -> None:
     with pytest.raises(TemplateError) as caught:
         references("{% for x in %}{% endfor %}")
     assert str(caught.value).startswith("template syntax error: ")
+
+
+# ---------------------------------------------------------------- sizes checked before allocating
+# The limit is lowered to 1000 so each vector uses sizes just above it: if a check broke, the
+# template would render a few thousand characters (and the test fail) instead of gigabytes.
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(template_limits, "MAX_RENDERED_CHARS", 1000)
+
+
+A600 = {"a": "a" * 600, "l": [0] * 600, "t": "\t" * 10}
+
+
+def refused(what: str, unit: str = "characters") -> str:
+    return f"not allowed in a template: {what} makes more than 1000 {unit}"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # output accumulates piece by piece
+        (
+            "{% for i in range(11) %}{{ 'a' * 100 }}{% endfor %}",
+            "rendered text is longer than 1000 characters",
+        ),
+        ("{% for i in range(11) %}" + "x" * 100 + "{% endfor %}", "rendered text is longer than 1000 characters"),
+        ("{{ [a, a] }}", "rendered text is longer than 1000 characters"),
+        # macros and blocks build their text before the streaming check sees it
+        (
+            "{% macro m() %}{% for i in range(11) %}{{ 'a' * 100 }}{% endfor %}{% endmacro %}"
+            "{{ m() | length }}",
+            refused("a macro or block"),
+        ),
+        (
+            "{% set x %}{% for i in range(11) %}{{ 'a' * 100 }}{% endfor %}{% endset %}{{ x | length }}",
+            refused("a macro or block"),
+        ),
+        # doubling
+        ("{{ (a + a) | length }}", refused("adding two strs")),
+        ("{{ (l + l) | length }}", refused("adding two lists", "items")),
+        ("{{ (a ~ a) | length }}", refused("joining with ~")),
+        ("{{ ([a] * 2) | length }}", refused("repeating a list of length 1 2 times", "items")),
+        ("x{{ [a, a] }}", refused("printing a value")),
+        # printf-style %
+        ("{{ '%*s' % (1001, 'a') }}", refused("formatting with %")),
+        ("{{ '%-*s' % (-1001, 'a') }}", refused("formatting with %")),
+        ("{{ '%1001s' % 'a' }}", refused("formatting with %")),
+        ("{{ '%.1001f' % 1.0 }}", refused("formatting with %")),
+        ("{{ '%(x)s%(x)s' % {'x': a} }}", refused("formatting with %")),
+        ("{{ '%s%s' % (a, a) }}", refused("formatting with %")),
+        ("{{ '%*s' | format(1001, 'a') }}", refused("formatting with %")),
+        # str methods
+        ("{{ 'a'.ljust(1001) }}", refused("str.ljust")),
+        ("{{ 'a'.rjust(1001) }}", refused("str.rjust")),
+        ("{{ 'a'.center(1001, '-') }}", refused("str.center")),
+        ("{{ '1'.zfill(1001) }}", refused("str.zfill")),
+        ("{{ t.expandtabs(101) }}", refused("str.expandtabs")),
+        ("{{ ('a' * 100).replace('a', 'abcdefghijk') }}", refused("str.replace")),
+        ("{{ ('a' * 100).translate({97: 'abcdefghijk'}) }}", refused("str.translate")),
+        ("{{ ''.join([a, a]) }}", refused("str.join")),
+        ("{{ 'a'.encode().ljust(1001) | length }}", refused("bytes.ljust")),
+        ("{{ '{:>1001}'.format(1) }}", refused("str.format")),
+        ("{{ '{:.1001f}'.format(1.0) }}", refused("str.format")),
+        ("{{ '{:>{w}}'.format(1, w=1001) }}", refused("str.format")),
+        ("{{ '{x:>1001}'.format_map({'x': 1}) }}", refused("str.format")),
+        ("{{ '{0}{0}'.format(a) }}", refused("str.format")),
+        # filters
+        ("{{ 'x' | center(1001) }}", refused("center")),
+        ("{{ 'x\ny' | indent(1001) }}", refused("indent")),
+        ("{{ 'x\ny' | indent(a) }}", refused("indent")),
+        ("{{ [1] | batch(1001, 'x') | list }}", refused("batch filling", "items")),
+        ("{{ [1] | slice(1001) | list }}", refused("slice", "items")),
+        ("{{ ('a' * 100) | replace('a', 'abcdefghijk') }}", refused("str.replace")),
+        ("{{ ('a b ' * 100) | wordwrap(2, wrapstring='-----') }}", refused("wordwrap")),
+        ("{{ [a, a] | join }}", refused("join")),
+        ("{{ [a, a] | map('upper') | join }}", refused("join")),
+        ("{{ [[a], [a]] | sum(start=[]) }}", refused("sum", "items")),
+        ("{{ [a, a] | tojson }}", refused("tojson")),
+        ("{{ [a, a] | string | length }}", refused("turning a value into text")),
+        ("{{ lipsum(2, max=501) }}", refused("lipsum", "words")),
+    ],
+)
+def test_large_results_are_refused_before_they_are_built(
+    small_limit: None, source: str, message: str
+) -> None:
+    with pytest.raises(TemplateError) as caught:
+        render(source, A600)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'ab' + 'cd' }} {{ [1] + [2] }} {{ (1,) + (2,) }} {{ 1 + 2.5 }} {{ 'a' ~ 1 ~ none }}",
+        "{{ '%05.2f|%-4s|%*d|%%' % (3.14159, 'ab', 3, 7) }} {{ '%(x)s-%(y)r' % {'x': 1, 'y': 'b'} }}",
+        "{{ 7 % 3 }} {{ '%s' % [1, 2] }} {{ '%s and %s' | format('a', 'b') }}",
+        "{{ 'a'.ljust(5, '.') }}|{{ 'a'.rjust(3) }}|{{ 'a'.center(5) }}|{{ '7'.zfill(3) }}",
+        "{{ 'a\tb'.expandtabs(4) }}|{{ 'aXbX'.replace('X', '--') }}|{{ 'aXbX'.replace('X', '', 1) }}",
+        "{{ ', '.join(['a', 'b']) }}|{{ 'abc'.translate({97: 'A'}) }}|{{ 'a b'.split() }}",
+        "{{ '{:>6}|{:.2f}|{x}|{!r}'.format('a', 2.5, 'b', x=3) }}|{{ '{:>{w}}'.format(1, w=4) }}",
+        "{{ '{a}-{b}'.format_map({'a': 1, 'b': 2}) }}",
+        "{{ 'x' | center(9) }}|{{ 'a\nb\n\nc' | indent(2, true, true) }}|{{ 'a\nb' | indent('> ') }}",
+        "{{ [1, 2, 3, 4, 5] | batch(2, 0) | list }} {{ [1, 2, 3, 4, 5] | slice(2, 0) | list }}",
+        "{{ 'aXbX' | replace('X', '-') }} {{ 'aXbX' | replace('X', '-', 1) }}",
+        "{{ ('word ' * 30) | wordwrap(20) }}|{{ ('word ' * 30) | wordwrap(20, wrapstring='<br>') }}",
+        "{{ [1, 2] | join(', ') }} {{ [{'n': 1}, {'n': 2}] | join('/', attribute='n') }}",
+        "{{ [1, 2] | map('string') | join }} {{ [1, 2] | sum }} {{ [[1], [2]] | sum(start=[]) }}",
+        "{{ [1, 'a'] | string }} {{ {'a': [1]} | pprint }} {{ ' a ' | trim | upper }}",
+        "{{ {'a': 1, 'b': 'x y'} | urlencode }} {{ 'ab' | title }} {{ 'AB' | lower }}",
+        "{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(1) }}{% set y %}a{{ 2 }}b{% endset %}{{ y }}",
+        "{% filter upper %}abc{{ 'd' }}{% endfilter %}{% macro w() %}<{{ caller() }}>{% endmacro %}"
+        "{% call w() %}in{% endcall %}",
+        "{{ lipsum(1, false, 3, 4) | length > 0 }} {{ 'x' * 3 }} {{ [0] * 2 }}",
+    ],
+)
+def test_checked_operations_render_exactly_as_jinja_does(source: str) -> None:
+    plain = ImmutableSandboxedEnvironment(autoescape=False)
+    assert render(source) == plain.from_string(source).render()
+
+
+def test_native_values_are_size_checked_too(small_limit: None) -> None:
+    assert render("{{ [a] }}", A600) == [A600["a"]]
+    with pytest.raises(TemplateError) as caught:
+        render("{{ [a, a] }}", A600)
+    assert str(caught.value) == "rendered text is longer than 1000 characters"

@@ -22,6 +22,7 @@ from typing import Any
 from jinja2 import filters as jinja_filters
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEscapeFormatter, SandboxedFormatter
+from jinja2.utils import generate_lorem_ipsum
 
 MAX_RENDERED_CHARS = 1_000_000
 # A width or precision with more digits than this is over any limit; int() is not even tried.
@@ -79,8 +80,9 @@ def check_repeat(sequence: Any, times: Any) -> None:
 
 
 def check_add(left: Any, right: Any) -> None:
-    sequences = str | bytes | list | tuple
-    if isinstance(left, sequences) and isinstance(right, sequences):
+    if isinstance(left, str | bytes) and isinstance(right, str | bytes):
+        refuse_over(size(left) + size(right), f"adding two {type(left).__name__}s")
+    elif isinstance(left, list | tuple) and isinstance(right, list | tuple):
         refuse_over(size(left) + size(right), f"adding two {type(left).__name__}s", "items")
 
 
@@ -88,6 +90,26 @@ def check_concat(parts: tuple[Any, ...]) -> tuple[Any, ...]:
     """``a ~ b``: every part becomes text, so long parts or long lists add up."""
     refuse_over(sum(size(part) for part in parts), "joining with ~")
     return parts
+
+
+class OutputBuffer(list[str]):
+    """The text a macro or a block ``set``/``filter``/``call`` is building, refused once past
+    the limit (it is joined only when the block ends, so the streaming check never sees it)."""
+
+    made = 0
+
+    def append(self, piece: str) -> None:
+        self._count(len(piece))
+        super().append(piece)
+
+    def extend(self, pieces: Iterable[str]) -> None:
+        pieces = tuple(pieces)
+        self._count(sum(len(piece) for piece in pieces))
+        super().extend(pieces)
+
+    def _count(self, more: int) -> None:
+        self.made += more
+        refuse_over(self.made, "a macro or block")
 
 
 def check_output(value: Any) -> Any:
@@ -293,6 +315,16 @@ def _materialized(original: Callable[..., Any], position: int) -> Callable[..., 
         return original(*args, **kwargs)
 
     return listed
+
+
+def _check_lipsum(n: Any = 5, html: Any = True, min: Any = 20, max: Any = 100) -> None:  # noqa: A002
+    if isinstance(n, int) and isinstance(max, int):
+        refuse_over(n * max, "lipsum", "words")
+
+
+def bounded_lipsum() -> Callable[..., Any]:
+    """The ``lipsum`` global: ``lipsum(1, max=10**10)`` would write ten billion words."""
+    return _wrap(generate_lorem_ipsum, _check_lipsum)
 
 
 def bounded_filters() -> dict[str, Callable[..., Any]]:

@@ -49,7 +49,12 @@ class _Undefined(StrictUndefined):
 
 
 class _CheckedCodeGenerator(CodeGenerator):
-    """``a ~ b`` compiles to a join of its parts; check their sizes first."""
+    """``a ~ b`` compiles to a join of its parts: check their sizes first. Macros and block
+    ``set``/``filter``/``call`` collect their text in a buffer: make it one that counts."""
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         join = "(markup_join if context.eval_ctx.volatile else str_join)"
@@ -88,6 +93,9 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "%":
             limits.check_printf(left, right)
         return super().call_binop(context, operator, left, right)
+
+    def output_buffer(self) -> limits.OutputBuffer:
+        return limits.OutputBuffer()
 
     def checked_concat(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         return limits.check_concat(parts)
@@ -148,6 +156,7 @@ def _make_env() -> ImmutableSandboxedEnvironment:
         undefined=_Undefined, autoescape=False, finalize=limits.check_output
     )
     env.filters.update(limits.bounded_filters())
+    env.globals["lipsum"] = limits.bounded_lipsum()
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = _fromjson
     return env

@@ -372,7 +372,10 @@ def refused(what: str, unit: str = "characters") -> str:
             "{% for i in range(11) %}{{ 'a' * 100 }}{% endfor %}",
             "rendered text is longer than 1000 characters",
         ),
-        ("{% for i in range(11) %}" + "x" * 100 + "{% endfor %}", "rendered text is longer than 1000 characters"),
+        (
+            "{% for i in range(11) %}" + "x" * 100 + "{% endfor %}",
+            "rendered text is longer than 1000 characters",
+        ),
         ("{{ [a, a] }}", "rendered text is longer than 1000 characters"),
         # macros and blocks build their text before the streaming check sees it
         (

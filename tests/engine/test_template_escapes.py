@@ -142,6 +142,26 @@ def test_escape_attempts_that_can_be_seen_are_refused_when_the_workflow_is_check
             "{{ 10 ** 100000000 }}",
             "not allowed in a template: 10 ** 100000000 is too large a number",
         ),
+        (
+            "{% for i in range(100000) %}{{ 'a' * 1000000 }}{% endfor %}",
+            "rendered text is longer than 1000000 characters",
+        ),
+        (
+            "{{ 'a'.ljust(10**10) }}",
+            "not allowed in a template: str.ljust makes more than 1000000 characters",
+        ),
+        (
+            "{{ '%*s' % (10**10, 'a') }}",
+            "not allowed in a template: formatting with % makes more than 1000000 characters",
+        ),
+        (
+            "{{ '{:>10000000000}'.format(1) }}",
+            "not allowed in a template: str.format makes more than 1000000 characters",
+        ),
+        (
+            "{{ 'x' | indent(10**10) }}",
+            "not allowed in a template: indent makes more than 1000000 characters",
+        ),
     ],
 )
 async def test_escape_attempts_that_only_show_at_run_time_fail_the_step_clearly(

@@ -14,6 +14,7 @@ long string repeated counts that string every time it appears.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,7 +50,7 @@ def size(value: Any) -> int:
             else:
                 total += max(1, item.bit_length() * 3 // 10)
             if isinstance(item, Mapping):
-                stack.append(iter([*item.keys(), *item.values()]))
+                stack.append(itertools.chain(item.keys(), item.values()))
             elif isinstance(item, list | tuple | set | frozenset):
                 stack.append(iter(item))
             if total > cap:
@@ -58,7 +59,6 @@ def size(value: Any) -> int:
                 break
         else:
             stack.pop()
-    # the outermost value itself counted one item when it is a collection
     return total
 
 
@@ -153,13 +153,14 @@ def check_printf(template: Any, values: Any) -> None:
             elif number is not None:
                 made += _digits(number)
         if match["key"] is not None:
-            made += size(values[match["key"]]) if isinstance(values, Mapping) else 0
+            made += size(values.get(match["key"])) if isinstance(values, Mapping) else 0
         else:
             made += size(take())
         refuse_over(made, "formatting with %")
 
 
 def _digits(number: str) -> int:
+    number = number.lstrip("0") or "0"
     return int(number) if len(number) <= _MAX_DIGITS else limit() + 1
 
 
@@ -211,12 +212,14 @@ def _text_method_size(text: str | bytes, name: str, args: tuple[Any, ...]) -> in
         return max(len(text), first)
     if name == "expandtabs":
         tab = first if isinstance(first, int) else 8
-        return len(text) + text.count("\t" if isinstance(text, str) else b"\t") * max(tab, 0)
+        tabs = text.count("\t") if isinstance(text, str) else text.count(b"\t")
+        return len(text) + tabs * max(tab, 0)
     if name == "replace" and len(args) >= 2:
         old, new = args[0], args[1]
-        if not isinstance(old, str | bytes) or not isinstance(new, str | bytes):
-            return None
-        count = text.count(old) if old else len(text) + 1  # type: ignore[arg-type]
+        if not isinstance(old, type(text)) or not isinstance(new, type(text)):
+            return None  # Python refuses mixed str and bytes itself
+        haystack: Any = text
+        count = haystack.count(old) if old else len(text) + 1
         if len(args) >= 3 and isinstance(args[2], int) and args[2] >= 0:
             count = min(count, args[2])
         return len(text) + count * max(len(new) - len(old), 0)
@@ -260,7 +263,9 @@ def _check_batch(value: Any, linecount: Any, fill_with: Any = None) -> None:
 
 def _check_slice(value: Any, slices: Any, fill_with: Any = None) -> None:
     if isinstance(slices, int):
-        refuse_over(slices + (slices * size(fill_with) if fill_with is not None else 0), "slice", "items")
+        refuse_over(
+            slices + (slices * size(fill_with) if fill_with is not None else 0), "slice", "items"
+        )
 
 
 def _check_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> None:
@@ -317,7 +322,7 @@ def _materialized(original: Callable[..., Any], position: int) -> Callable[..., 
     return listed
 
 
-def _check_lipsum(n: Any = 5, html: Any = True, min: Any = 20, max: Any = 100) -> None:  # noqa: A002
+def _check_lipsum(n: Any = 5, html: Any = True, min: Any = 20, max: Any = 100) -> None:
     if isinstance(n, int) and isinstance(max, int):
         refuse_over(n * max, "lipsum", "words")
 

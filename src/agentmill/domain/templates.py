@@ -101,7 +101,7 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
         return limits.check_concat(parts)
 
     def call(
-        __self,  # noqa: N805 - Jinja's own spelling, so keyword arguments pass through
+        __self,  # Jinja's spelling: any keyword argument of the callee passes through
         __context: Context,
         __obj: Any,
         *args: Any,
@@ -115,7 +115,9 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """Jinja's sandboxed ``str.format``/``format_map``, with a formatter that checks each
         field's width and the running size (``'{:>10000000000}'.format(1)``)."""
-        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (
+        if not isinstance(
+            value, types.MethodType | types.BuiltinMethodType
+        ) or value.__name__ not in (
             "format",
             "format_map",
         ):

@@ -45,7 +45,9 @@ async def starter(fresh_pg: str) -> AsyncIterator[Engine]:
     """An engine that starts and reads runs but runs no steps (no worker), like an API process."""
     db = Database(fresh_pg)
     await db.start()
-    yield Engine(db, settings=Settings())
+    engine = Engine(db, settings=Settings())
+    yield engine
+    await engine.aclose()
     await db.close()
 
 

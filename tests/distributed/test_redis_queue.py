@@ -42,7 +42,10 @@ async def engines(fresh_pg: str) -> AsyncIterator[list[Engine]]:
     databases = [Database(fresh_pg), Database(fresh_pg)]
     for db in databases:
         await db.start()
-    yield [Engine(db, settings=settings) for db in databases]
+    engines = [Engine(db, settings=settings) for db in databases]
+    yield engines
+    for engine in engines:
+        await engine.aclose()  # its Redis connections (queue, live events) too
     for db in databases:
         await db.close()
     client = redis.from_url(REDIS_URL)

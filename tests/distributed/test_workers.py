@@ -113,12 +113,15 @@ async def test_runs_survive_a_worker_killed_mid_run(
     run_ids = await _start_many(starter, LOAD, 240)
     # Kill w1 once some runs are done and it holds steps itself (a slow step takes 0.4 s).
     victim = workers.identity("w1")
+    held = 0
     for _ in range(600):
         logged = await _all_events(starter)
         done = sum(1 for e in logged if e["type"] == "run.completed")
-        if done >= 40 and await _held_by(starter, victim):
+        held = await _held_by(starter, victim) if done >= 40 else 0
+        if held:
             break
         await asyncio.sleep(0.05)
+    assert held, f"w1 never held steps mid-load; its log:\n{workers.log('w1')}"
     workers.procs["w1"].send_signal(signal.SIGKILL)
     workers.procs["w1"].wait(timeout=10)
 
@@ -197,7 +200,17 @@ async def test_workers_recover_when_their_database_connections_are_dropped(
     for name in ("w1", "w2"):
         workers.start(name, "--concurrency", "30")
     run_ids = await _start_many(starter, LOAD, 120)
-    await asyncio.sleep(1.0)  # mid-load
+    # Mid-load: both workers have been seen running steps (dropping connections while a
+    # worker is still starting would test its start, not its recovery).
+    working: set[str] = set()
+    for _ in range(600):
+        for name in ("w1", "w2"):
+            if name not in working and await _held_by(starter, workers.identity(name)):
+                working.add(name)
+        if len(working) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert working == {"w1", "w2"}
     admin = await asyncpg.connect(fresh_pg)
     try:
         for _ in range(3):  # every connection of every worker, three times over

@@ -47,6 +47,8 @@ def start_up(
         key, sep, value = line.strip().partition(":")
         if sep and key in ("email", "password", "workspace", "API key"):
             printed[key] = value.strip()
+        if "/steps/" in line:  # the demo's steps that wait for a person
+            printed["waiting"] = printed.get("waiting", "") + line
         if "Press Ctrl-C to stop." in line:
             break
     for _ in range(100):  # the banner comes just before the socket opens
@@ -129,6 +131,10 @@ def test_up_with_examples_loads_them_and_runs_each(workdir: Path, examples_dir: 
     port = free_port()
     proc, first = start_up(workdir, port, "--examples", str(examples_dir))
     try:
+        # The banner says which demo runs wait for a person, and how to answer each.
+        runs = f"http://127.0.0.1:{port}/api/v1/runs/<run id>/steps"
+        assert f"reviewed-announcement: POST {runs}/review/approve" in first["waiting"]
+        assert f"ticket-triage: POST {runs}/triage/respond" in first["waiting"]
         key = {"Authorization": f"Bearer {first['API key']}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             names = {

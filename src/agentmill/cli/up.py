@@ -16,7 +16,7 @@ from rich.markup import escape
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
 from agentmill.config import DEFAULT_SECRET, Settings
-from agentmill.domain.spec import WorkflowSpec
+from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
 from agentmill.engine.engine import Engine
 from agentmill.errors import ConfigError
@@ -48,7 +48,7 @@ def _read_examples(folder: Path) -> list[tuple[WorkflowSpec, str]]:
 
 async def load_examples(
     db: Database, settings: Settings, workspace_id: str, folder: Path
-) -> list[str]:
+) -> list[WorkflowSpec]:
     """Put the example workflows into the new workspace and start a run of each."""
     engine = Engine(db, settings=settings)
     started = []
@@ -56,10 +56,15 @@ async def load_examples(
         for spec, source in await asyncio.to_thread(_read_examples, folder):
             version = await engine.register(spec, source, workspace_id=workspace_id)
             await engine.start_run(version, {})
-            started.append(spec.name)
+            started.append(spec)
     finally:
         await engine.aclose()
     return started
+
+
+def _human_steps(specs: list[WorkflowSpec]) -> list[tuple[str, HumanStep]]:
+    """The top-level human steps of the examples: where their runs will wait for a person."""
+    return [(spec.name, s) for spec in specs for s in spec.steps if isinstance(s, HumanStep)]
 
 
 async def serve(
@@ -99,11 +104,14 @@ async def serve(
     if loaded:
         console.print(
             f"demo: loaded {len(loaded)} example workflows and started a run of each "
-            f"({', '.join(loaded)}); see them at {url}/ — one waits for your approval:"
+            f"({', '.join(spec.name for spec in loaded)}); see them at {url}/"
         )
-        console.print(
-            f"  POST {url}/api/v1/runs/<run id>/steps/review/approve (try it in {url}/docs)"
-        )
+        waiting = _human_steps(loaded)
+        if waiting:
+            console.print(f"these wait for a person (try it in {url}/docs):")
+        for name, step in waiting:
+            action = 'respond  (body: {"answer": {…}})' if step.form else "approve"
+            console.print(f"  {name}: POST {url}/api/v1/runs/<run id>/steps/{step.id}/{action}")
     if not workers:
         console.print("this process serves the API only: start `agentmill worker` to run steps")
     console.print("Press Ctrl-C to stop.")

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXAMPLES := examples/research-brief.yaml examples/planner-map.yaml examples/supervisor.yaml examples/approval.yaml examples/sub-workflow.yaml
+EXAMPLES := examples/research-brief.yaml examples/planner-map.yaml examples/supervisor.yaml examples/approval.yaml examples/form-approval.yaml examples/sub-workflow.yaml
 
 .PHONY: install up demo test lint typecheck pytest bench clean
 

@@ -37,6 +37,15 @@ def start_up(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        return proc, _wait_until_serving(proc, port)
+    except BaseException:
+        proc.kill()  # a server that never came up must not outlive the test
+        proc.wait(timeout=10)
+        raise
+
+
+def _wait_until_serving(proc: subprocess.Popen[str], port: int) -> dict[str, str]:
     printed: dict[str, str] = {}
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -54,7 +63,7 @@ def start_up(
     for _ in range(100):  # the banner comes just before the socket opens
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, printed
+                return printed
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

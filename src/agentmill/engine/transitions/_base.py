@@ -397,6 +397,10 @@ class TransitionsBase:
             claims: list[Claim],
         ) -> None: ...
 
+        def _mark_failed(
+            self, tx: Tx, state: RunState, step_id: str, step_key: str, attempt: int, message: str
+        ) -> None: ...
+
         def _step_failed(
             self,
             tx: Tx,

@@ -301,18 +301,7 @@ class ClaimTransitions(TransitionsBase):
         ).one()
         state = self._lock_run(tx, row.run_id)
         message = f"step {row.step_key!r} lost its worker {attempt} times (last: {owner})"
-        tx.conn.execute(
-            update(steps)
-            .where(steps.c.id == step_id)
-            .values(
-                status=StepStatus.FAILED,
-                error=message,
-                finished_at=tx.now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        self._event(tx, state, "step.failed", row.step_key, attempt, level="error", error=message)
+        self._mark_failed(tx, state, step_id, row.step_key, attempt, message)
         self._step_failed(
             tx,
             state,

@@ -131,14 +131,7 @@ class HumanTransitions(TransitionsBase):
         if spec.on_timeout == "fail":
             message = f"step {row.step_key!r} {waited}"
             self._event(tx, state, "step.timed_out", row.step_key, row.attempt, on_timeout="fail")
-            tx.conn.execute(
-                update(steps)
-                .where(steps.c.id == row.id)
-                .values(status=StepStatus.FAILED, error=message, finished_at=tx.now)
-            )
-            self._event(
-                tx, state, "step.failed", row.step_key, row.attempt, level="error", error=message
-            )
+            self._mark_failed(tx, state, row.id, row.step_key, row.attempt, message)
             if spec.on_failure == "continue":
                 self._resume_if_unblocked(tx, state)
             self._step_failed(

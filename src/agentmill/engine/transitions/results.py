@@ -264,6 +264,24 @@ class ResultTransitions(TransitionsBase):
             claims,
         )
 
+    def _mark_failed(
+        self, tx: Tx, state: RunState, step_id: str, step_key: str, attempt: int, message: str
+    ) -> None:
+        """Record that a step failed for good when no attempt reports it (its worker kept
+        dying, nobody answered in time); the caller then moves on with ``_step_failed``."""
+        tx.conn.execute(
+            update(steps)
+            .where(steps.c.id == step_id)
+            .values(
+                status=StepStatus.FAILED,
+                error=message,
+                finished_at=tx.now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        self._event(tx, state, "step.failed", step_key, attempt, level="error", error=message)
+
     def _step_failed(
         self,
         tx: Tx,

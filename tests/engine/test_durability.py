@@ -4,15 +4,18 @@ results change nothing; expired leases are taken over."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 
+from agentmill.config import Settings
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.claims import Claim, StaleClaim
 from agentmill.engine.engine import Engine
 from agentmill.engine.outcomes import StepReport, Succeeded
+from agentmill.store.db import Database
 from agentmill.store.models import steps
 from tests.factories import start, steps_by_key
 
@@ -143,3 +146,41 @@ async def test_concurrent_completions_of_a_join_start_it_exactly_once(engine: En
     assert len(queued) == 1
     run = await engine.run_until_settled(run_id)
     assert run.status == RunStatus.COMPLETED
+
+
+async def test_a_result_recorded_while_a_heartbeat_runs_is_not_taken_for_a_lost_lease(
+    db: Database,
+) -> None:
+    """The heartbeat asks which leases it still holds; a step recorded meanwhile holds none,
+    but it is done, not lost: its task must go on to acknowledge its queue message rather than
+    be cancelled (which left the message pending until a takeover)."""
+    engine = Engine(db, settings=Settings(lease_seconds=0.3, poll_interval=0.05))
+    run_id = await start(engine, TWO_STEPS)
+    worker = engine.worker(name="slow-ack", root_run_id=run_id)
+    inner = worker.queue
+    acknowledged: list[str] = []
+
+    class SlowAcks:
+        name = inner.name
+
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(inner, attribute)
+
+        async def done(self, step_ids: Iterable[str]) -> None:
+            ids = list(step_ids)
+            await asyncio.sleep(0.5)  # several heartbeats (every 0.1 s) run meanwhile
+            await inner.done(ids)
+            acknowledged.extend(ids)
+
+    worker.queue = SlowAcks()  # type: ignore[assignment]
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    for _ in range(100):
+        if (await engine.get_run(run_id)).status.is_final and len(acknowledged) == 2:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert (await engine.get_run(run_id)).status == RunStatus.COMPLETED
+    step_ids = {step.id for step in (await steps_by_key(engine, run_id)).values()}
+    assert sorted(acknowledged) == sorted(step_ids)

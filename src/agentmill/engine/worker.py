@@ -78,6 +78,11 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._claims: dict[str, Claim] = {}
         self._lost: set[str] = set()
+        # Steps whose work is over: their tasks record the result and acknowledge the queue.
+        # Nothing there needs cancelling (the record is conditional: a lease really lost makes
+        # it raise StaleClaim), and a lease the heartbeat finds gone because the result was
+        # just committed is not lost; cancelling would skip the acknowledgement.
+        self._finishing: set[str] = set()
         self._wake = Alarm()
         self._stopping = False
         self._unsubscribe: Callable[[], object] | None = None
@@ -233,6 +238,7 @@ class Worker:
             self._tasks.pop(step_id, None)
             self._claims.pop(step_id, None)
             self._lost.discard(step_id)
+            self._finishing.discard(step_id)
             if self._saturated:  # a slot opened while work may be queued
                 self._wake.set()
 
@@ -253,6 +259,7 @@ class Worker:
         if claim.step_id in self._lost:
             await self.queue.done([claim.step_id])
             return
+        self._finishing.add(claim.step_id)
         capacity = max(0, self.concurrency - len(self._tasks) + 1) if not self._stopping else 0
         try:
             notify = _notify_spec(compiled.steps[claim.spec_id], report)
@@ -264,9 +271,9 @@ class Worker:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
             await self.queue.done([claim.step_id])
             return
-        await self.queue.done([claim.step_id])
-        for next_claim in claims:
+        for next_claim in claims:  # before the acknowledgement, which a shutdown may cut short
             self._spawn(next_claim)
+        await self.queue.done([claim.step_id])
 
     async def _record_then_notify(
         self, claim: Claim, report: StepReport, capacity: int, notify: NotifySpec
@@ -372,7 +379,7 @@ class Worker:
             await asyncio.sleep(interval)
             if self.root_run_id is None:
                 await self._report()
-            ids = list(self._tasks)
+            ids = list(self._tasks)  # finishing ones too: recording may be retried for a while
             if not ids:
                 continue
             try:
@@ -381,7 +388,7 @@ class Worker:
                 log.exception("heartbeat failed; will retry")
                 continue
             await self.queue.keep_alive(set(ids) - lost)
-            for step_id in lost:
+            for step_id in lost - self._finishing:  # their record finds out, or just did
                 task = self._tasks.get(step_id)
                 if task is not None:
                     self._lost.add(step_id)
@@ -406,6 +413,8 @@ class Worker:
     def _cancel_local(self, run_id: str, step_key: str) -> None:
         """A step we are running was cancelled (its run ended): stop it now."""
         for step_id, claim in list(self._claims.items()):
+            if step_id in self._finishing:
+                continue
             if claim.run_id == run_id and claim.step_key == step_key:
                 self._lost.add(step_id)
                 task = self._tasks.get(step_id)

@@ -38,11 +38,12 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-bench: install ## Engine, API, distributed and gateway benchmarks (SQLite, PostgreSQL, Redis)
+bench: install ## Engine, API, distributed, gateway and memory-search benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

@@ -19,6 +19,7 @@ from agentmill.config import Settings
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade, upgrade_sync
+from tests.pgvector_server import pgvector_server
 
 PG_ADMIN_URL = os.environ.get(
     "AGENTMILL_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -26,26 +27,29 @@ PG_ADMIN_URL = os.environ.get(
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _pg_url(database: str) -> str:
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
+def _pg_url(database: str, admin_url: str = PG_ADMIN_URL) -> str:
+    base, _, _ = admin_url.rpartition("/")
     return f"{base}/{database}"
 
 
 @asynccontextmanager
-async def _new_pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database, migrated to head, dropped afterwards."""
+async def new_pg_database(
+    admin_url: str = PG_ADMIN_URL, *, migrate: bool = True
+) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (migrated to head unless told not to), dropped afterwards."""
     name = f"agentmill_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
+    admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = _pg_url(name)
+    url = _pg_url(name, admin_url)
     try:
-        await upgrade(Database(url))
+        if migrate:
+            await upgrade(Database(url))
         yield url
     finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
+        admin = await asyncpg.connect(admin_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -55,7 +59,22 @@ async def _new_pg_database() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def pg_database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for this test session, migrated to head."""
-    async with _new_pg_database() as url:
+    async with new_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def pgvector_admin_url() -> AsyncIterator[str]:
+    """A PostgreSQL server with pgvector available, for this test session (see
+    ``tests/pgvector_server.py``)."""
+    async with pgvector_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def pgvector_database(pgvector_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database on that server, migrated to head (which enables pgvector)."""
+    async with new_pg_database(pgvector_admin_url) as url:
         yield url
 
 
@@ -64,15 +83,22 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'agentmill.db'}"
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that uses it runs twice: on a SQLite file and on the real PostgreSQL."""
-    if request.param == "sqlite":
+def migrated_database_url(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> str:
+    """A database at head on ``backend``: a new SQLite file, or the session's database on the
+    machine's PostgreSQL (``postgresql``) or on the server with pgvector (``pgvector``)."""
+    if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'agentmill.db'}"
         upgrade_sync(url)
         return url
-    url: str = request.getfixturevalue("pg_database")
-    return url
+    fixture = {"postgresql": "pg_database", "pgvector": "pgvector_database"}[backend]
+    pg_url: str = request.getfixturevalue(fixture)
+    return pg_url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that uses it runs twice: on a SQLite file and on the real PostgreSQL."""
+    return migrated_database_url(request, tmp_path, request.param)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -84,7 +110,7 @@ async def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> As
         await upgrade(Database(url))
         yield url
         return
-    async with _new_pg_database() as url:
+    async with new_pg_database() as url:
         yield url
 
 

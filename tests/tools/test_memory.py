@@ -1,10 +1,12 @@
 """Memory: stored texts are found again, by meaning (the scripted provider's word embeddings)
 or by words (SQLite FTS5, PostgreSQL full-text), closest first, and only in their workspace.
-Every test runs on SQLite and on PostgreSQL."""
+Every test runs on SQLite, on the machine's PostgreSQL (vectors ranked in the process) and on
+a PostgreSQL with pgvector (vectors ranked in the database)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +15,11 @@ from agentmill.gateway import Gateway
 from agentmill.gateway.types import CallReport
 from agentmill.ids import new_id
 from agentmill.store.db import Database
+from agentmill.store.repositories import memories
 from agentmill.tools.base import ToolContext, ToolUnavailable
 from agentmill.tools.memory import MemorySearchTool, MemoryStore, MemoryStoreTool
 from agentmill.tools.registry import ToolRegistry
+from tests.conftest import BACKENDS, migrated_database_url
 
 EMBED = "scripted/embed"
 FACTS = [
@@ -23,6 +27,11 @@ FACTS = [
     "The backup server restarts every night at two.",
     "Invoice 42 was paid by Acme in March.",
 ]
+
+
+@pytest.fixture(params=[*BACKENDS, "pgvector"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return migrated_database_url(request, tmp_path, request.param)
 
 
 @pytest.fixture(params=["semantic", "full-text"])
@@ -64,6 +73,19 @@ async def test_search_never_returns_another_workspaces_memories(store: MemorySto
     assert texts(hits) == ["the rocket launches on friday"]
     assert [m.text for m in await store.recent(mine)] == ["the rocket launches on friday"]
     assert await store.search(new_id("ws"), "rocket launch code") == []
+
+
+async def test_vectors_of_another_length_are_never_returned(db: Database) -> None:
+    store, ws = MemoryStore(db, Gateway(), EMBED), new_id("ws")
+    stored = await store.add(ws, "the rocket launches on friday")
+    # The same model name with another length (its dimensions were changed, say).
+    await db.write(
+        lambda tx: memories.add_memory(
+            tx, ws, text="short vector", embedding=[1.0, 0.0], embedding_model=EMBED
+        )
+    )
+    hits = await store.search(ws, "rocket launch", limit=10)
+    assert [hit.memory.id for hit in hits] == [stored.id]
 
 
 async def test_recent_lists_newest_first_and_delete_forgets(store: MemoryStore) -> None:

@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
+from agentmill.store import pgvector
 from agentmill.store.db import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,6 +54,8 @@ async def upgrade(db: Database, revision: str = "head") -> None:
             await conn.execute(text("SELECT pg_advisory_xact_lock(7262656)"))
             if not await conn.run_sync(_is_current):
                 await conn.run_sync(_upgrade, revision)
+            if revision == "head":
+                await conn.run_sync(pgvector.enable)
     finally:
         await engine_async.dispose()
 

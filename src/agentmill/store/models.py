@@ -417,8 +417,9 @@ class RateLimitRow(Base):
 class Memory(Base):
     """A text an agent (or a person, over the API) asked a workspace to remember.
 
-    The embedding is a JSON array: pgvector is not installed on the servers we target, and a
-    workspace's memories are few enough to rank in Python. Full-text search uses SQLite FTS5
+    The embedding is a JSON array on every engine; where PostgreSQL has pgvector, a ``vector``
+    copy kept by a trigger (``store/pgvector.py``, not in this model: the column exists only
+    there) lets search rank in the database. Full-text search uses SQLite FTS5
     (``memories_fts``, kept in step by triggers) or PostgreSQL's ``to_tsvector``, both made in
     migration 0009.
     """
@@ -461,9 +462,12 @@ class Artifact(Base):
 
 
 def described_by_models(name: str | None, kind: str, _parents: Any = None) -> bool:
-    """For Alembic's comparisons: False for the FTS5 tables migration 0009 makes on SQLite (a
-    virtual table and its shadow tables), which no model describes."""
-    return not (kind == "table" and name is not None and name.startswith("memories_fts"))
+    """For Alembic's comparisons: False for what no model describes on purpose: the FTS5 tables
+    migration 0009 makes on SQLite (a virtual table and its shadow tables), and the pgvector
+    column ``store/pgvector.py`` adds where the server has the extension."""
+    if kind == "table" and name is not None and name.startswith("memories_fts"):
+        return False
+    return not (kind == "column" and name == "embedding_vector")
 
 
 budgets = cast(Table, BudgetRow.__table__)

@@ -8,7 +8,8 @@ With an embedding model configured (``AGENTMILL_EMBEDDING_MODEL``, or in ``agent
 
 ) each text is embedded through the gateway when stored (budgets and accounting apply, as to
 any model call), and search ranks the workspace's memories by cosine similarity to the
-query's embedding. Without one, search matches words (SQLite FTS5, PostgreSQL full-text).
+query's embedding: inside PostgreSQL with pgvector where the server has it, in the process
+otherwise. Without one, search matches words (SQLite FTS5, PostgreSQL full-text).
 Memories embedded with another model than today's are found only by listing, not by meaning:
 vectors of different models do not compare.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from agentmill.gateway import CallContext, EmbedRequest, Gateway
 from agentmill.gateway.types import CallReport
-from agentmill.store.db import Database
+from agentmill.store.db import Database, Tx
 from agentmill.store.repositories import memories
 from agentmill.store.repositories.memories import MemoryHit, MemoryRecord
 from agentmill.tools.base import ToolContext, ToolResult, ToolUnavailable
@@ -92,14 +93,7 @@ class MemoryStore:
         vector = await self._embed(workspace_id, query, context, sink)
         assert vector is not None
         model = self.embedding_model
-        candidates = await self.db.read(lambda tx: memories.embedded(tx, workspace_id, model))
-        hits = [
-            MemoryHit(memory=record, score=cosine(vector, embedding))
-            for record, embedding in candidates
-        ]
-        # Newest first among equals, so a restated fact wins over the one it replaced.
-        hits.sort(key=lambda hit: (hit.score, hit.memory.created_at), reverse=True)
-        return hits[:limit]
+        return await self.db.read(lambda tx: _closest(tx, workspace_id, model, vector, limit))
 
     async def recent(self, workspace_id: str, limit: int = 20) -> list[MemoryRecord]:
         """The workspace's newest memories first."""
@@ -120,6 +114,23 @@ class MemoryStore:
             EmbedRequest(model=self.embedding_model, inputs=(text,), context=context), sink=sink
         )
         return list(response.vectors[0])
+
+
+def _closest(
+    tx: Tx, workspace_id: str, model: str, vector: list[float], limit: int
+) -> list[MemoryHit]:
+    """Rank in the database with pgvector where it can; otherwise load the workspace's vectors
+    of this model and rank them here."""
+    if memories.can_rank_by_vector(tx, vector):
+        return memories.nearest(tx, workspace_id, model, vector, limit)
+    hits = [
+        MemoryHit(memory=record, score=cosine(vector, embedding))
+        for record, embedding in memories.embedded(tx, workspace_id, model)
+        if len(embedding) == len(vector)  # another length does not compare (as in pgvector)
+    ]
+    # Newest first among equals, so a restated fact wins over the one it replaced.
+    hits.sort(key=lambda hit: (hit.score, hit.memory.created_at), reverse=True)
+    return hits[:limit]
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -1,7 +1,9 @@
 """A workspace's memories: texts kept for agents, found again by meaning or by words.
 
 Every function takes the workspace and never reads outside it (decision 7). Ranking by meaning
-happens in Python over :func:`embedded` (see ``tools/memory.py``); ranking by words happens in
+happens in the database with pgvector's cosine distance where the server has the extension
+(:func:`nearest`, see ``store/pgvector.py``), otherwise in Python over :func:`embedded` (see
+``tools/memory.py``); ranking by words happens in
 the database: SQLite's FTS5 table ``memories_fts`` (migration 0009) with BM25, or PostgreSQL's
 ``to_tsvector`` with ``ts_rank``. Either way any of the query's words may match, and texts
 matching more (and rarer) words rank higher.
@@ -9,6 +11,7 @@ matching more (and rarer) words rank higher.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from sqlalchemy.types import TypeEngine
 
 from agentmill.errors import NotFound
 from agentmill.ids import new_id
+from agentmill.store import pgvector
 from agentmill.store.db import Tx
 from agentmill.store.models import memories
 from agentmill.store.types import JsonValue, UtcDateTime
@@ -116,6 +120,36 @@ def embedded(tx: Tx, workspace_id: str, model: str) -> list[tuple[MemoryRecord, 
     return [(_record(row._mapping), list(row.embedding)) for row in tx.conn.execute(query)]
 
 
+def can_rank_by_vector(tx: Tx, vector: list[float]) -> bool:
+    """Whether :func:`nearest` can rank this query vector in the database (pgvector takes up
+    to 16,000 finite numbers)."""
+    return (
+        0 < len(vector) <= pgvector.MAX_DIMENSIONS
+        and all(math.isfinite(x) for x in vector)
+        and pgvector.has_vector_column(tx.conn)
+    )
+
+
+def nearest(
+    tx: Tx, workspace_id: str, model: str, vector: list[float], limit: int
+) -> list[MemoryHit]:
+    """The workspace's memories embedded with ``model`` closest to ``vector`` (by cosine
+    similarity, best first), ranked by pgvector; only where :func:`can_rank_by_vector`."""
+    params = {
+        "ws": workspace_id,
+        "model": model,
+        "query": "[" + ",".join(repr(float(x)) for x in vector) + "]",
+        "dims": len(vector),
+        "limit": limit,
+    }
+    hits = []
+    for row in tx.conn.execute(_PG_NEAREST, params):
+        # A zero vector has no direction: pgvector says NaN, the in-process path says 0.
+        score = 0.0 if math.isnan(row.score) else float(row.score)
+        hits.append(MemoryHit(memory=_record(row._mapping), score=score))
+    return hits
+
+
 def full_text(tx: Tx, workspace_id: str, query: str, limit: int) -> list[MemoryHit]:
     """The workspace's memories sharing words with ``query``, best match first."""
     words = re.findall(r"\w+", query)
@@ -163,4 +197,18 @@ _PG_FULL_TEXT = text(
     " AS q(query)"
     " WHERE m.workspace_id = :ws AND to_tsvector('english', m.text) @@ q.query"
     " ORDER BY score DESC, m.created_at DESC LIMIT :limit"
+).columns(**_COLUMNS)
+
+# Exact search within the workspace (its index narrows the rows; no approximate index, whose
+# post-filtering could drop a workspace's nearest rows). Only vectors of the query's length are
+# compared: pgvector refuses a distance between vectors of different lengths. NaN distances
+# (zero vectors) rank as similarity 0, as in Python; newest first among equals.
+_PG_NEAREST = text(
+    "SELECT m.id, m.workspace_id, m.text, m.metadata, m.embedding_model, m.created_at,"
+    f" 1 - (m.{pgvector.COLUMN} <=> CAST(:query AS vector)) AS score"
+    " FROM memories AS m"
+    " WHERE m.workspace_id = :ws AND m.embedding_model = :model"
+    f" AND m.{pgvector.COLUMN} IS NOT NULL AND vector_dims(m.{pgvector.COLUMN}) = :dims"
+    f" ORDER BY coalesce(nullif(m.{pgvector.COLUMN} <=> CAST(:query AS vector), 'NaN'), 1),"
+    " m.created_at DESC LIMIT :limit"
 ).columns(**_COLUMNS)

@@ -7,6 +7,7 @@ import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -205,3 +206,81 @@ async def test_a_write_lock_held_elsewhere_never_blocks_the_event_loop(sqlite_ur
     finally:
         other.close()
         await db.close()
+
+
+def _txid(tx: Tx) -> int:
+    return int(tx.conn.execute(text("SELECT txid_current()")).scalar_one())
+
+
+async def test_postgresql_groups_the_writes_of_one_loop_turn_into_one_transaction(
+    pg_database: str,
+) -> None:
+    db = Database(pg_database)
+    await db.start()
+    try:
+        grouped = await asyncio.gather(*(db.write(_txid) for _ in range(4)))
+        alone = await asyncio.gather(*(db.write(_txid, alone=True) for _ in range(3)))
+        later = await db.write(_txid)
+    finally:
+        await db.close()
+
+    assert len(set(grouped)) == 1  # one BEGIN … COMMIT for the four
+    assert len(set(alone)) == 3  # alone=True runs at once, in a transaction of its own
+    assert later not in grouped  # the next turn's write is the next group
+
+
+async def test_postgresql_group_members_run_in_lock_order(pg_database: str) -> None:
+    db = Database(pg_database)
+    await db.start()
+    ran: list[str] = []
+
+    def member(key: str):  # type: ignore[no-untyped-def]
+        return lambda tx: ran.append(key)
+
+    try:
+        await asyncio.gather(*(db.write(member(key), lock_order=key) for key in "cab"))
+    finally:
+        await db.close()
+
+    assert ran == ["a", "b", "c"]  # two processes' groups lock their runs in one order
+
+
+async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_each(
+    pg_database: str,
+) -> None:
+    db = Database(pg_database)
+    await db.start()
+    run_id = new_id("run")
+    await db.write(
+        lambda tx: tx.conn.execute(
+            llm_calls.insert(), [call_row(Decimal(1), datetime.now(UTC), run_id)]
+        )
+    )
+    holder = await asyncpg.connect(pg_database)
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE", run_id)
+
+        def update(tx: Tx) -> int:
+            tx.conn.execute(
+                llm_calls.update().where(llm_calls.c.run_id == run_id).values(cost=Decimal(7))
+            )
+            return _txid(tx)
+
+        group = asyncio.gather(db.write(_txid), db.write(update), db.write(_txid))
+        await asyncio.sleep(0.3)  # far past the group's 50 ms lock timeout
+        assert not group.done()  # the updating member waits (alone, with no timeout)
+        await lock.rollback()
+        txids = await asyncio.wait_for(group, timeout=10)
+        cost = await db.read(
+            lambda tx: tx.conn.execute(
+                select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)
+            ).scalar_one()
+        )
+    finally:
+        await holder.close()
+        await db.close()
+
+    assert len(set(txids)) == 3  # the group gave up and each member committed on its own
+    assert cost == Decimal(7)

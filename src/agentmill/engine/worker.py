@@ -311,6 +311,7 @@ class Worker:
                         tx, claim, report, capacity=capacity, queues=self._serves
                     ),
                     alone=self._alone(),
+                    lock_order=claim.run_id,
                 )
             except StaleClaim:
                 raise
@@ -348,7 +349,9 @@ class Worker:
             duration_ms=report.duration_ms,
         )
         try:
-            return await engine.db.write(lambda tx: engine.transitions.record(tx, claim, failed))
+            return await engine.db.write(
+                lambda tx: engine.transitions.record(tx, claim, failed), lock_order=claim.run_id
+            )
         except StaleClaim:
             raise
         except Exception:

@@ -21,6 +21,16 @@ Transactions are plain functions ``fn(tx) -> T`` written against a synchronous S
 * **PostgreSQL**: asyncpg through SQLAlchemy's async engine; ``AsyncConnection.run_sync`` runs
   the same function. Deadlocks, serialization failures and dropped connections are retried
   (the engine's transactions are conditional, so a retried result cannot apply twice).
+  Writes asked for in one turn of the event loop share one transaction too (one COMMIT and
+  one WAL flush for the step results a worker records together):
+
+  - members run in the order of their ``lock_order`` key (the worker passes the run id), so
+    two processes' groups take their run locks in one order;
+  - a group waits at most 50 ms for any lock; if it waits longer, or any member raises, the
+    group is rolled back and each member runs again alone, with the usual retries. A
+    deadlock between two groups thus costs 50 ms, not the server's ``deadlock_timeout``;
+  - each member reads the clock as it starts, so a time it stamps is never earlier than a
+    commit it has seen.
 
 Events a transaction appends are handed to subscribers only after its commit; on PostgreSQL
 other processes hear of the commit through ``NOTIFY`` (store/notify.py).
@@ -148,6 +158,10 @@ class Database:
         self._readers: ThreadPoolExecutor | None = None
         self._checkpointer: _Checkpointer | None = None
         self._remote: PgListener | None = None
+        # PostgreSQL group commit: the writes asked for in this turn of the event loop, and the
+        # groups under way (held so they are not collected mid-flight).
+        self._pg_pending: list[_PgWrite] = []
+        self._pg_groups: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> Database:
@@ -175,6 +189,10 @@ class Database:
             self._autocommit = self._async.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
+        if self._pg_pending:
+            self._flush_pg_pending()
+        if self._pg_groups:  # writes already asked for still commit
+            await asyncio.gather(*self._pg_groups, return_exceptions=True)
         if self._remote is not None:
             await self._remote.close()
             self._remote = None
@@ -266,12 +284,14 @@ class Database:
 
     # ------------------------------------------------------------------ transactions
 
-    async def write(self, fn: Callable[[Tx], T], *, alone: bool = False) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, alone: bool = False, lock_order: str = "") -> T:
         """Run ``fn`` as one transaction; its events are published after the commit.
 
         ``alone=True`` says the caller has nothing else in flight to batch with (a step of a
-        chain): on SQLite the transaction then runs right away on this thread when the writer is
-        idle, saving two thread hand-offs; otherwise it joins the writer's next group commit."""
+        chain): the transaction then runs right away (on SQLite on this thread, when the writer
+        is idle, saving two thread hand-offs); otherwise it joins the next group commit.
+        ``lock_order`` orders the members of a PostgreSQL group: give the key of the row
+        ``fn`` locks first (a run id), so concurrent groups lock rows in one order."""
         if self._writer is not None:
             if alone:
                 done = self._writer.try_inline(fn)
@@ -288,9 +308,59 @@ class Database:
             self._publish(tx)
             return result
         assert self._async is not None, "Database.start() was not awaited"
+        if alone:
+            result, tx = await self._write_pg_alone(fn)
+        else:
+            result, tx = await self._join_pg_group(fn, lock_order)
+        self._publish(tx)
+        return result
+
+    async def _join_pg_group(self, fn: Callable[[Tx], T], lock_order: str) -> tuple[T, Tx]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, Tx]] = loop.create_future()
+        self._pg_pending.append(_PgWrite(lock_order, fn, future))
+        if len(self._pg_pending) == 1:
+            loop.call_soon(self._flush_pg_pending)
+        return cast(tuple[T, Tx], await future)
+
+    def _flush_pg_pending(self) -> None:
+        group, self._pg_pending = self._pg_pending, []
+        group.sort(key=lambda member: member.lock_order)  # stable: callers' order within a key
+        task = asyncio.ensure_future(self._run_pg_group(group))
+        self._pg_groups.add(task)
+        task.add_done_callback(self._pg_groups.discard)
+
+    async def _run_pg_group(self, group: list[_PgWrite]) -> None:
+        try:
+            if len(group) > 1:
+                try:
+                    outcomes = await self._write_pg_group([member.fn for member in group])
+                except Exception:  # each member runs again alone, and reports its own error
+                    pass
+                else:
+                    for member, outcome in zip(group, outcomes, strict=True):
+                        if not member.future.done():  # its caller may have been cancelled
+                            member.future.set_result(outcome)
+                    return
+            await asyncio.gather(*(self._settle(member) for member in group))
+        finally:  # cancelled (the loop is closing): no caller waits forever
+            for member in group:
+                member.future.cancel()
+
+    async def _settle(self, member: _PgWrite) -> None:
+        try:
+            outcome = await self._write_pg_alone(member.fn)
+        except Exception as exc:
+            if not member.future.done():
+                member.future.set_exception(exc)
+        else:
+            if not member.future.done():
+                member.future.set_result(outcome)
+
+    async def _write_pg_alone(self, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
         for attempt in range(8):
             try:
-                result, tx = await self._write_async(fn)
+                return (await self._write_pg_group([fn], lock_timeout=False))[0]
             except DBAPIError as exc:
                 # A dropped connection is retried too: the engine's transactions are conditional
                 # (a result already written raises StaleClaim instead of applying twice).
@@ -298,21 +368,29 @@ class Database:
                     await asyncio.sleep(0.005 * (2**attempt))
                     continue
                 raise
-            self._publish(tx)
-            return result
         raise AssertionError("unreachable")
 
-    async def _write_async(self, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
+    async def _write_pg_group(
+        self, fns: list[Callable[[Tx], T]], *, lock_timeout: bool = True
+    ) -> list[tuple[T, Tx]]:
+        """Run ``fns`` in one transaction: each with its own ``Tx`` (and clock), all sharing
+        the rows inserted before COMMIT, the commit-order locks and the notifications."""
         assert self._async is not None
         async with self._async.begin() as conn:
 
-            def run(sync_conn: Connection) -> tuple[T, Tx]:
-                tx = Tx(sync_conn, self.dialect)
-                result = fn(tx)
-                _lock_commit_order(sync_conn, tx.ordered_by)
-                _insert_deferred(sync_conn, tx.deferred)
-                _notify(sync_conn, tx.notify)
-                return result, tx
+            def run(sync_conn: Connection) -> list[tuple[T, Tx]]:
+                if lock_timeout:
+                    sync_conn.execute(_GROUP_LOCK_TIMEOUT)
+                deferred: dict[Any, list[dict[str, Any]]] = {}
+                accumulators: dict[str, dict[str, Any]] = {}
+                outcomes: list[tuple[T, Tx]] = []
+                for fn in fns:
+                    tx = Tx(sync_conn, self.dialect, deferred=deferred, accumulators=accumulators)
+                    outcomes.append((fn(tx), tx))
+                _lock_commit_order(sync_conn, set().union(*(tx.ordered_by for _, tx in outcomes)))
+                _insert_deferred(sync_conn, deferred)
+                _notify(sync_conn, set().union(*(tx.notify for _, tx in outcomes)))
+                return outcomes
 
             return await conn.run_sync(run)
 
@@ -348,6 +426,20 @@ class Database:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+
+@dataclass
+class _PgWrite:
+    """A write waiting for the next PostgreSQL group commit."""
+
+    lock_order: str
+    fn: Callable[[Tx], Any]
+    future: asyncio.Future[tuple[Any, Tx]]
+
+
+# Longer than a commit's own lock waits take; a group stuck behind another group's row lock
+# (perhaps in a deadlock) gives up and runs its members alone instead.
+_GROUP_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '50ms'")
 
 
 def _is_transient(exc: DBAPIError) -> bool:

@@ -6,13 +6,17 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.cli.test_run import CLI
 
@@ -118,6 +122,98 @@ def test_up_serves_the_api_runs_workflows_and_restarts_cleanly(
         assert second == {}  # credentials are printed on the first start only
     finally:
         stop(proc)
+
+
+def test_ctrl_c_ends_open_event_streams_instead_of_waiting_for_them(
+    workdir: Path, examples_dir: Path
+) -> None:
+    port = free_port()
+    proc, first = start_up(workdir, port, "--examples", str(examples_dir))
+    base = f"http://127.0.0.1:{port}"
+    key = {"Authorization": f"Bearer {first['API key']}"}
+    following = threading.Event()
+    received: list[bytes] = []
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(300):  # a demo run that waits for a person: its stream stays open
+                runs = http.get(
+                    f"/api/v1/workspaces/{first['workspace']}/runs", headers=key
+                ).json()["runs"]
+                waiting = [r["id"] for r in runs if r["status"] == "WAITING"]
+                if waiting:
+                    break
+                time.sleep(0.05)
+        assert waiting
+
+        def follow() -> None:
+            url = f"{base}/api/v1/runs/{waiting[0]}/events"
+            with httpx.stream("GET", url, headers=key, timeout=30) as stream:
+                following.set()
+                received.extend(stream.iter_bytes())  # returns when the server ends it
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert following.wait(10)
+        socket_url = f"ws://127.0.0.1:{port}/api/v1/runs/{waiting[0]}/ws"
+        with connect(socket_url, additional_headers=key) as websocket:
+            websocket.recv(timeout=10)  # replaying: it is open
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(ConnectionClosed) as closed:
+                _read_until_closed(websocket)
+        out = proc.communicate(timeout=30)[0]
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, out
+    assert "stopped." in out
+    assert not reader.is_alive()
+    assert b"event: run.waiting" in b"".join(received)  # the stream had its replay, then ended
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1012  # "service restart": come back, the run goes on
+    # Not cut off after uvicorn's 10 s graceful timeout: ended by the server, cleanly.
+    assert "graceful shutdown exceeded" not in out
+    assert "Traceback" not in out
+
+
+def _read_until_closed(websocket: ClientConnection) -> None:
+    while True:
+        websocket.recv(timeout=30)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_app_still_shuts_down(workdir: Path) -> None:
+    port = free_port()
+    proc, _ = start_up(workdir, port)
+    try:
+        # A request whose body never finishes: the first Ctrl-C waits for it (up to 10 s).
+        hanging = socket.create_connection(("127.0.0.1", port))
+        hanging.sendall(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+        hanging.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, out
+    assert "stopped." in out
+    assert "Traceback" not in out
+    # The app's own shutdown still ran: its worker reported that it stopped.
+    db = sqlite3.connect(workdir / ".agentmill" / "agentmill.db")
+    try:
+        stopped = db.execute("SELECT stopped_at FROM workers WHERE name = 'embedded'").fetchall()
+    finally:
+        db.close()
+    assert stopped
+    assert all(at is not None for (at,) in stopped)
 
 
 def test_up_refuses_the_built_in_secret_beyond_loopback(workdir: Path) -> None:

@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from agentmill import __version__
+from agentmill.api.closing import Closing
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
 from agentmill.api.routes import (
     api_keys,
@@ -99,6 +100,7 @@ def create_app(
         generate_unique_id_function=_operation_id,
     )
     install_error_handlers(app)
+    app.state.closing = Closing()  # set by the server on Ctrl-C/SIGTERM: event streams end
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     modules = (
         auth,

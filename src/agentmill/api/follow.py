@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from agentmill.api.closing import Closing
 from agentmill.domain.states import FINAL_RUN_EVENTS
 from agentmill.engine.live import LiveBus, LiveEvent
 from agentmill.store.db import Database, Tx
@@ -35,6 +36,11 @@ class _Signals:
         self.wake = asyncio.Event()
         self.log_grew = True
         self.live: deque[LiveEvent] = deque(maxlen=_LIVE_BACKLOG)
+        self.closing = False
+
+    def on_closing(self) -> None:
+        self.closing = True
+        self.wake.set()
 
     def on_log(self) -> None:
         self.log_grew = True
@@ -57,6 +63,7 @@ async def follow(
     after: int,
     until_run: str | None = None,
     live: LiveBus | None = None,
+    closing: Closing | None = None,
 ) -> AsyncGenerator[dict[str, Any] | None]:
     """Events ``fetch(tx, after)`` returns, as they commit, in id order. Wakes on this
     process's commits and polls for other processes'. Yields None after each idle wait (a
@@ -66,13 +73,16 @@ async def follow(
 
     With ``live``, the ephemeral events of ``until_run`` (token deltas, tool notices; marked
     ``"ephemeral": True``, without an id) are merged in as they come; one that arrives after
-    the durable end of its step attempt is dropped."""
+    the durable end of its step attempt is dropped.
+
+    It also ends, after what it has read, once ``closing`` is set (the server is stopping)."""
     signals = _Signals()
     unsubscribe_local = db.subscribe(lambda _events: signals.on_log())
     unsubscribe_remote = db.subscribe_remote(
         lambda channel, _root: signals.on_log() if channel == EVENTS_CHANNEL else None
     )
     unsubscribe_live: Callable[[], None] | None = None
+    unsubscribe_closing = closing.subscribe(signals.on_closing) if closing else lambda: None
     ended = False
     finished: set[tuple[str, str, int]] = set()  # step attempts whose end was sent
     try:
@@ -104,7 +114,7 @@ async def follow(
                 continue
             if notices:
                 continue
-            if ended:
+            if ended or signals.closing:
                 return
             try:
                 await asyncio.wait_for(signals.wake.wait(), timeout=POLL_SECONDS)
@@ -114,5 +124,6 @@ async def follow(
     finally:
         unsubscribe_local()
         unsubscribe_remote()
+        unsubscribe_closing()
         if unsubscribe_live is not None:
             unsubscribe_live()

@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 from rich.console import Console
 from rich.markup import escape
+from uvicorn.lifespan.on import LifespanOn
 
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
+from agentmill.api.closing import Closing
 from agentmill.config import DEFAULT_SECRET, Settings
 from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
@@ -126,9 +129,15 @@ async def serve(
             timeout_graceful_shutdown=10,
         )
     )
+    closing: Closing = app.state.closing
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        closing.set()  # open event streams end now, so the server need not wait for them
+        server.request_exit()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.request_exit)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await server.serve()
     finally:
@@ -149,6 +158,19 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             self.force_exit = True  # a second Ctrl-C stops waiting for open connections
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit:  # hang up on requests still open: they end as the client had left
+            for connection in list(self.server_state.connections):
+                connection.transport.close()
+            if self.server_state.tasks:
+                await asyncio.wait(set(self.server_state.tasks), timeout=1.0)
+        # uvicorn skips the app's shutdown on a forced exit; ours stops the worker (giving its
+        # steps back) and closes the database, so it runs anyway. It takes moments.
+        lifespan = self.lifespan
+        if isinstance(lifespan, LifespanOn) and not lifespan.shutdown_event.is_set():
+            await lifespan.shutdown()
 
 
 def run_up(

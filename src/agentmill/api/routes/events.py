@@ -93,6 +93,7 @@ async def run_events(
             after=last_event_id or 0,
             until_run=run_id,
             live=live if live_events else None,
+            closing=request.app.state.closing,
         )
         async with contextlib.aclosing(events):
             async for event in events:

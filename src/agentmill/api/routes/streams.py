@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from agentmill.api.closing import Closing
 from agentmill.api.deps import Principal, authenticate, workspace_role
 from agentmill.api.follow import follow
 from agentmill.domain.permissions import Permission, allows
@@ -25,6 +26,7 @@ from agentmill.store.db import Database
 router = APIRouter(tags=["streams"])
 
 _POLICY_VIOLATION = 1008
+_SERVICE_RESTART = 1012
 
 
 async def _accept(websocket: WebSocket) -> tuple[Database, Principal] | None:
@@ -77,7 +79,9 @@ async def _send(websocket: WebSocket, events: AsyncGenerator[dict[str, Any] | No
                     await websocket.send_text(_wire(event))
     except WebSocketDisconnect:
         return
-    await websocket.close()
+    closing: Closing = websocket.app.state.closing
+    # Ended by the server stopping, not by the run: 1012 asks the client to come back.
+    await websocket.close(code=_SERVICE_RESTART if closing.is_set else 1000)
 
 
 @router.websocket("/runs/{run_id}/ws")
@@ -107,6 +111,7 @@ async def run_stream(websocket: WebSocket, run_id: str) -> None:
         after=_after(websocket) or 0,
         until_run=run_id,
         live=websocket.app.state.live,
+        closing=websocket.app.state.closing,
     )
     await _send(websocket, events)
 
@@ -132,5 +137,10 @@ async def workspace_runs(websocket: WebSocket, ws: str) -> None:
         after = await db.read(queries.last_event_id)
     await _send(
         websocket,
-        follow(db, lambda tx, after: queries.run_status_events(tx, ws, after), after=after),
+        follow(
+            db,
+            lambda tx, after: queries.run_status_events(tx, ws, after),
+            after=after,
+            closing=websocket.app.state.closing,
+        ),
     )

@@ -119,12 +119,21 @@ def settings() -> Settings:
     return Settings(lease_seconds=30, poll_interval=0.05)
 
 
+@asynccontextmanager
+async def started(url: str) -> AsyncIterator[Database]:
+    """A started :class:`Database` on ``url``, closed on the way out."""
+    database = Database(url)
+    await database.start()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.start()
-    yield database
-    await database.close()
+    async with started(database_url) as database:
+        yield database
 
 
 @pytest.fixture

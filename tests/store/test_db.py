@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -19,6 +20,7 @@ from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx, normalize_url
 from agentmill.store.migrate import alembic_config, upgrade
 from agentmill.store.models import Base, described_by_models, llm_calls
+from tests.conftest import started
 
 TABLES = {
     "workflows",
@@ -212,75 +214,62 @@ def _txid(tx: Tx) -> int:
     return int(tx.conn.execute(text("SELECT txid_current()")).scalar_one())
 
 
+@pytest.fixture
+async def pg_db(pg_database: str) -> AsyncIterator[Database]:
+    async with started(pg_database) as db:
+        yield db
+
+
 async def test_postgresql_groups_the_writes_of_one_loop_turn_into_one_transaction(
-    pg_database: str,
+    pg_db: Database,
 ) -> None:
-    db = Database(pg_database)
-    await db.start()
-    try:
-        grouped = await asyncio.gather(*(db.write(_txid) for _ in range(4)))
-        alone = await asyncio.gather(*(db.write(_txid, alone=True) for _ in range(3)))
-        later = await db.write(_txid)
-    finally:
-        await db.close()
+    grouped = await asyncio.gather(*(pg_db.write(_txid) for _ in range(4)))
+    alone = await asyncio.gather(*(pg_db.write(_txid, alone=True) for _ in range(3)))
+    later = await pg_db.write(_txid)
 
     assert len(set(grouped)) == 1  # one BEGIN … COMMIT for the four
     assert len(set(alone)) == 3  # alone=True runs at once, in a transaction of its own
     assert later not in grouped  # the next turn's write is the next group
 
 
-async def test_postgresql_group_members_run_in_lock_order(pg_database: str) -> None:
-    db = Database(pg_database)
-    await db.start()
+async def test_postgresql_group_members_run_in_lock_order(pg_db: Database) -> None:
     ran: list[str] = []
 
     def member(key: str):  # type: ignore[no-untyped-def]
         return lambda tx: ran.append(key)
 
-    try:
-        await asyncio.gather(*(db.write(member(key), lock_order=key) for key in "cab"))
-    finally:
-        await db.close()
+    await asyncio.gather(*(pg_db.write(member(key), lock_order=key) for key in "cab"))
 
     assert ran == ["a", "b", "c"]  # two processes' groups lock their runs in one order
 
 
 async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_each(
-    pg_database: str,
+    pg_db: Database, pg_database: str
 ) -> None:
-    db = Database(pg_database)
-    await db.start()
     run_id = new_id("run")
-    await db.write(
-        lambda tx: tx.conn.execute(
-            llm_calls.insert(), [call_row(Decimal(1), datetime.now(UTC), run_id)]
+    row = call_row(Decimal(1), datetime.now(UTC), run_id)
+    await pg_db.write(lambda tx: tx.conn.execute(llm_calls.insert(), [row]))
+
+    def update(tx: Tx) -> int:
+        tx.conn.execute(
+            llm_calls.update().where(llm_calls.c.run_id == run_id).values(cost=Decimal(7))
         )
-    )
+        return _txid(tx)
+
     holder = await asyncpg.connect(pg_database)
     try:
         lock = holder.transaction()
         await lock.start()
         await holder.execute("SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE", run_id)
-
-        def update(tx: Tx) -> int:
-            tx.conn.execute(
-                llm_calls.update().where(llm_calls.c.run_id == run_id).values(cost=Decimal(7))
-            )
-            return _txid(tx)
-
-        group = asyncio.gather(db.write(_txid), db.write(update), db.write(_txid))
+        group = asyncio.gather(pg_db.write(_txid), pg_db.write(update), pg_db.write(_txid))
         await asyncio.sleep(0.3)  # far past the group's 50 ms lock timeout
         assert not group.done()  # the updating member waits (alone, with no timeout)
         await lock.rollback()
         txids = await asyncio.wait_for(group, timeout=10)
-        cost = await db.read(
-            lambda tx: tx.conn.execute(
-                select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)
-            ).scalar_one()
-        )
     finally:
         await holder.close()
-        await db.close()
+    query = select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)
+    cost = await pg_db.read(lambda tx: tx.conn.execute(query).scalar_one())
 
     assert len(set(txids)) == 3  # the group gave up and each member committed on its own
     assert cost == Decimal(7)

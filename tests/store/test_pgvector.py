@@ -25,17 +25,15 @@ from agentmill.store.migrate import upgrade
 from agentmill.store.models import Base, described_by_models
 from agentmill.store.repositories import memories
 from agentmill.tools.memory import MemoryStore
-from tests.conftest import _pg_url, new_pg_database
+from tests.conftest import _pg_url, new_pg_database, started
 
 EMBED = "scripted/embed"
 
 
 @pytest.fixture
 async def vector_db(pgvector_database: str) -> AsyncIterator[Database]:
-    db = Database(pgvector_database)
-    await db.start()
-    yield db
-    await db.close()
+    async with started(pgvector_database) as db:
+        yield db
 
 
 async def vector_text(db: Database, memory_id: str) -> str | None:
@@ -126,35 +124,30 @@ async def test_vectors_of_another_length_or_model_are_never_compared(vector_db: 
 async def test_a_server_that_gains_pgvector_later_gets_it_at_the_next_start(
     pgvector_admin_url: str,
 ) -> None:
-    async with new_pg_database(pgvector_admin_url) as url:
-        db = Database(url)
-        await db.start()
-        try:
-            # As if the database had been made before the server had pgvector.
-            await db.write(
-                lambda tx: [
-                    tx.conn.execute(text(statement))
-                    for statement in (
-                        "DROP TRIGGER memories_embedding_vector ON memories",
-                        "DROP FUNCTION memories_embedding_vector()",
-                        "DROP EXTENSION vector CASCADE",
-                    )
-                ]
-            )
-            ws = new_id("ws")
-            store = MemoryStore(db, Gateway(), EMBED)
-            old = await store.add(ws, "The backup server restarts every night at two.")
-            assert not await db.read(lambda tx: pgvector.has_vector_column(tx.conn, cached=False))
-            assert (await store.search(ws, "backup server"))[0].memory.id == old.id  # in-process
+    async with new_pg_database(pgvector_admin_url) as url, started(url) as db:
+        # As if the database had been made before the server had pgvector.
+        await db.write(
+            lambda tx: [
+                tx.conn.execute(text(statement))
+                for statement in (
+                    "DROP TRIGGER memories_embedding_vector ON memories",
+                    "DROP FUNCTION memories_embedding_vector()",
+                    "DROP EXTENSION vector CASCADE",
+                )
+            ]
+        )
+        ws = new_id("ws")
+        store = MemoryStore(db, Gateway(), EMBED)
+        old = await store.add(ws, "The backup server restarts every night at two.")
+        assert not await db.read(lambda tx: pgvector.has_vector_column(tx.conn, cached=False))
+        assert (await store.search(ws, "backup server"))[0].memory.id == old.id  # in-process
 
-            await upgrade(Database(url))  # what every process does when it starts
+        await upgrade(Database(url))  # what every process does when it starts
 
-            assert await vector_text(db, old.id) is not None  # rows from before are filled
-            assert await db.read(lambda tx: pgvector.has_vector_column(tx.conn, cached=False))
-            assert (await store.search(ws, "backup server"))[0].memory.id == old.id
-            assert await db.read(lambda tx: _models_match(tx.conn)) == []
-        finally:
-            await db.close()
+        assert await vector_text(db, old.id) is not None  # rows from before are filled
+        assert await db.read(lambda tx: pgvector.has_vector_column(tx.conn, cached=False))
+        assert (await store.search(ws, "backup server"))[0].memory.id == old.id
+        assert await db.read(lambda tx: _models_match(tx.conn)) == []
 
 
 def _models_match(conn: Connection) -> list:
@@ -182,17 +175,13 @@ async def test_a_role_that_may_not_create_the_extension_still_starts_and_searche
         warning = next(entry for entry in logs if entry["log_level"] == "warning")
         assert "CREATE EXTENSION vector" in warning["event"]
         assert "permission denied" in warning["error"]
-        db = Database(url)
-        await db.start()
-        try:
+        async with started(url) as db:
             assert not await db.read(lambda tx: pgvector.has_vector_column(tx.conn, cached=False))
             store = MemoryStore(db, Gateway(), EMBED)
             ws = new_id("ws")
             await store.add(ws, "The bees make honey in the summer meadow.")
             kept = await store.add(ws, "The backup server restarts every night at two.")
             assert (await store.search(ws, "backup server restarts"))[0].memory.id == kept.id
-        finally:
-            await db.close()
     finally:
         admin = await asyncpg.connect(pgvector_admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

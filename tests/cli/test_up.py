@@ -163,17 +163,24 @@ def test_ctrl_c_ends_open_event_streams_instead_of_waiting_for_them(
         out = proc.communicate(timeout=30)[0]
         reader.join(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 0, out
-    assert "stopped." in out
+        _kill_if_running(proc)
+    _assert_stopped_cleanly(proc, out)
+    assert "graceful shutdown exceeded" not in out  # ended by the server, not cut off at 10 s
     assert not reader.is_alive()
     assert b"event: run.waiting" in b"".join(received)  # the stream had its replay, then ended
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1012  # "service restart": come back, the run goes on
-    # Not cut off after uvicorn's 10 s graceful timeout: ended by the server, cleanly.
-    assert "graceful shutdown exceeded" not in out
+
+
+def _kill_if_running(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _assert_stopped_cleanly(proc: subprocess.Popen[str], out: str) -> None:
+    assert proc.returncode == 0, out
+    assert "stopped." in out
     assert "Traceback" not in out
 
 
@@ -200,12 +207,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_app_still_shuts_down(workdir: Pat
         out = proc.communicate(timeout=30)[0]
         hanging.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 0, out
-    assert "stopped." in out
-    assert "Traceback" not in out
+        _kill_if_running(proc)
+    _assert_stopped_cleanly(proc, out)
     # The app's own shutdown still ran: its worker reported that it stopped.
     db = sqlite3.connect(workdir / ".agentmill" / "agentmill.db")
     try:

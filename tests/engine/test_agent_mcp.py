@@ -100,6 +100,32 @@ async def test_an_agent_calls_a_stdio_servers_tools(db: Database, model: Recordi
     ]
 
 
+async def test_tool_calls_are_audited_in_the_order_the_model_asked_for_them(
+    db: Database, model: Recording
+) -> None:
+    replies = [
+        {
+            "tool_calls": [
+                {"name": "calc__nap", "arguments": {"seconds": 0.5}},
+                {"name": "calc__add", "arguments": {"a": 1, "b": 1}},
+            ]
+        },
+        "done",
+    ]
+    servers = {"calc": {"command": STDIO_COMMAND}}
+    engine = engine_for(db, model)
+    run = await run_workflow(engine, flow(replies, tools=["mcp:calc"], servers=servers))
+
+    assert run.status == RunStatus.COMPLETED
+    audit = [
+        e["data"] for e in await engine.events(run_id=run.id) if e["data"].get("topic") == "tool"
+    ]
+    # The nap finished last; the audit still follows the model's order, as the messages do.
+    assert [a["tool"] for a in audit] == ["calc__nap", "calc__add"]
+    assert audit[0]["duration_ms"] > audit[1]["duration_ms"]
+    assert [name for name, _ in tool_messages(model.requests[1])] == ["calc__nap", "calc__add"]
+
+
 async def test_an_agent_calls_a_streamable_http_server(
     db: Database, model: Recording, http_url: str
 ) -> None:

@@ -26,7 +26,7 @@ from agentmill.engine.context import StepContext
 from agentmill.engine.live import TOOL
 from agentmill.engine.nodes._delegate import DelegateTool, is_agent_ref
 from agentmill.engine.nodes._output import parse_output
-from agentmill.engine.outcomes import Outcome, Succeeded
+from agentmill.engine.outcomes import LogLine, Outcome, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import ChatRequest, Message, ToolCall, ToolSpec
 from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
@@ -125,9 +125,17 @@ async def _loop(
                 repaired = True  # one repair turn: say what was wrong, ask again
                 messages.append(Message(role="user", content=_repair_prompt(str(exc))))
                 continue
-        results = await asyncio.gather(
-            *(_call_tool(ctx, name, tools, call, turn) for call in response.tool_calls)
-        )
+        audits: list[list[LogLine]] = [[] for _ in response.tool_calls]
+        try:
+            results = await asyncio.gather(
+                *(
+                    _call_tool(ctx, name, tools, call, turn, audit)
+                    for call, audit in zip(response.tool_calls, audits, strict=True)
+                )
+            )
+        finally:  # in the order the model asked for the calls, whichever finished first
+            for audit in audits:
+                ctx.logs.extend(audit)
         messages.extend(
             Message(role="tool", content=text, tool_call_id=call.id, name=call.name)
             for call, text in zip(response.tool_calls, results, strict=True)
@@ -143,10 +151,16 @@ def _repair_prompt(problem: str) -> str:
 
 
 async def _call_tool(
-    ctx: StepContext, agent: str, tools: Mapping[str, Tool], call: ToolCall, turn: int
+    ctx: StepContext,
+    agent: str,
+    tools: Mapping[str, Tool],
+    call: ToolCall,
+    turn: int,
+    audit: list[LogLine],
 ) -> str:
     """Run one call of ``agent`` and return what the model is told; audit it either way (live
-    followers hear of it as it starts and ends; the audit line is stored with the step's result)."""
+    followers hear of it as it starts and ends; the line added to ``audit`` is stored with the
+    step's result)."""
     started = time.perf_counter()
     about: dict[str, Any] = {
         "source": "step",
@@ -168,19 +182,23 @@ async def _call_tool(
         duration_ms=duration_ms,
         **about,
     )
-    ctx.log(
-        f"tool {call.name}: {'error' if result.is_error else 'ok'}",
-        level="warning" if result.is_error else "info",
-        topic="tool",
-        agent=agent,
-        tool=call.name,
-        call_id=call.id,
-        turn=turn,
-        arguments=dict(call.arguments),
-        duration_ms=duration_ms,
-        result_size=len(text),
-        outcome=outcome,
-        error=text[:500] if result.is_error else None,
+    audit.append(
+        LogLine(
+            message=f"tool {call.name}: {outcome}",
+            level="warning" if result.is_error else "info",
+            data={
+                "topic": "tool",
+                "agent": agent,
+                "tool": call.name,
+                "call_id": call.id,
+                "turn": turn,
+                "arguments": dict(call.arguments),
+                "duration_ms": duration_ms,
+                "result_size": len(text),
+                "outcome": outcome,
+                "error": text[:500] if result.is_error else None,
+            },
+        )
     )
     if len(text) > _RESULT_LIMIT:
         text = text[:_RESULT_LIMIT] + f"\n[truncated: {len(text)} characters in all]"

@@ -118,9 +118,11 @@ async def test_runs_survive_a_worker_killed_mid_run(
     starter: Engine, workers: Workers, queue: str
 ) -> None:
     env = {"AGENTMILL_QUEUE_URL": REDIS_URL} if queue == "redis" else {}
+    # The runs first: started one by one beside the workers, on a loaded machine they were
+    # finished about as fast as they came, and the load was over soon after the last one.
+    run_ids = await _start_many(starter, LOAD, 240)
     for name in ("w1", "w2", "w3"):
         workers.start(name, "--concurrency", "40", **env)
-    run_ids = await _start_many(starter, LOAD, 240)
     # Kill w1 once some runs are done and it holds steps itself (a slow step takes 0.4 s).
     victim = workers.identity("w1")
     held = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 from agentmill.domain.states import RunStatus, StepStatus
@@ -36,9 +35,7 @@ outputs:
 
 
 async def test_steps_run_in_dependency_order_and_independent_steps_overlap(engine: Engine) -> None:
-    started = time.perf_counter()
     run = await run_workflow(engine, DIAMOND, {"topic": "bees"})
-    elapsed = time.perf_counter() - started
 
     assert run.status == RunStatus.COMPLETED
     steps = await steps_by_key(engine, run.id)
@@ -50,7 +47,6 @@ async def test_steps_run_in_dependency_order_and_independent_steps_overlap(engin
     # the two 0.5 s steps ran at the same time, not one after the other
     assert steps["left"].started_at < steps["right"].finished_at
     assert steps["right"].started_at < steps["left"].finished_at
-    assert elapsed < 1.0
     assert run.outputs == {
         "topic": "BEES",
         "joined": [

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agentmill.worker")
 _DEADLINE_SWEEP_SECONDS = 1.0
+# Steps claimed in one transaction at most. A worker with thousands of free slots claims in
+# batches: the first steps start while later ones are claimed, and no lease is stamped long
+# before its claim commits.
+_CLAIM_BATCH = 256
 _DELIVERY_GRACE_SECONDS = 15.0
 _RECORD_RETRIES = 10  # about 10 s of waiting for the database before leaving it to the lease
 # Errors that say the result itself cannot be stored; retrying would not help.
@@ -123,10 +127,13 @@ class Worker:
                         released = True
                     free = self.concurrency - len(self._tasks)
                     if free > 0:
-                        claims = await self._claim(free)
-                        self._saturated = len(claims) == free
+                        wanted = min(free, _CLAIM_BATCH)
+                        claims = await self._claim(wanted)
+                        self._saturated = len(claims) == wanted
                         for claim in claims:
                             self._spawn(claim)
+                        if self._saturated and wanted < free:
+                            self._wake.set()  # more may be ready: claim again at once
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + _DEADLINE_SWEEP_SECONDS
                         await self.engine.expire(root)

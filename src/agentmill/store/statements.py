@@ -58,6 +58,8 @@ _RUN_COLUMNS = (
     runs.c.api_key_id,
 )
 LOAD_RUN = Prepared(select(*_RUN_COLUMNS).where(runs.c.id == bindparam("b_id")))
+# Many runs at once (a claim's): what LOAD_RUN reads, with the id and the deadline.
+LOAD_RUNS = select(runs.c.id, runs.c.deadline_at, *_RUN_COLUMNS)
 # What changes during a run (a re-drive moves the deadline); the rest of the row is immutable
 # and cached per process.
 _RUN_STATUS = select(runs.c.status, runs.c.pending_steps, runs.c.deadline_at).where(

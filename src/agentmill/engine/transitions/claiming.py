@@ -243,6 +243,7 @@ class ClaimTransitions(TransitionsBase):
         ).all()
         by_run: dict[str, RunState] = {}
         claims: list[Claim] = []
+        self._read_runs(tx, (row.run_id for row in rows))
         for row in rows:
             state = by_run.get(row.run_id)
             if state is None:
@@ -281,16 +282,20 @@ class ClaimTransitions(TransitionsBase):
                     caller=state.caller,
                 )
             )
-        for state in by_run.values():
-            if state.status == RunStatus.PENDING:
-                started = tx.conn.execute(
+        pending = [state.id for state in by_run.values() if state.status == RunStatus.PENDING]
+        if pending:  # one statement for every run whose first step this claim starts
+            started = set(
+                tx.conn.scalars(
                     update(runs)
-                    .where(runs.c.id == state.id, runs.c.status == RunStatus.PENDING)
+                    .where(runs.c.id.in_(pending), runs.c.status == RunStatus.PENDING)
                     .values(status=RunStatus.RUNNING, started_at=tx.now)
+                    .returning(runs.c.id)
                 )
-                if started.rowcount:
-                    note_run_row(tx, state.id, status=RunStatus.RUNNING)
-                    self._event(tx, state, "run.started")
+            )
+            for run_id in pending:
+                if run_id in started:
+                    note_run_row(tx, run_id, status=RunStatus.RUNNING)
+                    self._event(tx, by_run[run_id], "run.started")
         return claims
 
     def _give_up_lost(self, tx: Tx, step_id: str, attempt: int, owner: str | None) -> None:

@@ -118,22 +118,24 @@ async def test_runs_survive_a_worker_killed_mid_run(
     starter: Engine, workers: Workers, queue: str
 ) -> None:
     env = {"AGENTMILL_QUEUE_URL": REDIS_URL} if queue == "redis" else {}
-    # The runs first: started one by one beside the workers, on a loaded machine they were
-    # finished about as fast as they came, and the load was over soon after the last one.
-    run_ids = await _start_many(starter, LOAD, 240)
+    version = await starter.register(load_workflow_text(LOAD))
     for name in ("w1", "w2", "w3"):
         workers.start(name, "--concurrency", "40", **env)
     # Kill w1 once some runs are done and it holds steps itself (a slow step takes 0.4 s).
+    # Runs keep arriving until then, so the load cannot be over before it is caught (the
+    # workers can finish 240 runs in about as long as it takes to start them).
     victim = workers.identity("w1")
-    held = 0
+    run_ids: list[str] = []
+    held = done = 0
     for _ in range(600):
-        # Both are one indexed count: reading the whole log here took long enough on a loaded
-        # machine for the load to be over (nothing left to hold) before the first look.
+        if len(run_ids) < 240:
+            run_ids += [await starter.start_run(version, {}) for _ in range(5)]
+        else:
+            await asyncio.sleep(0.05)
         done = await _completed(starter, run_ids)
         held = await _held_by(starter, victim) if done >= 40 else 0
         if held:
             break
-        await asyncio.sleep(0.05)
     if not held:  # say what the load looked like instead
         others = {n: await _held_by(starter, workers.identity(n)) for n in ("w2", "w3")}
         raise AssertionError(
@@ -142,6 +144,8 @@ async def test_runs_survive_a_worker_killed_mid_run(
         )
     workers.procs["w1"].send_signal(signal.SIGKILL)
     workers.procs["w1"].wait(timeout=10)
+    while len(run_ids) < 240:  # the rest of the load
+        run_ids.append(await starter.start_run(version, {}))
 
     statuses = await _wait_final(starter, run_ids, within=180)
 

@@ -44,8 +44,7 @@ def start_up(
     try:
         return proc, _wait_until_serving(proc, port)
     except BaseException:
-        proc.kill()  # a server that never came up must not outlive the test
-        proc.wait(timeout=10)
+        _kill_if_running(proc)  # a server that never came up must not outlive the test
         raise
 
 

@@ -332,22 +332,25 @@ class Database:
 
     async def _run_pg_group(self, group: list[_PgWrite]) -> None:
         try:
-            if len(group) > 1:
-                try:
-                    outcomes = await self._write_pg_group([member.fn for member in group])
-                except Exception:  # each member runs again alone, and reports its own error
-                    pass
-                else:
-                    for member, outcome in zip(group, outcomes, strict=True):
-                        if not member.future.done():  # its caller may have been cancelled
-                            member.future.set_result(outcome)
-                    return
-            await asyncio.gather(*(self._settle(member) for member in group))
+            if len(group) > 1 and await self._commit_together(group):
+                return
+            await asyncio.gather(*(self._commit_alone(member) for member in group))
         finally:  # cancelled (the loop is closing): no caller waits forever
             for member in group:
                 member.future.cancel()
 
-    async def _settle(self, member: _PgWrite) -> None:
+    async def _commit_together(self, group: list[_PgWrite]) -> bool:
+        """One transaction for the whole group; False if it failed (nothing was written)."""
+        try:
+            outcomes = await self._write_pg_group([member.fn for member in group])
+        except Exception:  # each member runs again alone, and reports its own error
+            return False
+        for member, outcome in zip(group, outcomes, strict=True):
+            if not member.future.done():  # its caller may have been cancelled
+                member.future.set_result(outcome)
+        return True
+
+    async def _commit_alone(self, member: _PgWrite) -> None:
         try:
             outcome = await self._write_pg_alone(member.fn)
         except Exception as exc:

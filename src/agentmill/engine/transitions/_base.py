@@ -211,15 +211,7 @@ class TransitionsBase:
         for row in tx.conn.execute(sql.LOAD_RUNS.where(runs.c.id.in_(missing))):
             if row.id not in self._run_cache:
                 self._cache_run(tx, row.id, row)
-            tx.accumulators.setdefault(
-                _ROW + row.id,
-                {
-                    "status": row.status,
-                    "pending": row.pending_steps,
-                    "deadline": row.deadline_at,
-                    "locked": False,
-                },
-            )
+            tx.accumulators.setdefault(_ROW + row.id, _run_row(row, locked=False))
 
     def _cache_run(self, tx: Tx, run_id: str, row: Any) -> _RunInfo:
         fixed = _RunInfo(
@@ -255,13 +247,7 @@ class TransitionsBase:
             current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
             if current is None:
                 raise NotFound(f"run {run_id!r} not found")
-            row = {
-                "status": current.status,
-                "pending": current.pending_steps,
-                "deadline": current.deadline_at,
-                "locked": lock,
-            }
-            tx.accumulators[_ROW + run_id] = row
+            row = tx.accumulators[_ROW + run_id] = _run_row(current, locked=lock)
             if lock:
                 # We may have waited for the lock behind another step's commit: stamp what we
                 # write from now on, so times follow the order in which changes were made.
@@ -458,6 +444,16 @@ class TransitionsBase:
 
 # Key prefix: a run's status, stored pending count and deadline, as read in this commit.
 _ROW = "run-row:"
+
+
+def _run_row(current: Any, *, locked: bool) -> dict[str, Any]:
+    """This commit's view of a run row (status, pending steps, deadline), as read."""
+    return {
+        "status": current.status,
+        "pending": current.pending_steps,
+        "deadline": current.deadline_at,
+        "locked": locked,
+    }
 
 
 def note_run_row(

@@ -243,6 +243,28 @@ async def test_postgresql_group_members_run_in_lock_order(pg_db: Database) -> No
     assert ran == ["a", "b", "c"]  # two processes' groups lock their runs in one order
 
 
+@pytest.mark.parametrize("held", ["run-a", "run-b", "run-c"])
+async def test_a_postgresql_commit_waits_for_the_commit_order_lock_of_each_key(
+    pg_db: Database, pg_database: str, held: str
+) -> None:
+    def ordered(tx: Tx) -> int:
+        tx.ordered_by.update({"run-c", "run-a", "run-b"})
+        return _txid(tx)
+
+    holder = await asyncpg.connect(pg_database)
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", held)
+        write = asyncio.ensure_future(pg_db.write(ordered, alone=True))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # one key of three is held elsewhere: the commit waits for it
+        await lock.rollback()
+        await asyncio.wait_for(write, timeout=10)
+    finally:
+        await holder.close()
+
+
 async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_each(
     pg_db: Database, pg_database: str
 ) -> None:

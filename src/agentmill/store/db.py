@@ -98,13 +98,19 @@ class Tx:
 
 
 def _lock_commit_order(conn: Connection, keys: set[str]) -> None:
-    # Taken last, after every row lock, in one sorted order: a transaction holding these waits
-    # for nothing but other holders, so they cannot deadlock. Released at COMMIT.
-    for key in sorted(keys):
-        conn.execute(_ADVISORY_LOCK, {"key": key})
+    # Taken last, after every row lock, in ascending order of lock id: a transaction holding
+    # these waits for nothing but other holders, so they cannot deadlock. One statement for
+    # all of a group's keys (a group of 256 runs took 256 round trips). Released at COMMIT.
+    if keys:
+        conn.execute(_ADVISORY_LOCKS, {"keys": sorted(keys)})
 
 
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+# The subquery's ORDER BY fixes the order the locks are taken in: PostgreSQL evaluates the
+# outer select list row by row as the sorted rows come out.
+_ADVISORY_LOCKS = text(
+    "SELECT pg_advisory_xact_lock(lock_id) FROM (SELECT DISTINCT hashtextextended(k, 0)"
+    " AS lock_id FROM unnest(CAST(:keys AS text[])) AS t(k) ORDER BY lock_id) AS ids"
+)
 
 
 def _notify(conn: Connection, notify: set[tuple[str, str]]) -> None:

@@ -41,7 +41,9 @@ class DatabasePolicies:
 
     Policies are cached for ``ttl`` seconds per process: a changed budget or limit applies
     everywhere within that time, and a call costs no query for them. ``forget`` drops one at
-    once (the process that made the change calls it).
+    once (the process that made the change calls it). Calls that find no fresh policy share
+    one load: a worker that starts hundreds of calls at once reads a workspace once, not once
+    per call.
     """
 
     def __init__(
@@ -51,22 +53,40 @@ class DatabasePolicies:
         self.ttl = ttl
         self.providers = providers
         self._cache: dict[str, tuple[float, WorkspacePolicy]] = {}
+        self._loading: dict[str, asyncio.Task[WorkspacePolicy]] = {}
 
     def forget(self, workspace_id: str) -> None:
         self._cache.pop(workspace_id, None)
+        self._loading.pop(workspace_id, None)  # a load under way may have read the old rows
 
     async def policy(self, workspace_id: str) -> WorkspacePolicy:
         cached = self._cache.get(workspace_id)
         if cached is not None and time.monotonic() - cached[0] < self.ttl:
             return cached[1]
-        policy = await self.db.read(lambda tx: _load(tx, workspace_id))
-        if self.providers is not None:
-            own = await self.providers(self.db, workspace_id)
-            policy = WorkspacePolicy(
-                markup=policy.markup, budgets=policy.budgets, limits=policy.limits, providers=own
-            )
-        self._cache[workspace_id] = (time.monotonic(), policy)
-        return policy
+        loading = self._loading.get(workspace_id)
+        if loading is None:
+            loading = self._loading[workspace_id] = asyncio.ensure_future(self._load(workspace_id))
+        # Shielded: one caller cancelled (its step timed out) does not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, workspace_id: str) -> WorkspacePolicy:
+        me = asyncio.current_task()
+        try:
+            policy = await self.db.read(lambda tx: _load(tx, workspace_id))
+            if self.providers is not None:
+                own = await self.providers(self.db, workspace_id)
+                policy = WorkspacePolicy(
+                    markup=policy.markup,
+                    budgets=policy.budgets,
+                    limits=policy.limits,
+                    providers=own,
+                )
+            if self._loading.get(workspace_id) is me:  # not forgotten while it read
+                self._cache[workspace_id] = (time.monotonic(), policy)
+            return policy
+        finally:
+            if self._loading.get(workspace_id) is me:
+                del self._loading[workspace_id]
 
     async def spent(self, line: BudgetLine) -> Decimal:
         return await self.db.read(lambda tx: spent(tx, line))

@@ -7,6 +7,7 @@ built once and executed with parameters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -79,6 +80,22 @@ RUN_ADD_PROGRESS = Prepared(
         cost=runs.c.cost + bindparam("b_cost", type_=runs.c.cost.type),
     )
 )
+
+
+@functools.cache
+def update_run(columns: tuple[str, ...], *, add_usage: bool) -> Prepared:
+    """``UPDATE runs`` setting ``columns`` (parameters ``v_<column>``, key ``b_id``) and, with
+    ``add_usage``, adding ``b_input_tokens``, ``b_output_tokens`` and ``b_cost`` to the run's
+    totals. One statement per combination, built once: a run's status changes take a handful."""
+    values: dict[str, Any] = {
+        name: bindparam(f"v_{name}", type_=runs.c[name].type) for name in columns
+    }
+    if add_usage:
+        values["input_tokens"] = runs.c.input_tokens + bindparam("b_input_tokens")
+        values["output_tokens"] = runs.c.output_tokens + bindparam("b_output_tokens")
+        values["cost"] = runs.c.cost + bindparam("b_cost", type_=runs.c.cost.type)
+    return Prepared(update(runs).where(runs.c.id == bindparam("b_id")).values(values))
+
 
 UPSTREAM = select(steps.c.step_key, steps.c.status, steps.c.output, steps.c.error).where(
     steps.c.run_id == bindparam("b_run"), steps.c.step_key.in_(bindparam("b_keys", expanding=True))

@@ -171,14 +171,18 @@ class TransitionsBase:
             progress["b_output_tokens"] += state.output_tokens
             progress["b_cost"] += state.cost
         else:
-            values = dict(state.changes)
+            values = state.changes
             if "pending_steps" in values and progress is not None:
                 progress["b_pending"] = 0  # the absolute value written now includes it
-            if state.input_tokens or state.output_tokens or state.cost:
-                values["input_tokens"] = runs.c.input_tokens + state.input_tokens
-                values["output_tokens"] = runs.c.output_tokens + state.output_tokens
-                values["cost"] = runs.c.cost + state.cost
-            tx.conn.execute(update(runs).where(runs.c.id == state.id).values(**values))
+            add_usage = bool(state.input_tokens or state.output_tokens or state.cost)
+            columns = tuple(sorted(values))
+            params = {f"v_{name}": values[name] for name in columns}
+            params["b_id"] = state.id
+            if add_usage:
+                params["b_input_tokens"] = state.input_tokens
+                params["b_output_tokens"] = state.output_tokens
+                params["b_cost"] = state.cost
+            sql.update_run(columns, add_usage=add_usage).run(tx.conn, params)
             note_run_row(
                 tx,
                 state.id,

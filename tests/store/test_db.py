@@ -243,6 +243,30 @@ async def test_postgresql_group_members_run_in_lock_order(pg_db: Database) -> No
     assert ran == ["a", "b", "c"]  # two processes' groups lock their runs in one order
 
 
+async def test_a_postgresql_group_runs_each_prelude_once_before_its_members(
+    pg_db: Database,
+) -> None:
+    calls: list[tuple[str, list[str]]] = []
+    seen: list[object] = []
+
+    def lock_all(tx: Tx, keys: list[str]) -> None:
+        calls.append(("lock_all", keys))
+        tx.accumulators["shared"] = {"by": "lock_all"}
+
+    def member(tx: Tx) -> None:
+        seen.append(tx.accumulators.get("shared"))
+
+    await asyncio.gather(
+        *(pg_db.write(member, lock_order=key, prelude=lock_all) for key in "cab"),
+        pg_db.write(member, lock_order="d"),  # names no prelude: not among its keys
+    )
+    await pg_db.write(member, lock_order="e", prelude=lock_all, alone=True)
+
+    assert calls == [("lock_all", ["a", "b", "c"])]  # once, with its members' keys in order
+    assert seen[:4] == [{"by": "lock_all"}] * 4  # what it read is there for the members
+    assert seen[4] is None  # alone, a write runs without it
+
+
 @pytest.mark.parametrize("held", ["run-a", "run-b", "run-c"])
 async def test_a_postgresql_commit_waits_for_the_commit_order_lock_of_each_key(
     pg_db: Database, pg_database: str, held: str

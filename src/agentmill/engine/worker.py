@@ -319,6 +319,7 @@ class Worker:
                     ),
                     alone=self._alone(),
                     lock_order=claim.run_id,
+                    prelude=engine.transitions.lock_runs,
                 )
             except StaleClaim:
                 raise

@@ -97,6 +97,13 @@ class Tx:
         self.deferred.setdefault(statement, []).extend(rows)
 
 
+# Runs once for a PostgreSQL group commit, before its members, given the ``lock_order`` keys
+# (in order) of the members that asked for it, and a ``Tx`` sharing their ``accumulators``:
+# it locks those members' rows in one statement and leaves what it read for them, instead of
+# one round trip each. Members must not depend on it: alone, or on SQLite, it does not run.
+GroupPrelude = Callable[[Tx, list[str]], None]
+
+
 def _lock_commit_order(conn: Connection, keys: set[str]) -> None:
     # Taken last, after every row lock, in ascending order of lock id: a transaction holding
     # these waits for nothing but other holders, so they cannot deadlock. One statement for
@@ -290,14 +297,24 @@ class Database:
 
     # ------------------------------------------------------------------ transactions
 
-    async def write(self, fn: Callable[[Tx], T], *, alone: bool = False, lock_order: str = "") -> T:
+    async def write(
+        self,
+        fn: Callable[[Tx], T],
+        *,
+        alone: bool = False,
+        lock_order: str = "",
+        prelude: GroupPrelude | None = None,
+    ) -> T:
         """Run ``fn`` as one transaction; its events are published after the commit.
 
         ``alone=True`` says the caller has nothing else in flight to batch with (a step of a
         chain): the transaction then runs right away (on SQLite on this thread, when the writer
         is idle, saving two thread hand-offs); otherwise it joins the next group commit.
         ``lock_order`` orders the members of a PostgreSQL group: give the key of the row
-        ``fn`` locks first (a run id), so concurrent groups lock rows in one order."""
+        ``fn`` locks first (a run id), so concurrent groups lock rows in one order.
+        ``prelude`` runs once for a PostgreSQL group, before its members, with the
+        ``lock_order`` keys of the members that name it: it locks their rows in one statement
+        (see :data:`GroupPrelude`)."""
         if self._writer is not None:
             if alone:
                 done = self._writer.try_inline(fn)
@@ -317,14 +334,16 @@ class Database:
         if alone:
             result, tx = await self._write_pg_alone(fn)
         else:
-            result, tx = await self._join_pg_group(fn, lock_order)
+            result, tx = await self._join_pg_group(fn, lock_order, prelude)
         self._publish(tx)
         return result
 
-    async def _join_pg_group(self, fn: Callable[[Tx], T], lock_order: str) -> tuple[T, Tx]:
+    async def _join_pg_group(
+        self, fn: Callable[[Tx], T], lock_order: str, prelude: GroupPrelude | None
+    ) -> tuple[T, Tx]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, Tx]] = loop.create_future()
-        self._pg_pending.append(_PgWrite(lock_order, fn, future))
+        self._pg_pending.append(_PgWrite(lock_order, fn, future, prelude))
         if len(self._pg_pending) == 1:
             loop.call_soon(self._flush_pg_pending)
         return cast(tuple[T, Tx], await future)
@@ -347,8 +366,12 @@ class Database:
 
     async def _commit_together(self, group: list[_PgWrite]) -> bool:
         """One transaction for the whole group; False if it failed (nothing was written)."""
+        preludes: dict[GroupPrelude, list[str]] = {}
+        for member in group:
+            if member.prelude is not None:
+                preludes.setdefault(member.prelude, []).append(member.lock_order)
         try:
-            outcomes = await self._write_pg_group([member.fn for member in group])
+            outcomes = await self._write_pg_group([member.fn for member in group], preludes)
         except Exception:  # each member runs again alone, and reports its own error
             return False
         for member, outcome in zip(group, outcomes, strict=True):
@@ -369,7 +392,7 @@ class Database:
     async def _write_pg_alone(self, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
         for attempt in range(8):
             try:
-                return (await self._write_pg_group([fn], lock_timeout=False))[0]
+                return (await self._write_pg_group([fn], {}, lock_timeout=False))[0]
             except DBAPIError as exc:
                 # A dropped connection is retried too: the engine's transactions are conditional
                 # (a result already written raises StaleClaim instead of applying twice).
@@ -380,10 +403,15 @@ class Database:
         raise AssertionError("unreachable")
 
     async def _write_pg_group(
-        self, fns: list[Callable[[Tx], T]], *, lock_timeout: bool = True
+        self,
+        fns: list[Callable[[Tx], T]],
+        preludes: dict[GroupPrelude, list[str]],
+        *,
+        lock_timeout: bool = True,
     ) -> list[tuple[T, Tx]]:
-        """Run ``fns`` in one transaction: each with its own ``Tx`` (and clock), all sharing
-        the rows inserted before COMMIT, the commit-order locks and the notifications."""
+        """Run ``fns`` in one transaction, after the ``preludes``: each with its own ``Tx``
+        (and clock), all sharing the rows inserted before COMMIT, what the engine accumulates
+        (the preludes' locked rows among it), the commit-order locks and the notifications."""
         assert self._async is not None
         async with self._async.begin() as conn:
 
@@ -392,6 +420,8 @@ class Database:
                     sync_conn.execute(_GROUP_LOCK_TIMEOUT)
                 deferred: dict[Any, list[dict[str, Any]]] = {}
                 accumulators: dict[str, dict[str, Any]] = {}
+                for prelude, keys in preludes.items():
+                    prelude(Tx(sync_conn, self.dialect, accumulators=accumulators), keys)
                 outcomes: list[tuple[T, Tx]] = []
                 for fn in fns:
                     tx = Tx(sync_conn, self.dialect, deferred=deferred, accumulators=accumulators)
@@ -444,6 +474,7 @@ class _PgWrite:
     lock_order: str
     fn: Callable[[Tx], Any]
     future: asyncio.Future[tuple[Any, Tx]]
+    prelude: GroupPrelude | None = None
 
 
 # Longer than a commit's own lock waits take; a group stuck behind another group's row lock

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import String, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmill.domain.states import StepStatus
@@ -68,6 +68,13 @@ _RUN_STATUS = select(runs.c.status, runs.c.pending_steps, runs.c.deadline_at).wh
 )
 RUN_STATUS = Prepared(_RUN_STATUS)
 LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
+# PostgreSQL: many runs locked in one statement, in id order (byte order, as Python sorts).
+LOCK_RUNS_STATUS = Prepared(
+    select(runs.c.id, runs.c.status, runs.c.pending_steps, runs.c.deadline_at)
+    .where(runs.c.id == any_(bindparam("b_ids", type_=postgresql.ARRAY(String))))
+    .order_by(runs.c.id.collate("C"))
+    .with_for_update()
+)
 
 # A run's progress added up over a group commit: relative, applied once per run before COMMIT.
 RUN_ADD_PROGRESS = Prepared(

@@ -87,8 +87,6 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Run a SELECT (or a statement with RETURNING) and return its rows."""
-        if conn.dialect.name not in _RAW:
-            return list(conn.execute(self.statement, dict(params)))
         compiled = self._get(conn.dialect, self._keys(params))
         cursor = _execute(conn, compiled.sql, compiled.bind(params))
         try:
@@ -104,8 +102,6 @@ class Prepared:
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an INSERT/UPDATE/DELETE; returns the row count."""
-        if conn.dialect.name not in _RAW:
-            return int(conn.execute(self.statement, dict(params)).rowcount)
         compiled = self._get(conn.dialect, self._keys(params))
         cursor = _execute(conn, compiled.sql, compiled.bind(params))
         try:
@@ -116,9 +112,6 @@ class Prepared:
     def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run an INSERT for many rows that all have the same keys."""
         if not rows:
-            return
-        if conn.dialect.name not in _RAW:
-            conn.execute(self.statement, [dict(r) for r in rows])
             return
         compiled = self._get(conn.dialect, self._keys(rows[0]))
         cursor = _execute(conn, compiled.sql, [compiled.bind(r) for r in rows], many=True)
@@ -132,23 +125,20 @@ class Prepared:
         return None
 
 
-# Dialects whose DBAPI cursor runs the compiled SQL as is: SQLite, and asyncpg through
-# SQLAlchemy's adapter (its SQL is compiled with $1 placeholders and casts for asyncpg).
-_RAW = frozenset({"sqlite", "postgresql"})
-
-
 def _execute(conn: Connection, statement: str, args: Any, *, many: bool = False) -> Any:
-    """Run ``statement`` on the connection's DBAPI cursor; returns the cursor."""
+    """Run ``statement`` on the connection's DBAPI cursor (sqlite3's, or SQLAlchemy's asyncpg
+    adapter's: the SQL is compiled for it, with $1 placeholders and casts); returns the cursor.
+    """
     dbapi_connection = conn.connection.dbapi_connection
     assert dbapi_connection is not None
     cursor = dbapi_connection.cursor()
-    if conn.dialect.name == "sqlite":  # its errors are the sqlite3 module's, as before
-        (cursor.executemany if many else cursor.execute)(statement, args)
-        return cursor
     try:
         (cursor.executemany if many else cursor.execute)(statement, args)
-    except conn.dialect.loaded_dbapi.Error as exc:
+    except BaseException as exc:
         cursor.close()
+        dbapi = conn.dialect.loaded_dbapi
+        if conn.dialect.name == "sqlite" or not isinstance(exc, dbapi.Error):
+            raise  # SQLite's errors stay the sqlite3 module's, which its callers expect
         dropped = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
         if dropped:  # the pool must not hand this connection out again
             conn.invalidate(exc)
@@ -156,7 +146,7 @@ def _execute(conn: Connection, statement: str, args: Any, *, many: bool = False)
             statement,
             args,
             exc,
-            conn.dialect.loaded_dbapi.Error,
+            dbapi.Error,
             connection_invalidated=dropped,
             dialect=conn.dialect,
         ) from exc

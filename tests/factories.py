@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import time
 from typing import Any
 
+from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
 from agentmill.gateway import ChatRequest, ChatResponse
@@ -24,6 +26,25 @@ async def run_workflow(
 ) -> RunView:
     run_id = await start(engine, yaml_text, inputs)
     return await engine.run_until_settled(run_id, **options)
+
+
+async def work_until_final(
+    engine: Engine, run_ids: list[str], *, concurrency: int, within: float = 15.0
+) -> list[RunStatus]:
+    """Run one worker until every run in ``run_ids`` has ended (or ``within`` seconds pass);
+    returns their statuses."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(engine.worker(name="w", concurrency=concurrency).run(stop))
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            statuses = [(await engine.get_run(run_id)).status for run_id in run_ids]
+            if all(status.is_final for status in statuses) or time.monotonic() > deadline:
+                return statuses
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await worker
 
 
 async def steps_by_key(engine: Engine, run_id: str) -> dict[str, StepView]:

@@ -3,7 +3,6 @@ once, rather than all its steps in one long transaction."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Tx
 from agentmill.store.models import steps
 from tests.conftest import started
+from tests.factories import work_until_final
 
 ONE_STEP = """
 name: one-step
@@ -41,17 +41,7 @@ async def test_a_worker_with_many_free_slots_claims_in_batches(
     monkeypatch.setattr(worker_module, "_CLAIM_BATCH", 20)
     version = await engine.register(load_workflow_text(ONE_STEP))
     run_ids = [await engine.start_run(version, {}) for _ in range(100)]
-    stop = asyncio.Event()
-    worker = asyncio.create_task(engine.worker(name="wide", concurrency=1000).run(stop))
-    try:
-        for _ in range(400):
-            statuses = [(await engine.get_run(run_id)).status for run_id in run_ids]
-            if all(status.is_final for status in statuses):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await worker
+    statuses = await work_until_final(engine, run_ids, concurrency=1000, within=20)
 
     assert statuses == [RunStatus.COMPLETED] * 100
 

@@ -3,7 +3,6 @@ one statement for the group, not one per result."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store import statements as sql
 from agentmill.store.prepared import Prepared
 from tests.conftest import new_pg_database, started
+from tests.factories import work_until_final
 
 ONE_STEP = """
 name: one-step
@@ -53,17 +53,7 @@ async def test_results_recorded_together_lock_their_runs_in_one_statement(
     run_ids = [await engine.start_run(version, {}) for _ in range(60)]
     one_by_one = count_rows_calls(sql.LOCK_RUN_STATUS, monkeypatch)
     together = count_rows_calls(sql.LOCK_RUNS_STATUS, monkeypatch)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(engine.worker(name="w", concurrency=100).run(stop))
-    try:
-        for _ in range(300):
-            statuses = [(await engine.get_run(run_id)).status for run_id in run_ids]
-            if all(status.is_final for status in statuses):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await worker
+    statuses = await work_until_final(engine, run_ids, concurrency=100)
 
     assert statuses == [RunStatus.COMPLETED] * 60
     locked_together = [run_id for params in together for run_id in params["b_ids"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -214,6 +215,18 @@ def _txid(tx: Tx) -> int:
     return int(tx.conn.execute(text("SELECT txid_current()")).scalar_one())
 
 
+@contextlib.asynccontextmanager
+async def held_by_another_connection(url: str, lock: str, *args: object) -> AsyncIterator[None]:
+    """Run ``lock`` in a transaction of another connection, held until the block ends."""
+    holder = await asyncpg.connect(url)
+    try:
+        async with holder.transaction():
+            await holder.execute(lock, *args)
+            yield
+    finally:
+        await holder.close()
+
+
 @pytest.fixture
 async def pg_db(pg_database: str) -> AsyncIterator[Database]:
     async with started(pg_database) as db:
@@ -275,18 +288,12 @@ async def test_a_postgresql_commit_waits_for_the_commit_order_lock_of_each_key(
         tx.ordered_by.update({"run-c", "run-a", "run-b"})
         return _txid(tx)
 
-    holder = await asyncpg.connect(pg_database)
-    try:
-        lock = holder.transaction()
-        await lock.start()
-        await holder.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", held)
+    lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+    async with held_by_another_connection(pg_database, lock, held):
         write = asyncio.ensure_future(pg_db.write(ordered, alone=True))
         await asyncio.sleep(0.3)
         assert not write.done()  # one key of three is held elsewhere: the commit waits for it
-        await lock.rollback()
-        await asyncio.wait_for(write, timeout=10)
-    finally:
-        await holder.close()
+    await asyncio.wait_for(write, timeout=10)
 
 
 async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_each(
@@ -302,18 +309,12 @@ async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_
         )
         return _txid(tx)
 
-    holder = await asyncpg.connect(pg_database)
-    try:
-        lock = holder.transaction()
-        await lock.start()
-        await holder.execute("SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE", run_id)
+    lock = "SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE"
+    async with held_by_another_connection(pg_database, lock, run_id):
         group = asyncio.gather(pg_db.write(_txid), pg_db.write(update), pg_db.write(_txid))
         await asyncio.sleep(0.3)  # far past the group's 50 ms lock timeout
         assert not group.done()  # the updating member waits (alone, with no timeout)
-        await lock.rollback()
-        txids = await asyncio.wait_for(group, timeout=10)
-    finally:
-        await holder.close()
+    txids = await asyncio.wait_for(group, timeout=10)
     query = select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)
     cost = await pg_db.read(lambda tx: tx.conn.execute(query).scalar_one())
 

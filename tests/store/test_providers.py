@@ -148,6 +148,11 @@ async def test_a_wrong_secret_key_fails_that_provider_only_and_clearly(db: Datab
 
     assert sorted(configs) == ["local", "openai"]
     assert "openai" in configs  # without decrypting
+    assert configs.get("openai-compat") is None  # a miss, as the gateway asks for each call
+    assert configs.get("nope", "default") == "default"
+    local = configs.get("local")
+    assert local is not None
+    assert local.kind == "ollama"
     assert configs["local"].base_url == "http://127.0.0.1:11434"
     with pytest.raises(
         ConfigError,

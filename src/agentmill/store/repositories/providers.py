@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +23,8 @@ from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx
 from agentmill.store.models import workspace_providers
 from agentmill.store.prepared import Prepared
+
+_T = TypeVar("_T")
 
 _t = workspace_providers.c
 _PUBLIC = [c for c in workspace_providers.c if c.key != "api_key_encrypted"]
@@ -190,6 +192,15 @@ class WorkspaceProviderConfigs(Mapping[str, ProviderConfig]):
         if config is None:
             config = self._configs[name] = self._config(self._rows[name])
         return config
+
+    @overload
+    def get(self, name: str, /) -> ProviderConfig | None: ...
+    @overload
+    def get(self, name: str, /, default: ProviderConfig | _T) -> ProviderConfig | _T: ...
+    def get(self, name: str, /, default: Any = None) -> Any:
+        # Without Mapping.get's KeyError for a miss: the gateway asks for every call, and most
+        # calls go to the server's own providers (the exception showed in profiles).
+        return self[name] if name in self._rows else default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._rows)

@@ -28,6 +28,18 @@ async def run_workflow(
     return await engine.run_until_settled(run_id, **options)
 
 
+async def wait_final(
+    engine: Engine, run_ids: list[str], within: float, *, every: float = 0.25
+) -> dict[str, RunStatus]:
+    """The runs' statuses once every one has ended, or when ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        statuses = {run_id: (await engine.get_run(run_id)).status for run_id in run_ids}
+        if all(status.is_final for status in statuses.values()) or time.monotonic() > deadline:
+            return statuses
+        await asyncio.sleep(every)
+
+
 async def work_until_final(
     engine: Engine, run_ids: list[str], *, concurrency: int, within: float = 15.0
 ) -> list[RunStatus]:
@@ -36,12 +48,7 @@ async def work_until_final(
     stop = asyncio.Event()
     worker = asyncio.create_task(engine.worker(name="w", concurrency=concurrency).run(stop))
     try:
-        deadline = time.monotonic() + within
-        while True:
-            statuses = [(await engine.get_run(run_id)).status for run_id in run_ids]
-            if all(status.is_final for status in statuses) or time.monotonic() > deadline:
-                return statuses
-            await asyncio.sleep(0.05)
+        return list((await wait_final(engine, run_ids, within, every=0.05)).values())
     finally:
         stop.set()
         await worker

@@ -26,6 +26,7 @@ from agentmill.store.models import events, runs, steps
 from agentmill.store.queries import list_events
 from tests.cli.test_up import free_port
 from tests.distributed.conftest import Workers
+from tests.factories import wait_final
 
 pytestmark = pytest.mark.slow
 REDIS_URL = "redis://127.0.0.1:6379/0"  # each test's stream is named after its own database
@@ -59,15 +60,6 @@ steps:
 async def _start_many(engine: Engine, yaml_text: str, count: int) -> list[str]:
     version = await engine.register(load_workflow_text(yaml_text))
     return [await engine.start_run(version, {}) for _ in range(count)]
-
-
-async def _wait_final(engine: Engine, run_ids: list[str], within: float) -> dict[str, RunStatus]:
-    deadline = time.monotonic() + within
-    while True:
-        statuses = {run_id: (await engine.get_run(run_id)).status for run_id in run_ids}
-        if all(status.is_final for status in statuses.values()) or time.monotonic() > deadline:
-            return statuses
-        await asyncio.sleep(0.25)
 
 
 async def _all_events(engine: Engine) -> list[dict[str, object]]:
@@ -147,7 +139,7 @@ async def test_runs_survive_a_worker_killed_mid_run(
     while len(run_ids) < 240:  # the rest of the load
         run_ids.append(await starter.start_run(version, {}))
 
-    statuses = await _wait_final(starter, run_ids, within=180)
+    statuses = await wait_final(starter, run_ids, within=180)
 
     logged, succeeded = await _completed_once(starter, statuses)
     assert len(succeeded) == len(run_ids) * 5
@@ -184,7 +176,7 @@ async def test_sigterm_finishes_in_flight_steps_within_the_grace_period(
     waited = time.monotonic() - sent
 
     assert code == 0, workers.log("w1")
-    statuses = await _wait_final(starter, run_ids, within=1)
+    statuses = await wait_final(starter, run_ids, within=1)
     assert set(statuses.values()) == {RunStatus.COMPLETED}  # finished by w1 before it left
     assert waited < 20  # it left as soon as its steps were done, not at the end of the grace
     assert "stopping: no new work" in workers.log("w1")
@@ -204,7 +196,7 @@ async def test_steps_left_at_the_end_of_the_grace_period_go_to_another_worker_at
     workers.start("w2", AGENTMILL_LEASE_SECONDS="60")
 
     # The lease would last a minute; the step was given back, so w2 starts it at once.
-    statuses = await _wait_final(starter, [run_id], within=30)
+    statuses = await wait_final(starter, [run_id], within=30)
 
     assert statuses[run_id] == RunStatus.COMPLETED
     log = await starter.db.read(lambda tx: list_events(tx, run_id=run_id))
@@ -252,7 +244,7 @@ async def test_workers_recover_when_their_database_connections_are_dropped(
     finally:
         await admin.close()
 
-    statuses = await _wait_final(starter, run_ids, within=120)
+    statuses = await wait_final(starter, run_ids, within=120)
 
     await _completed_once(starter, statuses)
     for name in ("w1", "w2"):
@@ -288,7 +280,7 @@ async def test_workers_carry_on_when_redis_restarts_and_loses_its_data(
         await asyncio.sleep(1.0)
         server = _start_redis(port, tmp_path)  # empty: every message in it is gone
 
-        statuses = await _wait_final(starter, run_ids, within=120)
+        statuses = await wait_final(starter, run_ids, within=120)
     finally:
         server.kill()
         server.wait(timeout=10)

@@ -474,7 +474,7 @@ class _PgWrite:
     lock_order: str
     fn: Callable[[Tx], Any]
     future: asyncio.Future[tuple[Any, Tx]]
-    prelude: GroupPrelude | None = None
+    prelude: GroupPrelude | None
 
 
 # Longer than a commit's own lock waits take; a group stuck behind another group's row lock

@@ -65,11 +65,11 @@ class DatabasePolicies:
             return cached[1]
         loading = self._loading.get(workspace_id)
         if loading is None:
-            loading = self._loading[workspace_id] = asyncio.ensure_future(self._load(workspace_id))
+            loading = self._loading[workspace_id] = asyncio.ensure_future(self._fetch(workspace_id))
         # Shielded: one caller cancelled (its step timed out) does not cancel the others' load.
         return await asyncio.shield(loading)
 
-    async def _load(self, workspace_id: str) -> WorkspacePolicy:
+    async def _fetch(self, workspace_id: str) -> WorkspacePolicy:
         me = asyncio.current_task()
         try:
             policy = await self.db.read(lambda tx: _load(tx, workspace_id))

@@ -77,11 +77,11 @@ async def _send(websocket: WebSocket, events: AsyncGenerator[dict[str, Any] | No
             async for event in events:
                 if event is not None:
                     await websocket.send_text(_wire(event))
-    except WebSocketDisconnect:
+        closing: Closing = websocket.app.state.closing
+        # Ended by the server stopping, not by the run: 1012 asks the client to come back.
+        await websocket.close(code=_SERVICE_RESTART if closing.is_set else 1000)
+    except WebSocketDisconnect:  # the client left, or a stopping server hung up on it, first
         return
-    closing: Closing = websocket.app.state.closing
-    # Ended by the server stopping, not by the run: 1012 asks the client to come back.
-    await websocket.close(code=_SERVICE_RESTART if closing.is_set else 1000)
 
 
 @router.websocket("/runs/{run_id}/ws")

@@ -485,6 +485,21 @@ def note_run_row(
             row["deadline"] = deadline
 
 
+def stored_usage(tx: Tx, run_id: str) -> dict[str, Any]:
+    """A run's usage totals at this point of the commit: as stored, plus what members of the
+    group commit before this one added to it, which ``_flush`` writes only before COMMIT."""
+    row = tx.conn.execute(
+        select(runs.c.input_tokens, runs.c.output_tokens, runs.c.cost).where(runs.c.id == run_id)
+    ).one()
+    usage = {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "cost": row.cost}
+    progress = tx.accumulators.get(run_id)
+    if progress is not None:
+        usage["input_tokens"] += progress["b_input_tokens"]
+        usage["output_tokens"] += progress["b_output_tokens"]
+        usage["cost"] += progress["b_cost"]
+    return usage
+
+
 def _pending_delta(tx: Tx, run_id: str) -> int:
     """Steps finished earlier in this group commit whose count is not written yet."""
     progress = tx.accumulators.get(run_id)

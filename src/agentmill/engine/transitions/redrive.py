@@ -31,7 +31,12 @@ from sqlalchemy import or_, select, update
 
 from agentmill.domain.spec import MapStep
 from agentmill.domain.states import RunStatus, StepStatus
-from agentmill.engine.transitions._base import RunState, TransitionsBase, max_attempts_of
+from agentmill.engine.transitions._base import (
+    RunState,
+    TransitionsBase,
+    max_attempts_of,
+    stored_usage,
+)
 from agentmill.errors import NotFound
 from agentmill.store.db import Tx
 from agentmill.store.dead_letters import failure_chain
@@ -55,7 +60,7 @@ class RedriveTransitions(TransitionsBase):
         # Innermost run first, as a sub-run's end locks them. What each sub-run reported to the
         # step above it is read before anything changes.
         states = [own, *(self._lock_run(tx, link.run_id) for link in links[1:])]
-        reported = {state.id: _usage_of(tx, state.id) for state in states[:-1]}
+        reported = {state.id: stored_usage(tx, state.id) for state in states[:-1]}
         self._requeue_dead_letter(tx, own, step_id, by)
         for index, (link, state) in enumerate(zip(links, states, strict=True)):
             if index:  # the step that ran the sub-run below
@@ -202,10 +207,3 @@ class RedriveTransitions(TransitionsBase):
             if child.status == RunStatus.CANCELLED:
                 self._reopen_run(tx, child, **data)
                 self._flush(tx, child)
-
-
-def _usage_of(tx: Tx, run_id: str) -> dict[str, Any]:
-    row = tx.conn.execute(
-        select(runs.c.input_tokens, runs.c.output_tokens, runs.c.cost).where(runs.c.id == run_id)
-    ).one()
-    return {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens, "cost": row.cost}

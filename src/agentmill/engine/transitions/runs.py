@@ -18,6 +18,7 @@ from agentmill.engine.transitions._base import (
     RunState,
     TransitionsBase,
     preview,
+    stored_usage,
 )
 from agentmill.errors import NotFound
 from agentmill.ids import new_id
@@ -216,29 +217,21 @@ class RunTransitions(TransitionsBase):
         ).one()
         if row.status != StepStatus.RUNNING or parent.status.is_final:
             return
-        totals = tx.conn.execute(
-            select(runs.c.input_tokens, runs.c.output_tokens, runs.c.cost).where(
-                runs.c.id == child.id
-            )
-        ).one()
+        totals = stored_usage(tx, child.id)
         # A sub-workflow's usage counts toward the step that ran it and the runs above it.
         tx.conn.execute(
             update(steps)
             .where(steps.c.id == child.parent_step_id)
             .values(
-                input_tokens=steps.c.input_tokens + totals.input_tokens,
-                output_tokens=steps.c.output_tokens + totals.output_tokens,
-                cost=steps.c.cost + totals.cost,
+                input_tokens=steps.c.input_tokens + totals["input_tokens"],
+                output_tokens=steps.c.output_tokens + totals["output_tokens"],
+                cost=steps.c.cost + totals["cost"],
             )
         )
-        parent.input_tokens += totals.input_tokens
-        parent.output_tokens += totals.output_tokens
-        parent.cost += totals.cost
-        usage = {
-            "input_tokens": totals.input_tokens,
-            "output_tokens": totals.output_tokens,
-            "cost": str(totals.cost),
-        }
+        parent.input_tokens += totals["input_tokens"]
+        parent.output_tokens += totals["output_tokens"]
+        parent.cost += totals["cost"]
+        usage = {**totals, "cost": str(totals["cost"])}
         if status == RunStatus.COMPLETED:
             tx.conn.execute(
                 update(steps)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from agentmill.client import AsyncClient
 from agentmill.config import Settings
@@ -69,6 +70,43 @@ async def test_one_bus_publishes_to_a_follower_on_another() -> None:
     finally:
         for bus in (worker, api, idle):
             await bus.aclose()
+
+
+async def test_many_lookups_at_once_share_few_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker starting thousands of steps asks, for each run, whether anyone follows it: asked
+    # together, one PUBSUB NUMSUB answers up to a thousand (before, one command each, and past
+    # 100 at once the process ran out of connections, so followed runs looked unfollowed).
+    asked: list[int] = []
+    numsub = Redis.pubsub_numsub
+
+    def counting(self: Redis, *names: str) -> Any:
+        asked.append(len(names))
+        return numsub(self, *names)
+
+    monkeypatch.setattr(Redis, "pubsub_numsub", counting)
+    followed = f"run_{uuid.uuid4().hex}"
+    others = [f"run_{uuid.uuid4().hex}" for _ in range(2500)]
+    worker, api = LiveBus(REDIS_URL), LiveBus(REDIS_URL)
+    try:
+        unsubscribe = await api.subscribe(followed, lambda event: None)
+        answers = await asyncio.gather(*(worker.watched(run_id) for run_id in [*others, followed]))
+        unsubscribe()
+    finally:
+        for bus in (worker, api):
+            await bus.aclose()
+    assert answers == [False] * 2500 + [True]
+    assert asked == [1000, 1000, 501]
+
+
+async def test_lookups_when_redis_is_unreachable_say_nobody_follows() -> None:
+    bus = LiveBus("redis://127.0.0.1:1/0")  # nothing listens there
+    try:
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(bus.watched(f"run_{i}") for i in range(300))), timeout=10
+        )
+    finally:
+        await bus.aclose()
+    assert answers == [False] * 300
 
 
 async def test_a_worker_streams_to_a_follower_of_another_process(

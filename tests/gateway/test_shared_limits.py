@@ -107,6 +107,39 @@ async def test_a_rate_limit_in_redis_is_one_count_for_every_gateway(prefix: str)
     assert one.calls + two.calls == 7
 
 
+async def test_many_more_calls_at_once_than_redis_connections_all_get_through(
+    prefix: str,
+) -> None:
+    # A worker with 10,000 steps at once makes that many calls: each waits for one of the
+    # process's Redis connections rather than failing as "unreachable" once they are in use.
+    policies = StaticPolicies(
+        {
+            "ws_1": WorkspacePolicy(
+                budgets=(workspace_budget("100"),),
+                limits=(CallerLimit(scope="workspace", requests_per_minute=100_000),),
+            )
+        }
+    )
+    primary = Flaky("primary", delay=0.05)
+    gw = Gateway(
+        [primary],
+        config=priced_config("primary"),
+        policies=policies,
+        budgets=RedisBudgetStore.from_url(REDIS_URL, prefix=prefix),
+        limiter=RateLimiter(REDIS_URL, prefix=prefix),
+        retry=NO_WAIT,
+    )
+    try:
+        results = await asyncio.gather(
+            *(gw.chat(ask()) for _ in range(600)), return_exceptions=True
+        )
+    finally:
+        await gw.aclose()
+    failures = {repr(r) for r in results if isinstance(r, BaseException)}
+    assert failures == set()
+    assert primary.calls == 600
+
+
 async def test_an_unreachable_budget_store_refuses_the_call() -> None:
     policies = StaticPolicies({"ws_1": WorkspacePolicy(budgets=(workspace_budget("1"),))})
     primary = Flaky("primary")

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from agentmill.redis_pool import redis_client
 
 log = structlog.get_logger("agentmill.live")
 
 _PREFIX = "agentmill:live:"
 _SUBSCRIBE_WAIT_SECONDS = 2.0
 _READ_SECONDS = 1.0
+_NUMSUB_BATCH = 1000  # channels asked about in one PUBSUB NUMSUB
 
 Deliver = Callable[[str, dict[str, Any]], None]
 
@@ -36,13 +39,16 @@ class RedisRelay:
     """Publishes a bus's events to Redis and delivers other buses' events to it."""
 
     def __init__(self, url: str, bus_id: str, deliver: Deliver) -> None:
-        self._redis = Redis.from_url(url)
+        self._redis = redis_client(url)
         self._bus_id = bus_id
         self._deliver = deliver
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._confirmed: dict[str, asyncio.Event] = {}
         self._pending: set[asyncio.Task[Any]] = set()
+        # Who-follows lookups waiting for the next PUBSUB NUMSUB: one future per channel.
+        self._asked: dict[str, asyncio.Future[int | None]] = {}
+        self._asking: asyncio.Task[None] | None = None
 
     async def publish(self, root_run_id: str, event: dict[str, Any]) -> None:
         message = json.dumps({"bus": self._bus_id, "root": root_run_id, "event": event})
@@ -52,16 +58,37 @@ class RedisRelay:
             log.warning("cannot publish a live event", run_id=root_run_id, error=str(exc))
 
     async def others_subscribed(self, root_run_id: str) -> bool:
-        """Whether a process other than this one subscribes to the run's channel."""
+        """Whether a process other than this one subscribes to the run's channel (False if
+        Redis cannot tell). Lookups asked for together (a worker starting thousands of steps)
+        share one PUBSUB NUMSUB: a round trip for all of them, not one each."""
         name = channel(root_run_id)
-        try:
-            counts = await self._redis.pubsub_numsub(name)
-        except (RedisError, OSError) as exc:
-            log.warning("cannot ask Redis who follows a run", run_id=root_run_id, error=str(exc))
+        asked = self._asked.get(name)
+        if asked is None:
+            asked = self._asked[name] = asyncio.get_running_loop().create_future()
+            if self._asking is None or self._asking.done():
+                self._asking = asyncio.create_task(self._ask_numsub(), name="agentmill-live-numsub")
+        count = await asyncio.shield(asked)  # a caller cancelled does not fail the others
+        if count is None:
             return False
-        count = int(counts[0][1]) if counts else 0
         own = self._pubsub is not None and name.encode() in self._pubsub.channels
         return count - (1 if own else 0) > 0
+
+    async def _ask_numsub(self) -> None:
+        """Answer every lookup asked for so far, and those asked for meanwhile, in batches."""
+        while self._asked:
+            batch = dict(itertools.islice(self._asked.items(), _NUMSUB_BATCH))
+            for name in batch:
+                del self._asked[name]
+            counts: dict[str, int] = {}
+            try:
+                for raw, count in await self._redis.pubsub_numsub(*batch):
+                    counts[raw.decode() if isinstance(raw, bytes) else str(raw)] = int(count)
+            except (RedisError, OSError) as exc:
+                log.warning("cannot ask Redis who follows runs", runs=len(batch), error=str(exc))
+            finally:  # answered, or None: unknown (also when this task is cancelled)
+                for name, future in batch.items():
+                    if not future.done():
+                        future.set_result(counts.get(name))
 
     async def subscribe(self, root_run_id: str) -> None:
         """Subscribe, and wait (briefly) until Redis confirms, so what is published next
@@ -90,6 +117,13 @@ class RedisRelay:
         task.add_done_callback(self._pending.discard)
 
     async def aclose(self) -> None:
+        if self._asking is not None:
+            self._asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._asking
+        for future in self._asked.values():
+            future.set_result(None)
+        self._asked.clear()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

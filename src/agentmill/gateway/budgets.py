@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agentmill.errors import BudgetExceeded, RetryableError
+from agentmill.redis_pool import redis_client
 
 _NANO = Decimal("0.000000001")  # the stores count nano-USD as integers
 
@@ -270,7 +271,7 @@ class RedisBudgetStore:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: int | str) -> RedisBudgetStore:
-        return cls(Redis.from_url(url), **kwargs)  # type: ignore[arg-type]
+        return cls(redis_client(url), **kwargs)  # type: ignore[arg-type]
 
     def _keys(self, lines: Sequence[BudgetLine]) -> list[str]:
         return [self.prefix + line.key for line in lines]

@@ -28,6 +28,7 @@ from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
 from agentmill.errors import RateLimited, RetryableError
+from agentmill.redis_pool import redis_pool
 
 LimitScope = Literal["workspace", "user", "api_key", "model"]
 
@@ -63,7 +64,7 @@ class RateLimiter:
             self.storage = MemoryStorage()
         elif storage_url.startswith(("redis://", "rediss://")):
             # Our own pool, so that closing the limiter closes its connections.
-            self._pool = ConnectionPool.from_url(storage_url)
+            self._pool = redis_pool(storage_url)
             self.storage = RedisStorage(
                 "async+" + storage_url,
                 implementation="redispy",

@@ -184,6 +184,45 @@ async def test_messages_read_but_not_taken_go_back_when_a_worker_stops(
         await client.aclose()
 
 
+async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(
+    engines: list[Engine], fresh_pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = await engines[0].register(load_workflow_text(FLOW))
+    run_id = await engines[0].start_run(version, {})  # a and b are ready
+    engine = engines[0]
+    queue = RedisQueue(REDIS_URL, engine, owner="w", free=lambda: 10)
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    await asyncio.wait_for(woke.wait(), timeout=10)
+    client = redis.from_url(REDIS_URL)
+    try:
+        for _ in range(100):  # until its reader holds both messages
+            if len(await client.xpending_range(stream_name(fresh_pg), GROUP, "-", "+", 10)) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.1)  # and has handled Redis's answer
+    write = engine.db.write
+    fail_next = [True]
+
+    async def failing_once(fn: Any, **options: Any) -> Any:
+        if fail_next.pop() if fail_next else False:
+            raise ConnectionRefusedError("sorry, too many clients already")
+        return await write(fn, **options)
+
+    monkeypatch.setattr(engine.db, "write", failing_once)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            await queue.take(10)  # the database refused the claim
+        claims = await queue.take(10)
+    finally:
+        await queue.close()
+
+    assert sorted(c.step_key for c in claims) == ["a", "b"]
+    assert {c.run_id for c in claims} == {run_id}
+
+
 ROUTED = """
 name: routed
 steps:

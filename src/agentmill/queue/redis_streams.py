@@ -126,7 +126,13 @@ class RedisQueue:
                 tx, owner=self._owner, step_ids=wanted, queues=self._queues
             )
 
-        claims = await self._engine.db.write(claim)
+        try:
+            claims = await self._engine.db.write(claim)
+        except BaseException:
+            # Not taken: they are read again at the next take, not left pending on this
+            # consumer until another worker takes them over a lease later.
+            self._buffer[:0] = batch
+            raise
         claimed = {c.step_id for c in claims}
         drop = []
         for stream, message_id, step_id in batch:

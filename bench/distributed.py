@@ -1,7 +1,11 @@
 """Distributed mode on PostgreSQL: `agentmill worker` processes sharing one queue.
 
-1. Throughput: steps/s with 1, 2 and 4 workers (zero-latency scripted model). Runs are created
-   first; the clock runs from the first step started to the last step finished (event times).
+1. Throughput: steps/s with 1, 2 and 4 workers (zero-latency scripted model). The workers start
+   first and wait, idle, until every one has reported in; then the runs are created in one
+   transaction, so all their steps are ready at once. The clock runs from the first step
+   started to the last step finished (event times). (A worker process takes about 2 s of CPU
+   to start: started after the runs, the later workers spent it while the first already
+   worked, which on 2 cores put 4 workers' rate below 2 workers'.)
 2. Queue lag: runs arrive at a steady rate while 2 workers run them; lag is a queued step's
    ``step.started`` time minus its ``step.queued`` time.
 3. 10,000 runs at once, each waiting on a 1 s scripted call, held by one worker process: wall
@@ -35,6 +39,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Database, Tx
 from agentmill.store.migrate import upgrade
 from agentmill.store.models import events
+from agentmill.store.workflows import VersionRef
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -136,6 +141,34 @@ async def wait_finished(engine: Engine, count: int, within: float) -> None:
     raise TimeoutError(f"runs did not finish within {within:g}s")
 
 
+async def wait_ready(engine: Engine, count: int, within: float = 60) -> None:
+    """Until ``count`` workers have reported in (each does just before it takes work)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        ready = await engine.db.read(
+            lambda tx: tx.conn.exec_driver_sql(
+                "SELECT count(*) FROM workers WHERE stopped_at IS NULL"
+            ).scalar()
+        )
+        if ready >= count:
+            await asyncio.sleep(0.5)  # the last one's queue starts listening
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{count} workers did not start within {within:g}s")
+
+
+async def queue_runs(engine: Engine, version: VersionRef, count: int) -> None:
+    """``count`` runs created in one transaction: their steps all become ready together."""
+
+    def create(tx: Tx) -> None:
+        for _ in range(count):
+            engine.transitions.create_run(
+                tx, workflow_id=version.workflow_id, version_id=version.version_id, inputs={}
+            )
+
+    await engine.db.write(create)
+
+
 async def with_engine(url: str) -> Engine:
     db = Database(url, pool_size=20)
     await db.start()
@@ -147,10 +180,10 @@ async def throughput(workers: int, runs: int, logs: Path, queue: str) -> float:
     engine = await with_engine(url)
     try:
         version = await engine.register(load_workflow_text(parallel_spec(10)))
-        for _ in range(runs):
-            await engine.start_run(version, {})
         procs = start_workers(url, workers, 200, logs, queue)
         try:
+            await wait_ready(engine, workers)
+            await queue_runs(engine, version, runs)
             await wait_finished(engine, runs, within=600)
         finally:
             stop_workers(procs)
@@ -171,7 +204,7 @@ async def lag(seconds: float, rate: float, logs: Path, queue: str) -> tuple[floa
         version = await engine.register(load_workflow_text(parallel_spec(4, latency=0.01)))
         procs = start_workers(url, 2, 200, logs, queue)
         try:
-            await asyncio.sleep(3)  # the workers are up and idle
+            await wait_ready(engine, 2)  # the workers are up and idle
             started = 0
             begin = time.monotonic()
             while time.monotonic() - begin < seconds:

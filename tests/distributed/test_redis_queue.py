@@ -184,6 +184,52 @@ async def test_messages_read_but_not_taken_go_back_when_a_worker_stops(
         await client.aclose()
 
 
+async def _until_read(fresh_pg: str, count: int) -> None:
+    """Until a reader holds ``count`` messages (and has handled Redis's answer)."""
+    client = redis.from_url(REDIS_URL)
+    try:
+        for _ in range(100):
+            if (
+                len(await client.xpending_range(stream_name(fresh_pg), GROUP, "-", "+", 10))
+                == count
+            ):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.1)
+
+
+async def test_steps_finished_together_are_acknowledged_together(
+    engines: list[Engine], fresh_pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acks: list[tuple[str, ...]] = []
+    xack = redis.Redis.xack
+
+    def counting(self: redis.Redis, name: str, groupname: str, *ids: str) -> Any:
+        acks.append(ids)
+        return xack(self, name, groupname, *ids)
+
+    monkeypatch.setattr(redis.Redis, "xack", counting)
+    version = await engines[0].register(load_workflow_text(FLOW))
+    await engines[0].start_run(version, {})  # a and b are ready
+    queue = RedisQueue(REDIS_URL, engines[0], owner="w", free=lambda: 10)
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    try:
+        await asyncio.wait_for(woke.wait(), timeout=10)
+        await _until_read(fresh_pg, 2)
+        claims = await queue.take(10)
+        assert len(claims) == 2
+
+        await asyncio.gather(*(queue.done([claim.step_id]) for claim in claims))
+
+        assert [len(ids) for ids in acks] == [2]  # one XACK for both
+        assert await _pending(fresh_pg) == 0
+    finally:
+        await queue.close()
+
+
 async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(
     engines: list[Engine], fresh_pg: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,15 +240,7 @@ async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(
     woke = asyncio.Event()
     await queue.start(woke.set)
     await asyncio.wait_for(woke.wait(), timeout=10)
-    client = redis.from_url(REDIS_URL)
-    try:
-        for _ in range(100):  # until its reader holds both messages
-            if len(await client.xpending_range(stream_name(fresh_pg), GROUP, "-", "+", 10)) == 2:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
-    await asyncio.sleep(0.1)  # and has handled Redis's answer
+    await _until_read(fresh_pg, 2)
     write = engine.db.write
     fail_next = [True]
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as redis
 from sqlalchemy import select, update
@@ -228,6 +229,58 @@ async def test_steps_finished_together_are_acknowledged_together(
         assert await _pending(fresh_pg) == 0
     finally:
         await queue.close()
+
+
+async def test_a_message_whose_step_was_locked_for_a_moment_is_taken_again(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    version = await engines[0].register(load_workflow_text(FLOW))
+    run_id = await engines[0].start_run(version, {})  # a and b are ready
+    queue = RedisQueue(REDIS_URL, engines[0], owner="w", free=lambda: 10)
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    other = await asyncpg.connect(fresh_pg)
+    try:
+        await asyncio.wait_for(woke.wait(), timeout=10)
+        await _until_read(fresh_pg, 2)
+        # Another transaction holds a's row, as a relay marking steps sent may for a moment.
+        locker = other.transaction()
+        await locker.start()
+        await other.execute(
+            "SELECT id FROM steps WHERE run_id = $1 AND step_key = 'a' FOR UPDATE", run_id
+        )
+        first = await queue.take(10)
+        await locker.rollback()
+        woke.clear()
+        await asyncio.wait_for(woke.wait(), timeout=5)  # told to take again
+        second = await queue.take(10)
+    finally:
+        await other.close()
+        await queue.close()
+
+    assert [c.step_key for c in first] == ["b"]
+    # Not dropped with its message (b may come again too: this bare queue keeps no lease).
+    assert "a" in {c.step_key for c in second}
+
+
+async def test_steps_sent_together_are_read_and_claimed_together(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    wide = "name: wide\nsteps:\n" + "".join(f"  - {{id: s{i}, value: {i}}}\n" for i in range(30))
+    version = await engines[0].register(load_workflow_text(wide))
+    queue = RedisQueue(REDIS_URL, engines[0], owner="w", free=lambda: 100)
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    try:
+        await asyncio.sleep(0.5)  # its reader waits in XREADGROUP
+        await engines[0].start_run(version, {})  # its relay sends the 30 steps at once
+        await asyncio.wait_for(woke.wait(), timeout=10)
+        claims = await queue.take(100)
+    finally:
+        await queue.close()
+
+    # Redis woke the reader with the first message; it read the rest before waking the worker.
+    assert len(claims) == 30
 
 
 async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(

@@ -16,7 +16,8 @@ from before named queues), any other queue's is ``agentmill:<database>:steps:<qu
   as many messages as the worker has free slots; the worker then claims those steps in the
   database. A worker that serves every queue finds the streams by name (``SCAN``) as they
   appear. A message whose step cannot start (finished,
-  cancelled, already running elsewhere) is acknowledged and dropped; a claimed one stays pending
+  cancelled, already running elsewhere) is acknowledged and dropped; one whose step's row another
+  transaction holds for a moment (claims skip locked rows) is offered again; a claimed one stays pending
   until the step's result is recorded, and its idle time is reset with every lease heartbeat.
 * **Dead workers.** ``XAUTOCLAIM`` (per stream) takes over messages idle for longer than a lease: their
   worker stopped heartbeating, so their steps' leases have expired and the claim takes them
@@ -54,6 +55,7 @@ log = structlog.get_logger("agentmill.queue")
 GROUP = "workers"
 PUBLISH_BATCH = 500
 MAX_LENGTH = 1_000_000  # approximate trim; a trimmed unread message is sent again (see above)
+_BUSY_RETRY_SECONDS = 0.02  # a step whose row another transaction held is offered again after
 
 
 def stream_name(database_url: str, queue: str = DEFAULT_QUEUE) -> str:
@@ -124,13 +126,15 @@ class RedisQueue:
         transitions = self._engine.transitions
         wanted = [step_id for _, _, step_id in batch]
 
-        def claim(tx: Tx) -> list[Claim]:
-            return transitions.claim_ids(
+        def claim(tx: Tx) -> tuple[list[Claim], set[str]]:
+            claims = transitions.claim_ids(
                 tx, owner=self._owner, step_ids=wanted, queues=self._queues
             )
+            skipped = set(wanted) - {c.step_id for c in claims}
+            return claims, transitions.still_claimable(tx, skipped, self._queues)
 
         try:
-            claims = await self._engine.db.write(claim)
+            claims, busy = await self._engine.db.write(claim)
         except BaseException:
             # Not taken: they are read again at the next take, not left pending on this
             # consumer until another worker takes them over a lease later.
@@ -138,11 +142,18 @@ class RedisQueue:
             raise
         claimed = {c.step_id for c in claims}
         drop = []
+        again = []
         for stream, message_id, step_id in batch:
             if step_id in claimed:
                 self._messages.setdefault(step_id, []).append((stream, message_id))
+            elif step_id in busy:  # its row was locked for a moment: offered again shortly
+                again.append((stream, message_id, step_id))
             else:  # finished, cancelled, running elsewhere, or a duplicate
                 drop.append((stream, message_id))
+        if again:
+            # Dropped, its step would wait for the relay's sweep for lost messages (a minute).
+            self._buffer.extend(again)
+            asyncio.get_running_loop().call_later(_BUSY_RETRY_SECONDS, self._wake)
         await self._ack(drop)
         return claims
 
@@ -220,26 +231,47 @@ class RedisQueue:
             return
         if self._all:
             await self._find_streams()
+        block: int | None = 1000
+        held = 0
         try:
-            answer = await _completed(
-                self._redis.xreadgroup(
-                    GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=room, block=1000
-                ),
-                self._receive_answer,
-            )
+            while room > 0:
+                answer = await _completed(
+                    self._redis.xreadgroup(
+                        GROUP,
+                        self._owner,
+                        dict.fromkeys(self._streams, ">"),
+                        count=room,
+                        block=block,
+                    ),
+                    self._receive_answer,
+                )
+                got = self._hold_answer(answer)
+                if not got:
+                    break
+                held += got
+                room -= got
+                # A relay sends many steps at once, but Redis wakes a blocked reader with what
+                # had come by then, often a single message: read what came since, without
+                # waiting, so that the worker claims them in one transaction, not one by one.
+                block = None
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.clear()  # Redis restarted without its data
             await self._ensure_groups()
-            return
-        self._receive_answer(answer)
+        finally:
+            if held:
+                self._wake()
 
     def _receive_answer(self, answer: Any) -> None:
+        if self._hold_answer(answer):
+            self._wake()
+
+    def _hold_answer(self, answer: Any) -> int:
+        """Buffer the messages of an XREADGROUP answer; how many there were."""
         streams: Any = answer or []  # RESP2: [[stream, entries]]; RESP3: {stream: entries}
         pairs = streams.items() if isinstance(streams, dict) else streams
-        for stream, entries in pairs:
-            self._receive(stream, entries)
+        return sum(self._hold(stream, entries) for stream, entries in pairs)
 
     async def _find_streams(self) -> None:
         """Serving every queue: read the streams of queues that appeared since the last look."""
@@ -287,12 +319,15 @@ class RedisQueue:
         self._receive(stream, answer[1])
 
     def _receive(self, stream: str, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        if self._hold(stream, entries):
+            self._wake()
+
+    def _hold(self, stream: str, entries: Iterable[tuple[str, dict[str, str]]]) -> int:
         received = [
             (stream, mid, fields["step"]) for mid, fields in entries if fields and "step" in fields
         ]
-        if received:
-            self._buffer.extend(received)
-            self._wake()
+        self._buffer.extend(received)
+        return len(received)
 
     async def _relay_loop(self) -> None:
         with contextlib.suppress(TimeoutError):

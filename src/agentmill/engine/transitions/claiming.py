@@ -91,6 +91,20 @@ class ClaimTransitions(TransitionsBase):
             len(ids),
         )
 
+    def still_claimable(
+        self, tx: Tx, step_ids: Iterable[str], queues: Iterable[str] | None = None
+    ) -> set[str]:
+        """Those of ``step_ids`` that may start now: after ``claim_ids``, the ones it skipped
+        because another transaction held their rows (a claim in flight, a relay marking steps
+        sent), which a queue should offer again rather than drop."""
+        ids = sorted(set(step_ids))
+        if not ids:
+            return set()
+        ready, expired = _claimable(tx.now, queues)
+        found = set(tx.conn.scalars(ready.where(steps.c.id.in_(ids))))
+        found.update(row.id for row in tx.conn.execute(expired.where(steps.c.id.in_(ids))))
+        return found
+
     def _take(
         self, tx: Tx, owner: str, ready: Select[Any], expired: Select[Any], limit: int
     ) -> list[Claim]:

@@ -15,10 +15,10 @@ from before named queues), any other queue's is ``agentmill:<database>:steps:<qu
 * **Delivery.** ``XREADGROUP`` reads, over the streams of the queues the worker serves, only
   as many messages as the worker has free slots; the worker then claims those steps in the
   database. A worker that serves every queue finds the streams by name (``SCAN``) as they
-  appear. A message whose step cannot start (finished,
-  cancelled, already running elsewhere) is acknowledged and dropped; one whose step's row another
-  transaction holds for a moment (claims skip locked rows) is offered again; a claimed one stays pending
-  until the step's result is recorded, and its idle time is reset with every lease heartbeat.
+  appear. A message whose step cannot start (finished, cancelled, already running elsewhere)
+  is acknowledged and dropped; one whose step's row another transaction held for a moment
+  (claims skip locked rows) is offered again; a claimed one stays pending until the step's
+  result is recorded, and its idle time is reset with every lease heartbeat.
 * **Dead workers.** ``XAUTOCLAIM`` (per stream) takes over messages idle for longer than a lease: their
   worker stopped heartbeating, so their steps' leases have expired and the claim takes them
   over. A step whose message is gone (trimmed, or Redis restarted without its data) and whose
@@ -55,7 +55,7 @@ log = structlog.get_logger("agentmill.queue")
 GROUP = "workers"
 PUBLISH_BATCH = 500
 MAX_LENGTH = 1_000_000  # approximate trim; a trimmed unread message is sent again (see above)
-_BUSY_RETRY_SECONDS = 0.02  # a step whose row another transaction held is offered again after
+_BUSY_RETRY_SECONDS = 0.02  # how soon a step whose row was locked is offered again
 
 
 def stream_name(database_url: str, queue: str = DEFAULT_QUEUE) -> str:

@@ -127,34 +127,29 @@ async def event_rows(engine: Engine, types: tuple[str, ...]) -> list[dict[str, A
     return await engine.db.read(read)
 
 
-async def wait_finished(engine: Engine, count: int, within: float) -> None:
+async def wait_count(engine: Engine, query: str, count: int, within: float, every: float) -> bool:
+    """Whether the count ``query`` reads reaches ``count`` within ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        done = await engine.db.read(
-            lambda tx: tx.conn.exec_driver_sql(
-                "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
-            ).scalar()
-        )
-        if done >= count:
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"runs did not finish within {within:g}s")
+        found = await engine.db.read(lambda tx: tx.conn.exec_driver_sql(query).scalar())
+        if found >= count:
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def wait_finished(engine: Engine, count: int, within: float) -> None:
+    query = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
+    if not await wait_count(engine, query, count, within, every=0.2):
+        raise TimeoutError(f"runs did not finish within {within:g}s")
 
 
 async def wait_ready(engine: Engine, count: int, within: float = 60) -> None:
     """Until ``count`` workers have reported in (each does just before it takes work)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        ready = await engine.db.read(
-            lambda tx: tx.conn.exec_driver_sql(
-                "SELECT count(*) FROM workers WHERE stopped_at IS NULL"
-            ).scalar()
-        )
-        if ready >= count:
-            await asyncio.sleep(0.5)  # the last one's queue starts listening
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{count} workers did not start within {within:g}s")
+    query = "SELECT count(*) FROM workers WHERE stopped_at IS NULL"
+    if not await wait_count(engine, query, count, within, every=0.1):
+        raise TimeoutError(f"{count} workers did not start within {within:g}s")
+    await asyncio.sleep(0.5)  # the last one's queue starts listening
 
 
 async def queue_runs(engine: Engine, version: VersionRef, count: int) -> None:

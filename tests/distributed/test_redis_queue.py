@@ -295,11 +295,11 @@ async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(
     await asyncio.wait_for(woke.wait(), timeout=10)
     await _until_read(fresh_pg, 2)
     write = engine.db.write
-    fail_next = [True]
+    refusals = [ConnectionRefusedError("sorry, too many clients already")]
 
     async def failing_once(fn: Any, **options: Any) -> Any:
-        if fail_next.pop() if fail_next else False:
-            raise ConnectionRefusedError("sorry, too many clients already")
+        if refusals:
+            raise refusals.pop()
         return await write(fn, **options)
 
     monkeypatch.setattr(engine.db, "write", failing_once)

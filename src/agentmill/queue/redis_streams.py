@@ -243,7 +243,7 @@ class RedisQueue:
                         count=room,
                         block=block,
                     ),
-                    self._receive_answer,
+                    self._hold_answer,  # cancelled (closing): held, so handed back
                 )
                 got = self._hold_answer(answer)
                 if not got:
@@ -262,10 +262,6 @@ class RedisQueue:
         finally:
             if held:
                 self._wake()
-
-    def _receive_answer(self, answer: Any) -> None:
-        if self._hold_answer(answer):
-            self._wake()
 
     def _hold_answer(self, answer: Any) -> int:
         """Buffer the messages of an XREADGROUP answer; how many there were."""
@@ -399,7 +395,7 @@ def _by_stream(messages: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-async def _completed(call: Awaitable[Any], on_cancel: Callable[[Any], None]) -> Any:
+async def _completed(call: Awaitable[Any], on_cancel: Callable[[Any], object]) -> Any:
     """Await a read that delivers messages; if we are cancelled meanwhile (closing), still wait
     for its answer and pass it to ``on_cancel``: Redis has already made those messages pending
     on this consumer, and only what we hold can be handed back when the worker closes."""

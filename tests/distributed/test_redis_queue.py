@@ -283,6 +283,28 @@ async def test_steps_sent_together_are_read_and_claimed_together(
     assert len(claims) == 30
 
 
+async def test_a_take_reads_the_messages_waiting_up_to_its_limit(
+    engines: list[Engine], fresh_pg: str
+) -> None:
+    wide = "name: wide\nsteps:\n" + "".join(f"  - {{id: s{i}, value: {i}}}\n" for i in range(30))
+    version = await engines[0].register(load_workflow_text(wide))
+    slots = [1]  # one free slot: the reader reads one message ahead, no more
+    queue = RedisQueue(REDIS_URL, engines[0], owner="w", free=lambda: slots[0])
+    woke = asyncio.Event()
+    await queue.start(woke.set)
+    try:
+        await engines[0].start_run(version, {})
+        await asyncio.wait_for(woke.wait(), timeout=10)
+        await _until_read(fresh_pg, 1)
+        slots[0] = 30  # say the steps of another run just finished, freeing 30 slots
+        claims = await queue.take(30)
+    finally:
+        await queue.close()
+
+    # All in one claim: the take read what was waiting, not only what the reader held.
+    assert len(claims) == 30
+
+
 async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(
     engines: list[Engine], fresh_pg: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,7 +81,7 @@ async def test_results_recorded_together_lock_their_runs_in_one_statement(
     version = await engine.register(load_workflow_text(ONE_STEP))
     run_ids = [await engine.start_run(version, {}) for _ in range(60)]
     one_by_one = count_rows_calls(sql.LOCK_RUN_STATUS, monkeypatch)
-    together = count_rows_calls(sql.LOCK_RUNS_STATUS, monkeypatch)
+    together = count_rows_calls(sql.LOCK_FREE_RUNS_STATUS, monkeypatch)
     statuses = await work_until_final(engine, run_ids, concurrency=100)
 
     assert statuses == [RunStatus.COMPLETED] * 60

@@ -262,9 +262,10 @@ async def test_a_postgresql_group_runs_each_prelude_once_before_its_members(
     calls: list[tuple[str, list[str]]] = []
     seen: list[object] = []
 
-    def lock_all(tx: Tx, keys: list[str]) -> None:
+    def lock_all(tx: Tx, keys: list[str]) -> set[str]:
         calls.append(("lock_all", keys))
         tx.accumulators["shared"] = {"by": "lock_all"}
+        return set()
 
     def member(tx: Tx) -> None:
         seen.append(tx.accumulators.get("shared"))
@@ -294,6 +295,44 @@ async def test_a_postgresql_commit_waits_for_the_commit_order_lock_of_each_key(
         await asyncio.sleep(0.3)
         assert not write.done()  # one key of three is held elsewhere: the commit waits for it
     await asyncio.wait_for(write, timeout=10)
+
+
+async def test_a_postgresql_group_member_whose_row_is_held_elsewhere_sits_the_group_out(
+    pg_db: Database, pg_database: str
+) -> None:
+    held_run, free_runs = new_id("run"), [new_id("run"), new_id("run")]
+    when = datetime.now(UTC)
+    rows = [call_row(Decimal(1), when, run_id) for run_id in [held_run, *free_runs]]
+    await pg_db.write(lambda tx: tx.conn.execute(llm_calls.insert(), rows))
+    lock_free = text(
+        "SELECT run_id FROM llm_calls WHERE run_id = ANY(:keys) FOR UPDATE SKIP LOCKED"
+    )
+
+    def lock_free_rows(tx: Tx, keys: list[str]) -> set[str]:  # like the engine's lock_runs
+        return set(keys) - set(tx.conn.execute(lock_free, {"keys": keys}).scalars())
+
+    lock_one = text("SELECT 1 FROM llm_calls WHERE run_id = :key FOR UPDATE")
+
+    def locking(key: str):  # type: ignore[no-untyped-def]
+        def write(tx: Tx) -> int:  # locks its row first, like the engine's _lock_run
+            tx.conn.execute(lock_one, {"key": key})
+            return _txid(tx)
+
+        return write
+
+    lock = "SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE"
+    async with held_by_another_connection(pg_database, lock, held_run):
+        writes = [
+            asyncio.ensure_future(pg_db.write(locking(key), lock_order=key, prelude=lock_free_rows))
+            for key in [held_run, *free_runs]
+        ]
+        free = await asyncio.wait_for(asyncio.gather(*writes[1:]), timeout=10)
+        await asyncio.sleep(0.3)  # past the retry together: alone, it waits for the lock
+        assert not writes[0].done()
+    late = await asyncio.wait_for(writes[0], timeout=10)
+
+    assert len(set(free)) == 1  # the free members committed together, without waiting
+    assert late not in free  # the held one sat out, and committed once the row was free
 
 
 async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_each(

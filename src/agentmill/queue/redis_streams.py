@@ -14,7 +14,9 @@ from before named queues), any other queue's is ``agentmill:<database>:steps:<qu
   on other processes' ``NOTIFY``, when a retry falls due, and every poll interval.
 * **Delivery.** ``XREADGROUP`` reads, over the streams of the queues the worker serves, only
   as many messages as the worker has free slots; the worker then claims those steps in the
-  database. A worker that serves every queue finds the streams by name (``SCAN``) as they
+  database. A take reads what is waiting (up to its limit) without blocking; a reader blocks
+  in ``XREADGROUP`` only once the streams are drained, and wakes the worker when a message
+  comes. A worker that serves every queue finds the streams by name (``SCAN``) as they
   appear. A message whose step cannot start (finished, cancelled, already running elsewhere)
   is acknowledged and dropped; one whose step's row another transaction held for a moment
   (claims skip locked rows) is offered again; a claimed one stays pending until the step's
@@ -95,6 +97,8 @@ class RedisQueue:
         self._buffer: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[tuple[str, str]]] = {}  # step id -> (stream, message id)
         self._relay_wake = Alarm()
+        self._drained = asyncio.Event()  # the last read found no more waiting: block for more
+        self._drained.set()
         self._wake: Callable[[], None] = lambda: None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], object]] = []
@@ -120,6 +124,8 @@ class RedisQueue:
             self._tasks.append(asyncio.create_task(self._forever(name, loop)))
 
     async def take(self, limit: int) -> list[Claim]:
+        if len(self._buffer) < limit:
+            await self._read_waiting(limit - len(self._buffer))
         batch, self._buffer = self._buffer[:limit], self._buffer[limit:]
         if not batch:
             return []
@@ -224,7 +230,30 @@ class RedisQueue:
                 log.warning(f"queue {name} failed; retrying", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
 
+    async def _read_waiting(self, count: int) -> None:
+        """Read, without waiting, up to ``count`` messages already in the streams. Steps that
+        finished together free their slots together: read here, at the take, their successors
+        are claimed together too (the reader, which reads as soon as a slot is free, took them
+        a few at a time). Short of ``count``, the streams are drained: the reader waits for
+        the next message."""
+        got = 0
+        try:
+            answer = await _completed(
+                self._redis.xreadgroup(
+                    GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=count
+                ),
+                self._hold_answer,
+            )
+            got = self._hold_answer(answer)
+        except (RedisError, OSError):
+            pass  # the reader finds out too (NOGROUP, Redis down) and deals with it
+        if got < count:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
     async def _read_loop(self) -> None:
+        await self._drained.wait()  # while messages are waiting, takes read them
         room = self._free() - len(self._buffer)
         if room <= 0:
             await asyncio.sleep(0.02)
@@ -261,6 +290,7 @@ class RedisQueue:
             await self._ensure_groups()
         finally:
             if held:
+                self._drained.clear()  # the next take reads what else came
                 self._wake()
 
     def _hold_answer(self, answer: Any) -> int:

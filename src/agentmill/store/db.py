@@ -26,6 +26,11 @@ Transactions are plain functions ``fn(tx) -> T`` written against a synchronous S
 
   - members run in the order of their ``lock_order`` key (the worker passes the run id), so
     two processes' groups take their run locks in one order;
+  - a prelude locks the members' run rows in one statement, skipping rows another
+    transaction holds (another worker's group with a result of the same run): their members
+    sit the group out, try together again 20 ms later, then alone (waiting for the lock).
+    Waiting instead made the group time out (below) and all its members run alone: 200
+    transactions where one would do;
   - a group waits at most 50 ms for any lock; if it waits longer, or any member raises, the
     group is rolled back and each member runs again alone, with the usual retries. A
     deadlock between two groups thus costs 50 ms, not the server's ``deadlock_timeout``;
@@ -100,8 +105,10 @@ class Tx:
 # Runs once for a PostgreSQL group commit, before its members, given the ``lock_order`` keys
 # (in order) of the members that asked for it, and a ``Tx`` sharing their ``accumulators``:
 # it locks those members' rows in one statement and leaves what it read for them, instead of
-# one round trip each. Members must not depend on it: alone, or on SQLite, it does not run.
-GroupPrelude = Callable[[Tx, list[str]], None]
+# one round trip each. It returns the keys whose rows another transaction holds (it skips
+# them rather than wait): their members sit the group out and commit after it. Members must
+# not depend on it: alone, or on SQLite, it does not run.
+GroupPrelude = Callable[[Tx, list[str]], set[str]]
 
 
 def _lock_commit_order(conn: Connection, keys: set[str]) -> None:
@@ -357,27 +364,39 @@ class Database:
 
     async def _run_pg_group(self, group: list[_PgWrite]) -> None:
         try:
-            if len(group) > 1 and await self._commit_together(group):
-                return
-            await asyncio.gather(*(self._commit_alone(member) for member in group))
+            left = group
+            if len(group) > 1:
+                held = await self._commit_together(group)
+                if held is not None and len(held) > 1:
+                    # Their rows were another transaction's (another worker's group commit,
+                    # most often): once more together when it has likely committed.
+                    await asyncio.sleep(_HELD_PAUSE_SECONDS)
+                    again = await self._commit_together(held)
+                    held = held if again is None else again
+                left = group if held is None else held
+            await asyncio.gather(*(self._commit_alone(member) for member in left))
         finally:  # cancelled (the loop is closing): no caller waits forever
             for member in group:
                 member.future.cancel()
 
-    async def _commit_together(self, group: list[_PgWrite]) -> bool:
-        """One transaction for the whole group; False if it failed (nothing was written)."""
-        preludes: dict[GroupPrelude, list[str]] = {}
-        for member in group:
-            if member.prelude is not None:
-                preludes.setdefault(member.prelude, []).append(member.lock_order)
+    async def _commit_together(self, group: list[_PgWrite]) -> list[_PgWrite] | None:
+        """One transaction for the group, but for the members whose rows a prelude found held
+        elsewhere: those are returned, uncommitted. None if the transaction failed (nothing
+        was written)."""
         try:
-            outcomes = await self._write_pg_group([member.fn for member in group], preludes)
+            outcomes = await self._write_pg_group(
+                [member.fn for member in group],
+                [(m.prelude, m.lock_order) if m.prelude else None for m in group],
+            )
         except Exception:  # each member runs again alone, and reports its own error
-            return False
+            return None
+        held = []
         for member, outcome in zip(group, outcomes, strict=True):
-            if not member.future.done():  # its caller may have been cancelled
+            if outcome is None:
+                held.append(member)
+            elif not member.future.done():  # its caller may have been cancelled
                 member.future.set_result(outcome)
-        return True
+        return held
 
     async def _commit_alone(self, member: _PgWrite) -> None:
         try:
@@ -392,7 +411,9 @@ class Database:
     async def _write_pg_alone(self, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
         for attempt in range(8):
             try:
-                return (await self._write_pg_group([fn], {}, lock_timeout=False))[0]
+                (outcome,) = await self._write_pg_group([fn], [None], lock_timeout=False)
+                assert outcome is not None  # with no prelude, no member is held back
+                return outcome
             except DBAPIError as exc:
                 # A dropped connection is retried too: the engine's transactions are conditional
                 # (a result already written raises StaleClaim instead of applying twice).
@@ -405,30 +426,42 @@ class Database:
     async def _write_pg_group(
         self,
         fns: list[Callable[[Tx], T]],
-        preludes: dict[GroupPrelude, list[str]],
+        locks: list[tuple[GroupPrelude, str] | None],
         *,
         lock_timeout: bool = True,
-    ) -> list[tuple[T, Tx]]:
-        """Run ``fns`` in one transaction, after the ``preludes``: each with its own ``Tx``
-        (and clock), all sharing the rows inserted before COMMIT, what the engine accumulates
-        (the preludes' locked rows among it), the commit-order locks and the notifications."""
+    ) -> list[tuple[T, Tx] | None]:
+        """Run ``fns`` in one transaction, after the preludes their ``locks`` name (with
+        the key each passes): each with its own ``Tx`` (and clock), all sharing the rows
+        inserted before COMMIT, what the engine accumulates (the preludes' locked rows among
+        it), the commit-order locks and the notifications. A member whose key a prelude found
+        held elsewhere does not run: its outcome is None."""
         assert self._async is not None
+        preludes: dict[GroupPrelude, list[str]] = {}
+        for lock in locks:
+            if lock is not None:
+                preludes.setdefault(lock[0], []).append(lock[1])
         async with self._async.begin() as conn:
 
-            def run(sync_conn: Connection) -> list[tuple[T, Tx]]:
+            def run(sync_conn: Connection) -> list[tuple[T, Tx] | None]:
                 if lock_timeout:
                     sync_conn.execute(_GROUP_LOCK_TIMEOUT)
                 deferred: dict[Any, list[dict[str, Any]]] = {}
                 accumulators: dict[str, dict[str, Any]] = {}
+                held: set[tuple[GroupPrelude, str]] = set()
                 for prelude, keys in preludes.items():
-                    prelude(Tx(sync_conn, self.dialect, accumulators=accumulators), keys)
-                outcomes: list[tuple[T, Tx]] = []
-                for fn in fns:
+                    busy = prelude(Tx(sync_conn, self.dialect, accumulators=accumulators), keys)
+                    held.update((prelude, key) for key in busy)
+                outcomes: list[tuple[T, Tx] | None] = []
+                for fn, lock in zip(fns, locks, strict=True):
+                    if lock in held:
+                        outcomes.append(None)
+                        continue
                     tx = Tx(sync_conn, self.dialect, deferred=deferred, accumulators=accumulators)
                     outcomes.append((fn(tx), tx))
-                _lock_commit_order(sync_conn, set().union(*(tx.ordered_by for _, tx in outcomes)))
+                ran = [outcome[1] for outcome in outcomes if outcome is not None]
+                _lock_commit_order(sync_conn, set().union(*(tx.ordered_by for tx in ran)))
                 _insert_deferred(sync_conn, deferred)
-                _notify(sync_conn, set().union(*(tx.notify for _, tx in outcomes)))
+                _notify(sync_conn, set().union(*(tx.notify for tx in ran)))
                 return outcomes
 
             return await conn.run_sync(run)
@@ -480,6 +513,7 @@ class _PgWrite:
 # Longer than a commit's own lock waits take; a group stuck behind another group's row lock
 # (perhaps in a deadlock) gives up and runs its members alone instead.
 _GROUP_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '50ms'")
+_HELD_PAUSE_SECONDS = 0.02  # before members whose rows were held elsewhere try together again
 
 
 def _is_transient(exc: DBAPIError) -> bool:

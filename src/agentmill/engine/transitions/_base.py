@@ -195,11 +195,15 @@ class TransitionsBase:
         state.input_tokens = state.output_tokens = 0
         state.cost = Decimal(0)
 
-    def lock_runs(self, tx: Tx, run_ids: list[str]) -> None:
+    def lock_runs(self, tx: Tx, run_ids: list[str]) -> set[str]:
         """Lock many runs at once for the ``_lock_run`` of each member of a PostgreSQL group
-        commit (its prelude: see ``Database.write``): one statement instead of one each."""
-        for row in sql.LOCK_RUNS_STATUS.rows(tx.conn, {"b_ids": run_ids}):
+        commit (its prelude: see ``Database.write``): one statement instead of one each.
+        Returns the runs it did not lock: held by another transaction (or gone)."""
+        held = set(run_ids)
+        for row in sql.LOCK_FREE_RUNS_STATUS.rows(tx.conn, {"b_ids": run_ids}):
             tx.accumulators[_ROW + row.id] = _run_row(row, locked=True)
+            held.discard(row.id)
+        return held
 
     def _lock_run(self, tx: Tx, run_id: str) -> RunState:
         state = self._load_run(tx, run_id, lock=True)

@@ -69,12 +69,14 @@ _RUN_STATUS = select(runs.c.status, runs.c.pending_steps, runs.c.deadline_at).wh
 RUN_STATUS = Prepared(_RUN_STATUS)
 LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
 # PostgreSQL: many runs locked in one statement, in id order (byte order, as Python sorts),
-# but for those another transaction holds: skipped, not waited for.
+# but for those another transaction holds: skipped, not waited for. FOR NO KEY UPDATE (all a
+# result changes): a transaction inserting a row that refers to the run (an event, a step)
+# holds a key-share lock on it, which FOR UPDATE would count as held.
 LOCK_FREE_RUNS_STATUS = Prepared(
     select(runs.c.id, runs.c.status, runs.c.pending_steps, runs.c.deadline_at)
     .where(runs.c.id == any_(bindparam("b_ids", type_=postgresql.ARRAY(String))))
     .order_by(runs.c.id.collate("C"))
-    .with_for_update(skip_locked=True)
+    .with_for_update(skip_locked=True, key_share=True)
 )
 
 # A run's progress added up over a group commit: relative, applied once per run before COMMIT.

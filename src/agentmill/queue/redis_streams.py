@@ -58,6 +58,9 @@ GROUP = "workers"
 PUBLISH_BATCH = 500
 MAX_LENGTH = 1_000_000  # approximate trim; a trimmed unread message is sent again (see above)
 _BUSY_RETRY_SECONDS = 0.02  # how soon a step whose row was locked is offered again
+# A Redis that accepts but does not answer (stuck, or cut off without a reset) fails a call
+# after this long instead of stalling the worker's loop; longer than a blocking read's second.
+SOCKET_TIMEOUT = 5.0
 
 
 def stream_name(database_url: str, queue: str = DEFAULT_QUEUE) -> str:
@@ -79,7 +82,13 @@ class RedisQueue:
         free: Callable[[], int],
         queues: tuple[str, ...] | None = None,
     ) -> None:
-        self._redis = redis.from_url(url, decode_responses=True, health_check_interval=10)
+        self._redis = redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=10,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
         self._engine = engine
         self._owner = owner
         self._free = free

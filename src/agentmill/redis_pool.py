@@ -14,12 +14,19 @@ from redis.asyncio import BlockingConnectionPool, Redis
 MAX_CONNECTIONS = 64
 # How long a caller waits for a connection before it is an error (Redis is stuck, not busy).
 WAIT_SECONDS = 10.0
+# How long a connection or a reply may take. A Redis that accepts but never answers (stuck, or
+# cut off without a reset) then fails the call, which is refused, instead of hanging it.
+SOCKET_TIMEOUT = 5.0
 
 
 def redis_pool(url: str) -> BlockingConnectionPool:
     """A pool of up to :data:`MAX_CONNECTIONS` connections to ``url``; callers beyond them wait."""
     return BlockingConnectionPool.from_url(
-        url, max_connections=MAX_CONNECTIONS, timeout=WAIT_SECONDS
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=WAIT_SECONDS,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from agentmill import redis_pool
 from agentmill.errors import BudgetExceeded, RateLimited, RetryableError
 from agentmill.gateway import Gateway
 from agentmill.gateway.budgets import RedisBudgetStore
@@ -157,6 +158,33 @@ async def test_an_unreachable_budget_store_refuses_the_call() -> None:
     finally:
         await gw.aclose()
     assert caught.value.status == 503
+    assert primary.calls == 0
+
+
+async def test_a_budget_store_that_never_answers_refuses_the_call_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads every command, answers none, until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(redis_pool, "SOCKET_TIMEOUT", 0.3)
+    policies = StaticPolicies({"ws_1": WorkspacePolicy(budgets=(workspace_budget("1"),))})
+    primary = Flaky("primary")
+    gw = Gateway(
+        [primary],
+        config=priced_config("primary"),
+        policies=policies,
+        budgets=RedisBudgetStore.from_url(f"redis://127.0.0.1:{port}/0"),
+    )
+    try:
+        with pytest.raises(RetryableError, match="budget store unreachable, call refused"):
+            await asyncio.wait_for(gw.chat(ask()), timeout=5)  # not left hanging
+    finally:
+        await gw.aclose()
+        server.close()
     assert primary.calls == 0
 
 

@@ -70,7 +70,7 @@ RUN_STATUS = Prepared(_RUN_STATUS)
 LOCK_RUN_STATUS = Prepared(_RUN_STATUS.with_for_update())
 # PostgreSQL: many runs locked in one statement, in id order (byte order, as Python sorts),
 # but for those another transaction holds: skipped, not waited for. FOR NO KEY UPDATE (all a
-# result changes): a transaction inserting a row that refers to the run (an event, a step)
+# result changes): a transaction inserting a row that refers to the run (a step, a join)
 # holds a key-share lock on it, which FOR UPDATE would count as held.
 LOCK_FREE_RUNS_STATUS = Prepared(
     select(runs.c.id, runs.c.status, runs.c.pending_steps, runs.c.deadline_at)

@@ -1,11 +1,13 @@
-"""Real servers for tests: an ASGI app under uvicorn in a thread, on a free loopback port."""
+"""Real servers for tests, on free loopback ports: an ASGI app under uvicorn in a thread, and a
+Redis that never answers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -39,3 +41,20 @@ def serving(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=20)
         assert not thread.is_alive()
+
+
+@contextlib.asynccontextmanager
+async def silent_redis() -> AsyncIterator[str]:
+    """A server that reads every command and answers none, as a stuck Redis (or one cut off
+    without a reset) would; yields its ``redis://`` URL."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -23,6 +23,7 @@ from agentmill.queue import redis_streams
 from agentmill.queue.redis_streams import GROUP, RedisQueue, stream_name
 from agentmill.store.db import Database, Tx
 from agentmill.store.models import steps
+from tests.servers import silent_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FLOW = """
@@ -309,20 +310,14 @@ async def test_a_take_reads_the_messages_waiting_up_to_its_limit(
 async def test_a_take_does_not_hang_on_a_redis_that_never_answers(
     engines: list[Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # reads every command, answers none, until the client hangs up
-        writer.close()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     monkeypatch.setattr(redis_streams, "SOCKET_TIMEOUT", 0.3)
-    queue = RedisQueue(f"redis://127.0.0.1:{port}/0", engines[0], owner="w", free=lambda: 10)
-    try:
-        # Nothing read: the take asks Redis for waiting messages, gives up, and claims none.
-        assert await asyncio.wait_for(queue.take(10), timeout=5) == []
-    finally:
-        await queue.close()
-        server.close()
+    async with silent_redis() as url:
+        queue = RedisQueue(url, engines[0], owner="w", free=lambda: 10)
+        try:
+            # Nothing read: the take asks Redis for waiting messages, gives up, claims none.
+            assert await asyncio.wait_for(queue.take(10), timeout=5) == []
+        finally:
+            await queue.close()
 
 
 async def test_messages_a_failed_take_did_not_claim_are_taken_at_the_next(

@@ -4,6 +4,7 @@ and closed (refusing calls) when Redis cannot be reached."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from agentmill.gateway.policy import CallerLimit, StaticPolicies, WorkspacePolic
 from agentmill.gateway.ratelimits import RateLimiter
 from tests.gateway.fakes import Flaky, priced_config, workspace_budget
 from tests.gateway.test_gateway import NO_WAIT, ask
+from tests.servers import silent_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,50 +143,33 @@ async def test_many_more_calls_at_once_than_redis_connections_all_get_through(
     assert primary.calls == 600
 
 
-async def test_an_unreachable_budget_store_refuses_the_call() -> None:
-    policies = StaticPolicies({"ws_1": WorkspacePolicy(budgets=(workspace_budget("1"),))})
-    primary = Flaky("primary")
-    gw = Gateway(
-        [primary],
-        config=priced_config("primary"),
-        policies=policies,
-        budgets=RedisBudgetStore(Redis.from_url("redis://127.0.0.1:1/0")),
-    )
-    try:
-        with pytest.raises(
-            RetryableError, match="budget store unreachable, call refused"
-        ) as caught:
-            await gw.chat(ask())
-    finally:
-        await gw.aclose()
-    assert caught.value.status == 503
-    assert primary.calls == 0
-
-
-async def test_a_budget_store_that_never_answers_refuses_the_call_in_time(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("down", ["refusing connections", "never answering"])
+async def test_an_unreachable_budget_store_refuses_the_call(
+    down: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # reads every command, answers none, until the client hangs up
-        writer.close()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     monkeypatch.setattr(redis_pool, "SOCKET_TIMEOUT", 0.3)
     policies = StaticPolicies({"ws_1": WorkspacePolicy(budgets=(workspace_budget("1"),))})
     primary = Flaky("primary")
-    gw = Gateway(
-        [primary],
-        config=priced_config("primary"),
-        policies=policies,
-        budgets=RedisBudgetStore.from_url(f"redis://127.0.0.1:{port}/0"),
+    unreachable = (
+        contextlib.nullcontext("redis://127.0.0.1:1/0")
+        if down == "refusing connections"
+        else silent_redis()
     )
-    try:
-        with pytest.raises(RetryableError, match="budget store unreachable, call refused"):
-            await asyncio.wait_for(gw.chat(ask()), timeout=5)  # not left hanging
-    finally:
-        await gw.aclose()
-        server.close()
+    async with unreachable as url:
+        gw = Gateway(
+            [primary],
+            config=priced_config("primary"),
+            policies=policies,
+            budgets=RedisBudgetStore.from_url(url),
+        )
+        try:
+            with pytest.raises(
+                RetryableError, match="budget store unreachable, call refused"
+            ) as caught:
+                await asyncio.wait_for(gw.chat(ask()), timeout=5)  # refused, not left hanging
+        finally:
+            await gw.aclose()
+    assert caught.value.status == 503
     assert primary.calls == 0
 
 

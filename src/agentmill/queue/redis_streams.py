@@ -245,17 +245,10 @@ class RedisQueue:
         are claimed together too (the reader, which reads as soon as a slot is free, took them
         a few at a time). Short of ``count``, the streams are drained: the reader waits for
         the next message."""
-        got = 0
         try:
-            answer = await _completed(
-                self._redis.xreadgroup(
-                    GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=count
-                ),
-                self._hold_answer,
-            )
-            got = self._hold_answer(answer)
-        except (RedisError, OSError):
-            pass  # the reader finds out too (NOGROUP, Redis down) and deals with it
+            got = await self._read(count)
+        except (RedisError, OSError):  # the reader finds out too (NOGROUP, Redis down)
+            got = 0
         if got < count:
             self._drained.set()
         else:
@@ -269,29 +262,15 @@ class RedisQueue:
             return
         if self._all:
             await self._find_streams()
-        block: int | None = 1000
         held = 0
         try:
-            while room > 0:
-                answer = await _completed(
-                    self._redis.xreadgroup(
-                        GROUP,
-                        self._owner,
-                        dict.fromkeys(self._streams, ">"),
-                        count=room,
-                        block=block,
-                    ),
-                    self._hold_answer,  # cancelled (closing): held, so handed back
-                )
-                got = self._hold_answer(answer)
-                if not got:
-                    break
+            got = await self._read(room, block=1000)
+            while got:
                 held += got
-                room -= got
                 # A relay sends many steps at once, but Redis wakes a blocked reader with what
                 # had come by then, often a single message: read what came since, without
                 # waiting, so that the worker claims them in one transaction, not one by one.
-                block = None
+                got = await self._read(room - held) if held < room else 0
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -301,6 +280,17 @@ class RedisQueue:
             if held:
                 self._drained.clear()  # the next take reads what else came
                 self._wake()
+
+    async def _read(self, count: int, block: int | None = None) -> int:
+        """``XREADGROUP`` up to ``count`` new messages over the streams served (waiting up to
+        ``block`` ms for the first), held for the next takes; how many came."""
+        answer = await _completed(
+            self._redis.xreadgroup(
+                GROUP, self._owner, dict.fromkeys(self._streams, ">"), count=count, block=block
+            ),
+            self._hold_answer,  # cancelled (closing): held, so handed back
+        )
+        return self._hold_answer(answer)
 
     def _hold_answer(self, answer: Any) -> int:
         """Buffer the messages of an XREADGROUP answer; how many there were."""

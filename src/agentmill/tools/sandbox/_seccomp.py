@@ -1,4 +1,5 @@
-"""A classic-BPF seccomp program that forbids creating user namespaces, built with ``struct``.
+"""A classic-BPF seccomp program that forbids creating user namespaces and tracing other
+processes, built with ``struct``.
 
 bwrap's ``--seccomp FD`` loads a compiled program (an array of ``struct sock_filter``) as the
 sandboxed process's filter. We assemble the few instructions by hand rather than depend on
@@ -8,12 +9,17 @@ libseccomp: the program is short enough to read in full.
     if nr has the x32 bit (x86_64):           kill the process
     if nr == clone3:                          ENOSYS (its flags live in memory the filter cannot
                                               read; libc then falls back to clone, checked below)
+    if nr in (ptrace, process_vm_readv,
+              process_vm_writev, kcmp,
+              pidfd_getfd):                   EPERM
     if nr in (unshare, clone)
        and args[0] & CLONE_NEWUSER:           EPERM
     otherwise:                                allow
 
 Blocking new user namespaces removes the kernel's largest unprivileged attack surface from inside
 the sandbox (a new user namespace grants capabilities over fresh mount, net, ... namespaces).
+The tracing calls would let one process of a call read or rewrite another's memory and files
+(the code has no business debugging), and ptrace is a classic source of kernel bugs.
 """
 
 from __future__ import annotations
@@ -52,12 +58,28 @@ class _Arch:
     clone: int
     clone3: int
     x32_bit: bool
+    tracing: tuple[int, ...]
+    """ptrace, process_vm_readv, process_vm_writev, kcmp, pidfd_getfd."""
 
 
 # Syscall numbers from each architecture's unistd table.
 _ARCHES = {
-    "x86_64": _Arch(audit_arch=0xC000003E, unshare=272, clone=56, clone3=435, x32_bit=True),
-    "aarch64": _Arch(audit_arch=0xC00000B7, unshare=97, clone=220, clone3=435, x32_bit=False),
+    "x86_64": _Arch(
+        audit_arch=0xC000003E,
+        unshare=272,
+        clone=56,
+        clone3=435,
+        x32_bit=True,
+        tracing=(101, 310, 311, 312, 438),
+    ),
+    "aarch64": _Arch(
+        audit_arch=0xC00000B7,
+        unshare=97,
+        clone=220,
+        clone3=435,
+        x32_bit=False,
+        tracing=(117, 270, 271, 272, 438),
+    ),
 }
 
 
@@ -76,7 +98,7 @@ def no_new_userns_filter(machine: str | None = None) -> bytes:
     if arch is None or sys.byteorder != "little":
         raise SeccompUnsupported(f"no seccomp filter for machine {machine!r}")
     # Jump offsets are relative to the next instruction; the tail is fixed, so count backwards.
-    # Layout of the tail:  [check_flags: ld arg0; jset NEWUSER; allow; eperm]  [allow] [enosys]
+    # Layout of the tail:  [allow] [check: ld arg0; jset NEWUSER] [eperm] [allow] [enosys]
     # [kill]
     body: list[bytes | tuple[str, int]] = [
         _insn(_BPF_LD_W_ABS, _OFF_ARCH),
@@ -85,8 +107,9 @@ def no_new_userns_filter(machine: str | None = None) -> bytes:
     ]
     if arch.x32_bit:
         body.append(("jge_kill", _X32_SYSCALL_BIT))
+    body.append(("jeq_enosys", arch.clone3))
+    body += [("jeq_eperm", nr) for nr in arch.tracing]
     body += [
-        ("jeq_enosys", arch.clone3),
         ("jeq_check", arch.unshare),
         ("jeq_check", arch.clone),
     ]
@@ -94,12 +117,12 @@ def no_new_userns_filter(machine: str | None = None) -> bytes:
         _insn(_BPF_RET_K, _RET_ALLOW),  # allow
         _insn(_BPF_LD_W_ABS, _OFF_ARG0_LOW),  # check: flags
         _insn(_BPF_JMP_JSET_K, CLONE_NEWUSER, jt=0, jf=1),
-        _insn(_BPF_RET_K, _RET_ERRNO | errno.EPERM),
+        _insn(_BPF_RET_K, _RET_ERRNO | errno.EPERM),  # eperm
         _insn(_BPF_RET_K, _RET_ALLOW),
         _insn(_BPF_RET_K, _RET_ERRNO | errno.ENOSYS),  # enosys
         _insn(_BPF_RET_K, _RET_KILL_PROCESS),  # kill
     ]
-    labels = {"check": 1, "enosys": 5, "kill": 6}  # indices within the tail
+    labels = {"check": 1, "eperm": 3, "enosys": 5, "kill": 6}  # indices within the tail
     program: list[bytes] = []
     for i, item in enumerate(body):
         if isinstance(item, bytes):
@@ -114,6 +137,8 @@ def no_new_userns_filter(machine: str | None = None) -> bytes:
             program.append(_insn(_BPF_JMP_JGE_K, k, jt=to_tail + labels["kill"], jf=0))
         elif op == "jeq_enosys":
             program.append(_insn(_BPF_JMP_JEQ_K, k, jt=to_tail + labels["enosys"], jf=0))
+        elif op == "jeq_eperm":
+            program.append(_insn(_BPF_JMP_JEQ_K, k, jt=to_tail + labels["eperm"], jf=0))
         else:
             program.append(_insn(_BPF_JMP_JEQ_K, k, jt=to_tail + labels["check"], jf=0))
     program += tail

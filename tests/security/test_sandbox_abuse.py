@@ -1,0 +1,84 @@
+"""Abuse of the ``python`` tool's sandbox: tracing other processes, holding more memory than a
+call may by spreading it over processes, and running more calls at once than a worker allows.
+
+Like tests/tools/test_sandbox.py these run real code in real bubblewrap."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from typing import Any
+
+import pytest
+
+from agentmill.tools.base import ToolContext, ToolResult
+from agentmill.tools.sandbox import PythonTool, SandboxState
+from agentmill.tools.sandbox._uids import DEFAULT_UID_BASE
+
+CONTEXT = ToolContext(workspace_id="ws", run_id="run", step_key="step")
+UID_COUNT = 8
+# A uid range of its own (see tests/tools/test_sandbox.py), apart from the other files' ranges.
+UID_BASE = DEFAULT_UID_BASE + 500_000 + (os.getpid() % 10_000) * UID_COUNT
+
+
+@pytest.fixture(scope="module")
+def lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return tmp_path_factory.mktemp("uid-locks") / "locks"
+
+
+async def make_tool(lock_dir: Any, **options: Any) -> PythonTool:
+    tool = PythonTool(uid_base=UID_BASE, uid_count=UID_COUNT, uid_lock_dir=lock_dir, **options)
+    status = await tool.sandbox_status()
+    assert status.state is SandboxState.AVAILABLE, status.reason
+    return tool
+
+
+async def run(tool: PythonTool, code: str) -> ToolResult:
+    return await tool.run({"code": textwrap.dedent(code)}, CONTEXT)
+
+
+# -- tracing --------------------------------------------------------------------------------
+
+TRACING = """
+import ctypes, errno, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+
+def outcome(result):
+    return "succeeded" if result != -1 else errno.errorcode[ctypes.get_errno()]
+
+sibling = os.fork()
+if sibling == 0:
+    time.sleep(60)
+    os._exit(0)
+PTRACE_TRACEME, PTRACE_ATTACH, PTRACE_SEIZE = 0, 16, 0x4206
+print("traceme", outcome(libc.ptrace(PTRACE_TRACEME, 0, None, None)))
+print("attach", outcome(libc.ptrace(PTRACE_ATTACH, sibling, None, None)))
+print("seize", outcome(libc.ptrace(PTRACE_SEIZE, sibling, None, None)))
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buffer = ctypes.create_string_buffer(16)
+local = IoVec(ctypes.cast(buffer, ctypes.c_void_p), 16)
+remote = IoVec(ctypes.cast(buffer, ctypes.c_void_p), 16)
+for name in ("process_vm_readv", "process_vm_writev"):
+    call = getattr(libc, name)
+    call.restype = ctypes.c_ssize_t
+    result = call(sibling, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    print(name, outcome(result))
+os.kill(sibling, signal.SIGKILL)
+os.waitpid(sibling, 0)
+"""
+
+
+async def test_ptrace_and_reading_another_process_memory_are_refused(lock_dir: Any) -> None:
+    tool = await make_tool(lock_dir)
+
+    result = await run(tool, TRACING)
+
+    assert result.content["stdout"] == (
+        "traceme EPERM\nattach EPERM\nseize EPERM\n"
+        "process_vm_readv EPERM\nprocess_vm_writev EPERM\n"
+    ), result.content
+    assert result.content["exit_code"] == 0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentmill.tools.base import ToolContext, ToolResult
-from agentmill.tools.sandbox import PythonTool, SandboxState
+from agentmill.tools.sandbox import PythonTool, SandboxLimits, SandboxState
 from agentmill.tools.sandbox._uids import DEFAULT_UID_BASE
 
 CONTEXT = ToolContext(workspace_id="ws", run_id="run", step_key="step")
@@ -82,3 +82,59 @@ async def test_ptrace_and_reading_another_process_memory_are_refused(lock_dir: A
         "process_vm_readv EPERM\nprocess_vm_writev EPERM\n"
     ), result.content
     assert result.content["exit_code"] == 0
+
+
+# -- memory across processes ----------------------------------------------------------------
+
+# Each child allocates (and touches) 400 MB, under the per-process address-space limit; four
+# of them are 1.6 GB, over the call's 512 MiB.
+FOUR_CHILDREN = """
+import os, sys, time
+children = []
+for n in range(4):
+    pid = os.fork()
+    if pid == 0:
+        data = b"x" * (400 << 20)
+        print("child", n, "holds", len(data) >> 20, "MB", flush=True)
+        time.sleep(10)
+        os._exit(0)
+    children.append(pid)
+statuses = [os.waitpid(pid, 0)[1] for pid in children]
+print("all held", statuses)
+"""
+MEMORY_LIMITS = SandboxLimits(timeout_seconds=30, memory_bytes=512 << 20, max_processes=16)
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup-if-any", "watch-only"])
+async def test_children_cannot_hold_more_than_the_calls_memory_in_total(
+    lock_dir: Any, cgroups: bool
+) -> None:
+    tool = await make_tool(lock_dir, limits=MEMORY_LIMITS, cgroups=cgroups)
+    status = tool.status
+    assert status is not None
+    assert status.containment is not None
+    if cgroups:  # whichever this machine has: a cgroup, or the watch and why
+        assert status.containment.startswith(("cgroup v2 below", "cgroup v1:", "no cgroup ("))
+    else:
+        assert status.containment.startswith("cgroups not tried: memory summed over")
+
+    result = await run(tool, FOUR_CHILDREN)
+
+    assert result.is_error is True
+    assert result.content["killed_by"] == "memory_limit", result.content
+    assert result.content["timed_out"] is False
+    assert result.content["error"].startswith(
+        "killed: the sandbox call exceeded its 512 MiB memory limit"
+    )
+    assert "all held" not in result.content["stdout"]
+    # 512 MiB has room for one 400 MB child at most
+    assert result.content["stdout"].count(" holds ") <= (1 if cgroups else 2)
+
+
+async def test_one_process_over_its_address_space_still_gets_memory_error(lock_dir: Any) -> None:
+    tool = await make_tool(lock_dir, limits=MEMORY_LIMITS)
+
+    result = await run(tool, "data = bytearray(1 << 30)")
+
+    assert result.content["killed_by"] is None
+    assert result.content["stderr"].rstrip().endswith("MemoryError")

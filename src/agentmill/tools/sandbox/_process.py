@@ -12,12 +12,24 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 # After a kill, how long to wait for the pipes to reach end of file before closing them anyway.
 _DRAIN_SECONDS = 2.0
+# argv[1] is the gate's read end: the command waits there until the parent has put it in its
+# cgroup (so not one of its processes starts outside), closes it and becomes the real command.
+# Python rather than sh: dash cannot name an fd above 9, and a leased uid may not reopen a pipe
+# of root's through /proc/self/fd.
+_GATE = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if os.read(fd, 3) != b'go\\n': sys.exit(125)\n"
+    "os.close(fd)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +41,8 @@ class Outcome:
     stderr: bytes
     timed_out: bool
     truncated: bool
+    over_memory: bool = False
+    """Killed because the call as a whole held more memory than its limit."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,12 +84,18 @@ async def run_capped(
     user: HostUser | None = None,
     wall_seconds: float,
     output_bytes: int,
+    enroll: Callable[[int], None] | None = None,
+    gate_python: str = sys.executable,
+    watch: Callable[[int], Awaitable[None]] | None = None,
 ) -> Outcome:
-    """Run ``argv`` in a new session; kill its process group after ``wall_seconds`` or on too
-    much output.
+    """Run ``argv`` in a new session; kill its process group after ``wall_seconds``, on too
+    much output, or when ``watch(pid)`` returns (the call is over its memory limit).
 
     At most ``output_bytes`` of each of stdout and stderr are kept; one byte more kills the
-    command and marks the outcome truncated.
+    command and marks the outcome truncated. With ``enroll``, the command is held at a gate
+    until ``enroll(pid)`` (which puts it in a cgroup) returns; if it raises, the command is
+    killed before it ran and the exception propagates. The gate is a few lines of ``gate_python``
+    (an interpreter the command's uid may run).
     """
     loop = asyncio.get_running_loop()
     overflow = asyncio.Event()
@@ -84,6 +104,11 @@ async def run_capped(
     kwargs: dict[str, Any] = {}
     if user is not None:
         kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
+    gate: tuple[int, int] | None = None
+    if enroll is not None:
+        gate = os.pipe2(os.O_CLOEXEC)
+        argv = [gate_python, "-I", "-S", "-c", _GATE, str(gate[0]), *argv]
+        pass_fds = (*pass_fds, gate[0])
     try:
         writers = []
         for capture in captures:
@@ -109,8 +134,23 @@ async def run_capped(
             # only the child keeps the write ends, so end of file means every writer is gone
             for write_end in writers:
                 os.close(write_end)
-        timed_out = await _supervise(proc, captures, overflow, wall_seconds)
+            if gate is not None:
+                os.close(gate[0])
+        if gate is not None and enroll is not None:
+            try:
+                enroll(proc.pid)
+            except BaseException:
+                _kill_group(proc.pid)
+                await proc.wait()
+                raise
+            os.write(gate[1], b"go\n")
+            os.close(gate[1])
+            gate = None
+        watching = None if watch is None else asyncio.ensure_future(watch(proc.pid))
+        timed_out, over_memory = await _supervise(proc, captures, overflow, wall_seconds, watching)
     finally:
+        if gate is not None:
+            os.close(gate[1])
         for opened in transports:
             opened.close()
     assert proc.returncode is not None
@@ -120,6 +160,7 @@ async def run_capped(
         stderr=bytes(captures[1].data),
         timed_out=timed_out,
         truncated=overflow.is_set(),
+        over_memory=over_memory,
     )
 
 
@@ -128,8 +169,10 @@ async def _supervise(
     captures: list[_Capture],
     overflow: asyncio.Event,
     wall_seconds: float,
-) -> bool:
-    """Wait for exit, too much output or the wall clock; returns whether the clock ran out.
+    watching: asyncio.Future[None] | None,
+) -> tuple[bool, bool]:
+    """Wait for exit, too much output, the memory watch or the wall clock; returns whether the
+    clock ran out and whether the memory watch fired.
 
     The run ends when the command exits; output still in the pipes is collected for at most
     ``_DRAIN_SECONDS`` (a leftover process holding a pipe must not extend the run). Leftovers
@@ -141,17 +184,27 @@ async def _supervise(
     overflowed = asyncio.ensure_future(overflow.wait())
     drained = asyncio.gather(*(c.closed for c in captures))
     watched: set[asyncio.Future[Any]] = {exited, overflowed}
+    if watching is not None:
+        watched.add(watching)
     try:
         await asyncio.wait(watched, timeout=wall_seconds, return_when=asyncio.FIRST_COMPLETED)
-        timed_out = not exited.done() and not overflow.is_set()
+        over_memory = (
+            watching is not None
+            and watching.done()
+            and watching.exception() is None
+            and not exited.done()
+        )
+        timed_out = not exited.done() and not overflow.is_set() and not over_memory
         if not exited.done():
             _kill_group(proc.pid)
         await exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(drained), _DRAIN_SECONDS)
-        return timed_out
+        return timed_out, over_memory
     finally:
         overflowed.cancel()
+        if watching is not None:
+            watching.cancel()
         if proc.returncode is None:  # cancelled from outside: leave nothing running
             _kill_group(proc.pid)
             with contextlib.suppress(ProcessLookupError):

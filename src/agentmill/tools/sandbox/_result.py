@@ -18,7 +18,8 @@ def tool_result(outcome: Outcome, limits: SandboxLimits, *, sandboxed: bool) -> 
 
     ``exit_code`` is negative for a death by signal (bwrap reports one as 128 + N, which we map
     back, so a program that exits with status 129-192 on purpose reads as a signal).
-    ``killed_by`` is ``"timeout"``, ``"output_limit"``, ``"cpu_limit"``, another signal's name
+    ``killed_by`` is ``"timeout"``, ``"output_limit"``, ``"memory_limit"`` (the call as a whole;
+    one process over its address space gets ``MemoryError``), ``"cpu_limit"``, another signal's name
     (``"SIGKILL"``, ``"SIGSEGV"``) or None.
     """
     code = outcome.returncode
@@ -33,6 +34,8 @@ def tool_result(outcome: Outcome, limits: SandboxLimits, *, sandboxed: bool) -> 
         killed_by = "timeout"
     elif outcome.truncated:
         killed_by = "output_limit"
+    elif outcome.over_memory:
+        killed_by = "memory_limit"
     elif signum == signal.SIGXCPU:
         killed_by = "cpu_limit"
     elif signum is not None:
@@ -63,6 +66,8 @@ def _error_message(
         head = f"killed: still running after {limits.timeout_seconds:g} s (wall clock)"
     elif killed_by == "output_limit":
         head = f"killed: more than {limits.output_bytes} bytes of output on one stream"
+    elif killed_by == "memory_limit":
+        head = f"killed: the sandbox call exceeded its {size(limits.memory_bytes)} memory limit"
     elif killed_by == "cpu_limit":
         head = f"killed: used {limits.cpu_seconds} s of CPU"
     elif killed_by is not None:
@@ -71,6 +76,14 @@ def _error_message(
         head = f"exited with status {exit_code}"
     tail = stderr[-_STDERR_TAIL:].strip()
     return f"{head}\n{tail}" if tail else head
+
+
+def size(n: int) -> str:
+    """``1 GiB``, ``512 MiB``, ``64 KiB`` when exact, else bytes."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
 
 
 def _signal_name(signum: int) -> str:

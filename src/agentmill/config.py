@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         "rlimits; the tool is unavailable where the kernel refuses namespaces) or `rlimit-only` "
         "(an administrator's explicit choice to run code with resource limits alone there).",
     )
+    sandbox_max_calls: int = Field(
+        default=4,
+        ge=1,
+        description="`python` tool calls one process runs at once; more wait (and the log says "
+        "so). Each call may hold the tool's memory limit, so this times that limit bounds the "
+        "sandboxes' memory per process.",
+    )
     embedding_model: str | None = Field(
         default=None,
         description="The `provider/model` that embeds memories (the memory_store and "

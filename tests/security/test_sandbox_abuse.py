@@ -5,6 +5,8 @@ Like tests/tools/test_sandbox.py these run real code in real bubblewrap."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import textwrap
 from typing import Any
@@ -138,3 +140,42 @@ async def test_one_process_over_its_address_space_still_gets_memory_error(lock_d
 
     assert result.content["killed_by"] is None
     assert result.content["stderr"].rstrip().endswith("MemoryError")
+
+
+# -- calls at once --------------------------------------------------------------------------
+
+# Each call records when it ran, by the shared wall clock, and holds its slot for a while.
+TIMED = """
+import time
+start = time.time()
+time.sleep(1.5)
+print(start, time.time())
+"""
+
+
+async def test_at_most_max_calls_run_at_once_the_rest_wait(
+    lock_dir: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    tool = await make_tool(lock_dir, max_calls=2)
+
+    with caplog.at_level(logging.INFO, logger="agentmill.tools.sandbox.tool"):
+        results = await asyncio.gather(*(run(tool, TIMED) for _ in range(3)))
+
+    spans = sorted(tuple(map(float, r.content["stdout"].split())) for r in results)
+    assert len(spans) == 3
+    # at no call's start were two others still running
+    for start, _ in spans:
+        running = [s for s, e in spans if s <= start < e]
+        assert len(running) <= 2, spans
+    # the third started only after one of the first two had finished
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])
+    waits = [r.getMessage() for r in caplog.records if "this call waits" in r.getMessage()]
+    assert waits == [
+        "python tool: 2 calls already running, the most one worker runs at once "
+        "(AGENTMILL_SANDBOX_MAX_CALLS); this call waits"
+    ]
+
+
+def test_max_calls_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_calls must be at least 1, not 0"):
+        PythonTool(max_calls=0)

@@ -37,7 +37,11 @@ def python_tool() -> PythonTool:
     """The process's one sandboxed ``python`` tool: its startup probe runs once."""
     global _PYTHON
     if _PYTHON is None:
-        _PYTHON = PythonTool(allow_unsandboxed=get_settings().sandbox == "rlimit-only")
+        settings = get_settings()
+        _PYTHON = PythonTool(
+            allow_unsandboxed=settings.sandbox == "rlimit-only",
+            max_calls=settings.sandbox_max_calls,
+        )
     return _PYTHON
 
 

@@ -19,17 +19,27 @@ from typing import Any
 
 # After a kill, how long to wait for the pipes to reach end of file before closing them anyway.
 _DRAIN_SECONDS = 2.0
-# argv[1] is the gate's read end: the command waits there until the parent has put it in its
-# cgroup (so not one of its processes starts outside), closes it and becomes the real command.
-# Python rather than sh: dash cannot name an fd above 9, and a leased uid may not reopen a pipe
-# of root's through /proc/self/fd.
-_GATE = (
-    "import os, sys\n"
-    "fd = int(sys.argv[1])\n"
-    "if os.read(fd, 3) != b'go\\n': sys.exit(125)\n"
-    "os.close(fd)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
+# The gate: argv[1] is its read end; the command waits there until the parent has put it in its
+# cgroup (so not one of its processes starts outside), then drops to the host user (argv[2],
+# "-" for none) and becomes the real command. It starts as the server's uid, because a leased
+# uid may not be able to run the server's interpreter (say, under /root). Python rather than sh: dash cannot name an fd above 9. Python's start-up adds
+# LC_CTYPE to a C locale's environment, which the command must not inherit.
+_GATE = """\
+import os, sys
+fd, user, keep_ctype, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+if os.read(fd, 3) != b"go\\n":
+    sys.exit(125)
+os.close(fd)
+env = dict(os.environ)
+if not keep_ctype:
+    env.pop("LC_CTYPE", None)
+if user != "-":
+    uid = int(user)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+os.execve(argv[0], argv, env)
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +95,6 @@ async def run_capped(
     wall_seconds: float,
     output_bytes: int,
     enroll: Callable[[int], None] | None = None,
-    gate_python: str = sys.executable,
     watch: Callable[[int], Awaitable[None]] | None = None,
 ) -> Outcome:
     """Run ``argv`` in a new session; kill its process group after ``wall_seconds``, on too
@@ -94,21 +103,24 @@ async def run_capped(
     At most ``output_bytes`` of each of stdout and stderr are kept; one byte more kills the
     command and marks the outcome truncated. With ``enroll``, the command is held at a gate
     until ``enroll(pid)`` (which puts it in a cgroup) returns; if it raises, the command is
-    killed before it ran and the exception propagates. The gate is a few lines of ``gate_python``
-    (an interpreter the command's uid may run).
+    killed before it ran and the exception propagates. The gate is a few lines of this process's
+    own interpreter, which switches to ``user`` itself once enrolled.
     """
     loop = asyncio.get_running_loop()
     overflow = asyncio.Event()
     captures = [_Capture(output_bytes, overflow), _Capture(output_bytes, overflow)]
     transports: list[asyncio.BaseTransport] = []
     kwargs: dict[str, Any] = {}
-    if user is not None:
-        kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
     gate: tuple[int, int] | None = None
     if enroll is not None:
         gate = os.pipe2(os.O_CLOEXEC)
-        argv = [gate_python, "-I", "-S", "-c", _GATE, str(gate[0]), *argv]
+        assert user is None or user.uid == user.gid  # the gate takes one id for both
+        who = "-" if user is None else str(user.uid)
+        keep_ctype = "1" if "LC_CTYPE" in env else "0"
+        argv = [sys.executable, "-I", "-S", "-c", _GATE, str(gate[0]), who, keep_ctype, *argv]
         pass_fds = (*pass_fds, gate[0])
+    elif user is not None:
+        kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
     try:
         writers = []
         for capture in captures:

@@ -383,13 +383,13 @@ class PythonTool:
             if setup.cgroups is not None:
                 cgroup = setup.cgroups.create(memory_bytes=limits.memory_bytes, max_tasks=nproc)
                 stack.push_async_callback(cgroup.remove)
-            interpreter = _required(setup.interpreter)
-            contained = _containment(cgroup, user, limits, interpreter.executable)
+            contained = _containment(cgroup, user, limits)
             if user is None:
                 # Not root: the kernel checks RLIMIT_NPROC against everything this uid runs,
                 # the server's own threads included, so the run's share goes on top of those.
                 nproc += count_tasks(os.getuid())
             limit_argv = rlimit_argv(_required(setup.prlimit), limits, nproc=nproc)
+            interpreter = _required(setup.interpreter)
             stdin_fd = stack.enter_context(_memfd("stdin", stdin.encode()))
             if sandboxed:
                 code_fd = stack.enter_context(_memfd("main.py", code.encode()))
@@ -447,12 +447,11 @@ class PythonTool:
 
 class _Contained(TypedDict, total=False):
     enroll: Callable[[int], None]
-    gate_python: str
     watch: Callable[[int], Awaitable[None]]
 
 
 def _containment(
-    cgroup: CallCgroup | None, user: HostUser | None, limits: SandboxLimits, python: Path
+    cgroup: CallCgroup | None, user: HostUser | None, limits: SandboxLimits
 ) -> _Contained:
     """How ``run_capped`` caps the call's memory as a whole: its cgroup, whose OOM kills end
     the call, or a watch over its processes (the leased uid's, else the command's tree)."""
@@ -463,7 +462,7 @@ def _containment(
             while cgroup.oom_kills() == 0:  # noqa: ASYNC110
                 await asyncio.sleep(INTERVAL)
 
-        return {"enroll": cgroup.enroll, "gate_python": str(python), "watch": oom_killed}
+        return {"enroll": cgroup.enroll, "watch": oom_killed}
 
     def processes(pid: int) -> Callable[[], list[int]]:
         if user is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import textwrap
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 
 from agentmill.tools.base import ToolContext, ToolResult
 from agentmill.tools.sandbox import PythonTool, SandboxLimits, SandboxState
+from agentmill.tools.sandbox._memory import descendants, watch_memory
+from agentmill.tools.sandbox._process import run_capped
 from agentmill.tools.sandbox._uids import DEFAULT_UID_BASE
 
 CONTEXT = ToolContext(workspace_id="ws", run_id="run", step_key="step")
@@ -131,6 +134,27 @@ async def test_children_cannot_hold_more_than_the_calls_memory_in_total(
     assert "all held" not in result.content["stdout"]
     # 512 MiB has room for one 400 MB child at most
     assert result.content["stdout"].count(" holds ") <= (1 if cgroups else 2)
+
+
+async def test_the_watch_without_a_leased_uid_sums_the_commands_process_tree() -> None:
+    # What a server that is not root gets without a cgroup: the processes below the command.
+    code = FOUR_CHILDREN.replace("400 << 20", "100 << 20")
+    stdin = os.open("/dev/null", os.O_RDONLY)
+    try:
+        outcome = await run_capped(
+            [sys.executable, "-c", code],
+            stdin=stdin,
+            env={"PATH": "/usr/bin:/bin"},
+            wall_seconds=30,
+            output_bytes=4096,
+            watch=lambda pid: watch_memory(lambda: descendants(pid), 200 << 20),
+        )
+    finally:
+        os.close(stdin)
+
+    assert outcome.over_memory is True
+    assert outcome.timed_out is False
+    assert b"all held" not in outcome.stdout
 
 
 async def test_one_process_over_its_address_space_still_gets_memory_error(lock_dir: Any) -> None:

@@ -42,9 +42,12 @@ class SandboxLimits:
     cpu_seconds: int = 10
     """CPU time per process (RLIMIT_CPU); SIGXCPU at the limit, SIGKILL a second later."""
     memory_bytes: int = 1 << 30
-    """Address space per process (RLIMIT_AS); allocations past it fail (``MemoryError``)."""
+    """Memory of the whole call, all its processes together (a cgroup's limit, or the parent's
+    watch; the call is killed past it), and the address space of each process (RLIMIT_AS;
+    allocations past it fail with ``MemoryError``)."""
     max_processes: int = 32
-    """Processes and threads the run may have at once (RLIMIT_NPROC)."""
+    """Processes and threads the run may have at once (RLIMIT_NPROC, and the cgroup's
+    pids.max)."""
     file_size_bytes: int = 32 << 20
     """Largest file the code may write (RLIMIT_FSIZE)."""
     open_files: int = 128

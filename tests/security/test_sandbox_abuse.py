@@ -16,6 +16,7 @@ import pytest
 
 from agentmill.tools.base import ToolContext, ToolResult
 from agentmill.tools.sandbox import PythonTool, SandboxLimits, SandboxState
+from agentmill.tools.sandbox._cgroup import find_parent
 from agentmill.tools.sandbox._memory import descendants, watch_memory
 from agentmill.tools.sandbox._process import run_capped
 from agentmill.tools.sandbox._uids import DEFAULT_UID_BASE
@@ -112,16 +113,18 @@ MEMORY_LIMITS = SandboxLimits(timeout_seconds=30, memory_bytes=512 << 20, max_pr
 
 @pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup-if-any", "watch-only"])
 async def test_children_cannot_hold_more_than_the_calls_memory_in_total(
-    lock_dir: Any, cgroups: bool
+    lock_dir: Any, cgroups: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tool = await make_tool(lock_dir, limits=MEMORY_LIMITS, cgroups=cgroups)
+    with caplog.at_level(logging.INFO, logger="agentmill.tools.sandbox.tool"):
+        tool = await make_tool(lock_dir, limits=MEMORY_LIMITS, cgroups=cgroups)
     status = tool.status
     assert status is not None
     assert status.containment is not None
+    watch = "a watch summing the call's processes' memory every 50 ms ("
     if cgroups:  # whichever this machine has: a cgroup, or the watch and why
-        assert status.containment.startswith(("cgroup v2 below", "cgroup v1:", "no cgroup ("))
+        assert status.containment.startswith(("cgroup v2 below", "cgroup v1:", watch))
     else:
-        assert status.containment.startswith("cgroups not tried: memory summed over")
+        assert status.containment == watch + "cgroups not tried)"
 
     result = await run(tool, FOUR_CHILDREN)
 
@@ -134,6 +137,16 @@ async def test_children_cannot_hold_more_than_the_calls_memory_in_total(
     assert "all held" not in result.content["stdout"]
     # 512 MiB has room for one 400 MB child at most
     assert result.content["stdout"].count(" holds ") <= (1 if cgroups else 2)
+    # the log says which containment is in force
+    assert [r.getMessage() for r in caplog.records if "as a whole" in r.getMessage()] == [
+        "python tool: available; each call's memory capped at 512 MiB as a whole by "
+        f"{status.containment}; at most 4 calls at once (2 GiB in all)"
+    ]
+    # and nothing is left of the call's cgroup
+    parent, _ = find_parent()
+    if cgroups and parent is not None:
+        dirs = [parent.memory_dir, *([parent.pids_dir] if parent.pids_dir else [])]
+        assert [p for d in dirs for p in d.glob(f"agentmill-sandbox-{os.getpid()}-*")] == []
 
 
 async def test_the_watch_without_a_leased_uid_sums_the_commands_process_tree() -> None:

@@ -3,7 +3,8 @@
 A run, from the outside in::
 
     server ── (as a leased host uid when the server is root; see _uids) ──▶
-      sh (waits until the parent has put it in the call's cgroup, if any; see _cgroup) ──exec──▶
+      a few lines of Python, with a cgroup: wait to be put in the call's cgroup, become the
+      leased uid (see _process) ──exec──▶
       prlimit --as --cpu --nproc --fsize --nofile ──exec──▶
         bwrap (all namespaces, seccomp, read-only /usr, tmpfs /scratch) ──▶
           python main.py   (uid 65534, empty environment, cwd /scratch)
@@ -14,7 +15,7 @@ code started survives.
 
 A call's memory is capped as a whole, not only per process: by a cgroup of its own where one
 can be had (memory.max and pids.max; see _cgroup), else by summing its processes' memory every
-few milliseconds and killing the call over the limit (see _memory). At most ``max_calls`` calls
+50 ms and killing the call over the limit (see _memory). At most ``max_calls`` calls
 run at once per tool (so per worker process); more wait, and the log says so.
 
 ``sandbox_status()`` tries a trivial sandboxed run first. If it fails (say the kernel refuses
@@ -271,14 +272,14 @@ class PythonTool:
                 seccomp = no_new_userns_filter()
             except SeccompUnsupported as exc:
                 bwrap, problem = None, str(exc)
-        cgroups, containment = None, "cgroups not tried"
+        cgroups, found = None, "cgroups not tried"
         if self._use_cgroups:
             cgroups, found = await asyncio.to_thread(find_parent)
-            containment = found if cgroups else f"no cgroup ({found})"
+        containment = found
         if cgroups is None:
             containment = (
-                f"{containment}: memory summed over the call's processes every "
-                f"{INTERVAL * 1000:g} ms, RLIMIT_AS and RLIMIT_NPROC per process"
+                f"a watch summing the call's processes' memory every {INTERVAL * 1000:g} ms "
+                f"({found if not self._use_cgroups else 'no cgroup: ' + found})"
             )
         failures: list[tuple[str, str]] = []
         candidates = interpreter_candidates(self._python)
@@ -335,8 +336,8 @@ class PythonTool:
         """Say in the log which containment is in force."""
         memory = self.limits.memory_bytes
         log.info(
-            "python tool: %s; each call capped at %s of memory by %s; at most %d calls at once "
-            "(%s in all)",
+            "python tool: %s; each call's memory capped at %s as a whole by %s; at most %d calls "
+            "at once (%s in all)",
             setup.status.state.value,
             size(memory),
             setup.status.containment,

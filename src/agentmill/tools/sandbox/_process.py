@@ -22,8 +22,9 @@ _DRAIN_SECONDS = 2.0
 # The gate: argv[1] is its read end; the command waits there until the parent has put it in its
 # cgroup (so not one of its processes starts outside), then drops to the host user (argv[2],
 # "-" for none) and becomes the real command. It starts as the server's uid, because a leased
-# uid may not be able to run the server's interpreter (say, under /root). Python rather than sh: dash cannot name an fd above 9. Python's start-up adds
-# LC_CTYPE to a C locale's environment, which the command must not inherit.
+# uid may not be able to run the server's interpreter (say, under /root). Python rather than
+# sh: dash cannot name an fd above 9. Python's start-up adds LC_CTYPE to a C locale's
+# environment, which the command must not inherit.
 _GATE = """\
 import os, sys
 fd, user, keep_ctype, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4:]

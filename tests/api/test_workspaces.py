@@ -351,8 +351,7 @@ async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> N
     # Nobody changes their own role (issue 17), so the last owner cannot step down either.
     assert demote.status_code == 403
     assert (
-        demote.json()["error"]["message"]
-        == "nobody may change their own role; ask another owner"
+        demote.json()["error"]["message"] == "nobody may change their own role; ask another owner"
     )
     assert leave.status_code == 409
     assert (

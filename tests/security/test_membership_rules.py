@@ -8,12 +8,19 @@ from agentmill.domain.membership import check_add, check_change, check_remove, w
 from agentmill.domain.permissions import Role
 from agentmill.errors import PermissionDenied
 
-O, A, M, V = Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER
+OWN, ADM, MEM, VIEW = Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER
 
 
 @pytest.mark.parametrize(
     ("actor", "role", "allowed"),
-    [(O, O, True), (O, A, True), (A, O, False), (A, A, True), (A, V, True), (M, V, False)],
+    [
+        (OWN, OWN, True),
+        (OWN, ADM, True),
+        (ADM, OWN, False),
+        (ADM, ADM, True),
+        (ADM, VIEW, True),
+        (MEM, VIEW, False),
+    ],
 )
 def test_nobody_adds_a_role_above_their_own(actor: Role, role: Role, allowed: bool) -> None:
     if allowed:
@@ -26,14 +33,14 @@ def test_nobody_adds_a_role_above_their_own(actor: Role, role: Role, allowed: bo
 @pytest.mark.parametrize(
     ("actor", "target", "role", "allowed"),
     [
-        (O, O, V, True),
-        (O, V, O, True),
-        (A, O, V, False),  # only owners touch owners
-        (A, O, O, False),
-        (A, V, O, False),  # above its own
-        (A, V, A, True),
-        (A, A, V, True),
-        (M, V, M, False),  # members may not manage members
+        (OWN, OWN, VIEW, True),
+        (OWN, VIEW, OWN, True),
+        (ADM, OWN, VIEW, False),  # only owners touch owners
+        (ADM, OWN, OWN, False),
+        (ADM, VIEW, OWN, False),  # above its own
+        (ADM, VIEW, ADM, True),
+        (ADM, ADM, VIEW, True),
+        (MEM, VIEW, MEM, False),  # members may not manage members
     ],
 )
 def test_changing_a_role(actor: Role, target: Role, role: Role, allowed: bool) -> None:
@@ -47,23 +54,23 @@ def test_changing_a_role(actor: Role, target: Role, role: Role, allowed: bool) -
 @pytest.mark.parametrize("role", list(Role))
 def test_nobody_changes_their_own_role(role: Role) -> None:
     with pytest.raises(PermissionDenied, match="their own role"):
-        check_change(O, O, role, is_self=True)
+        check_change(OWN, OWN, role, is_self=True)
     with pytest.raises(PermissionDenied):
-        check_change(A, A, role, is_self=True)
+        check_change(ADM, ADM, role, is_self=True)
 
 
 def test_only_owners_remove_owners_and_anyone_may_leave() -> None:
-    check_remove(O, O, is_self=False)
-    check_remove(A, A, is_self=False)
-    check_remove(V, V, is_self=True)
+    check_remove(OWN, OWN, is_self=False)
+    check_remove(ADM, ADM, is_self=False)
+    check_remove(VIEW, VIEW, is_self=True)
     with pytest.raises(PermissionDenied, match="only an owner"):
-        check_remove(A, O, is_self=False)
+        check_remove(ADM, OWN, is_self=False)
     with pytest.raises(PermissionDenied):
-        check_remove(M, V, is_self=False)
+        check_remove(MEM, VIEW, is_self=False)
 
 
 def test_a_key_acts_with_the_weaker_role() -> None:
-    assert weaker(A, V) == V
-    assert weaker(V, O) == V
-    assert weaker(O, A) == A
-    assert weaker(M, M) == M
+    assert weaker(ADM, VIEW) == VIEW
+    assert weaker(VIEW, OWN) == VIEW
+    assert weaker(OWN, ADM) == ADM
+    assert weaker(MEM, MEM) == MEM

@@ -348,9 +348,14 @@ async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> N
         f"/api/v1/workspaces/{ws}/members/{owner.id}", headers=owner.headers
     )
 
-    assert demote.status_code == leave.status_code == 409
+    # Nobody changes their own role (issue 17), so the last owner cannot step down either.
+    assert demote.status_code == 403
     assert (
-        demote.json()["error"]["message"]
+        demote.json()["error"]["message"] == "nobody may change their own role; ask another owner"
+    )
+    assert leave.status_code == 409
+    assert (
+        leave.json()["error"]["message"]
         == "a workspace needs at least one owner; make someone else owner first"
     )
     second = await signup(client, "Second")
@@ -363,7 +368,7 @@ async def test_a_workspace_always_keeps_an_owner(client: httpx.AsyncClient) -> N
         await client.patch(
             f"/api/v1/workspaces/{ws}/members/{owner.id}",
             json={"role": "admin"},
-            headers=owner.headers,
+            headers=second.headers,
         )
     ).status_code == 204
 

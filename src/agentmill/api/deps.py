@@ -52,7 +52,7 @@ class Principal:
     token_jti: str | None = None
     token_expires_at: datetime | None = None
     key_workspace_id: str | None = None
-    key_role: Role | None = None
+    key_role: Role | None = None  # the key's role, capped by its creator's current one
     key_id: str | None = None
     user_id: str = ""
 
@@ -69,12 +69,12 @@ async def authenticate(db: Database, settings: Settings, secret: str) -> Princip
     prefix = api_key_prefix(secret)
     if prefix is not None:
         found = await db.read(lambda tx: api_keys.key_by_prefix(tx, prefix), point=True)
-        if found is None or not same_hash(found[1], hash_api_key(secret)):
+        if found is None or not same_hash(found.key_hash, hash_api_key(secret)):
             raise NotAuthenticated("invalid or revoked API key")
-        key = found[0]
+        key = found.record
         return Principal(
             key_workspace_id=key.workspace_id,
-            key_role=key.role,
+            key_role=found.role,  # capped by the creator's current role
             key_id=key.id,
             user_id=key.created_by,
         )

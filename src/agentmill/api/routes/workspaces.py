@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 from fastapi import APIRouter, Request
 
@@ -15,7 +15,7 @@ from agentmill.api.schemas import (
     WorkspacePublic,
     WorkspaceUpdate,
 )
-from agentmill.domain.permissions import Permission
+from agentmill.domain.permissions import Permission, Role
 from agentmill.engine.engine import Engine
 from agentmill.store.repositories import workspaces
 
@@ -40,6 +40,18 @@ def _member(record: workspaces.MemberRecord) -> MemberPublic:
         role=record.role,
         joined_at=record.joined_at,
     )
+
+
+class _Actor(TypedDict):
+    actor_id: str
+    actor_cap: Role | None
+
+
+def _actor(access: WorkspaceAccess) -> _Actor:
+    """Who changes the membership: the store re-reads their role in the same transaction, so a
+    role lost a moment ago (or a key's cap) counts."""
+    principal = access.principal
+    return _Actor(actor_id=principal.user_id, actor_cap=principal.key_role)
 
 
 @router.post("", status_code=201, response_model=WorkspacePublic)
@@ -103,7 +115,9 @@ async def add_member(body: MemberCreate, access: ManageMembers, db: DbDep) -> Me
     """Add a registered user with a role (admins and owners)."""
     return _member(
         await db.write(
-            lambda tx: workspaces.add_member(tx, access.workspace_id, body.email, body.role)
+            lambda tx: workspaces.add_member(
+                tx, access.workspace_id, body.email, body.role, **_actor(access)
+            )
         )
     )
 
@@ -112,11 +126,19 @@ async def add_member(body: MemberCreate, access: ManageMembers, db: DbDep) -> Me
 async def change_member_role(
     user_id: str, body: MemberUpdate, access: ManageMembers, db: DbDep
 ) -> None:
-    """Change a member's role; the last owner cannot be demoted."""
-    await db.write(lambda tx: workspaces.change_role(tx, access.workspace_id, user_id, body.role))
+    """Change a member's role (not your own; only owners change owners; never above your own
+    role); the last owner cannot be demoted."""
+    await db.write(
+        lambda tx: workspaces.change_role(
+            tx, access.workspace_id, user_id, body.role, **_actor(access)
+        )
+    )
 
 
 @router.delete("/{ws}/members/{user_id}", status_code=204)
 async def remove_member(user_id: str, access: ManageMembers, db: DbDep) -> None:
-    """Remove a member; the last owner cannot be removed."""
-    await db.write(lambda tx: workspaces.remove_member(tx, access.workspace_id, user_id))
+    """Remove a member (only owners remove owners; anyone who may manage members may leave);
+    the last owner cannot be removed. Their API keys in this workspace are revoked."""
+    await db.write(
+        lambda tx: workspaces.remove_member(tx, access.workspace_id, user_id, **_actor(access))
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 
+from agentmill.domain.membership import weaker
 from agentmill.domain.permissions import Role
 from agentmill.errors import NotFound
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import api_keys
+from agentmill.store.models import api_keys, memberships
 from agentmill.store.prepared import Prepared
 
 
@@ -87,20 +88,38 @@ def revoke_api_key(tx: Tx, workspace_id: str, key_id: str) -> None:
         raise NotFound(f"API key {key_id!r} not found")
 
 
-# Prepared: every request made with an API key runs it.
+# Prepared: every request made with an API key runs it. Joined with the creator's membership
+# (one round trip): a key lives only as long as its creator is a member of its workspace, and
+# acts with at most the creator's current role.
 _LIVE_KEY = Prepared(
-    select(api_keys).where(
-        api_keys.c.prefix == bindparam("prefix"), api_keys.c.revoked_at.is_(None)
+    select(api_keys, memberships.c.role.label("creator_role"))
+    .join(
+        memberships,
+        and_(
+            memberships.c.workspace_id == api_keys.c.workspace_id,
+            memberships.c.user_id == api_keys.c.created_by,
+        ),
     )
+    .where(api_keys.c.prefix == bindparam("prefix"), api_keys.c.revoked_at.is_(None))
 )
 
 
-def key_by_prefix(tx: Tx, prefix: str) -> tuple[ApiKeyRecord, str] | None:
-    """The live key with this prefix and its stored hash."""
+@dataclass(frozen=True, kw_only=True)
+class LiveKey:
+    record: ApiKeyRecord
+    key_hash: str
+    role: Role  # what it may do now: the weaker of its own role and its creator's
+
+
+def key_by_prefix(tx: Tx, prefix: str) -> LiveKey | None:
+    """The live key with this prefix, its stored hash and the role it acts with; None if
+    revoked, unknown, or its creator is no longer a member of its workspace."""
     rows = _LIVE_KEY.rows(tx.conn, {"prefix": prefix})
     if not rows:
         return None
     data = rows[0]._asdict()
     key_hash = str(data.pop("key_hash"))
+    creator_role = Role(data.pop("creator_role"))
     data["role"] = Role(data["role"])
-    return ApiKeyRecord(**data), key_hash
+    record = ApiKeyRecord(**data)
+    return LiveKey(record=record, key_hash=key_hash, role=weaker(record.role, creator_role))

@@ -7,11 +7,13 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, update
 
+from agentmill.domain import membership
+from agentmill.domain.membership import weaker
 from agentmill.domain.permissions import Role
-from agentmill.errors import Conflict, NotFound
+from agentmill.errors import Conflict, NotFound, PermissionDenied
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import artifacts, memberships, memories, users, workspaces
+from agentmill.store.models import api_keys, artifacts, memberships, memories, users, workspaces
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +103,38 @@ def list_members(tx: Tx, workspace_id: str) -> list[MemberRecord]:
     ]
 
 
-def add_member(tx: Tx, workspace_id: str, email: str, role: Role) -> MemberRecord:
+def _lock_workspace(tx: Tx, workspace_id: str) -> None:
+    """Serialize membership changes in one workspace: on PostgreSQL a row lock taken first, so
+    every read after it (the caller's role, the target's, the owner count) sees the changes
+    committed before; two owners demoting each other at once cannot both pass. SQLite
+    serializes writers already (BEGIN IMMEDIATE)."""
+    if tx.is_postgres:
+        tx.conn.execute(
+            select(workspaces.c.id).where(workspaces.c.id == workspace_id).with_for_update()
+        )
+
+
+def _actor_role(tx: Tx, workspace_id: str, actor_id: str, cap: Role | None) -> Role:
+    """The acting user's role now, capped by the API key's role when it acts through one."""
+    role = role_in(tx, workspace_id, actor_id)
+    if role is None:
+        raise PermissionDenied("only members of this workspace may manage its members")
+    return weaker(role, cap) if cap is not None else role
+
+
+def add_member(
+    tx: Tx,
+    workspace_id: str,
+    email: str,
+    role: Role,
+    *,
+    actor_id: str,
+    actor_cap: Role | None = None,
+) -> MemberRecord:
+    """Add a registered user; ``actor_id`` (capped by ``actor_cap``, a key's role) must be
+    allowed to grant ``role`` (domain/membership.py)."""
+    _lock_workspace(tx, workspace_id)
+    membership.check_add(_actor_role(tx, workspace_id, actor_id, actor_cap), role)
     user = tx.conn.execute(select(users).where(users.c.email == email.strip().lower())).first()
     if user is None:
         raise NotFound(f"no account with email {email!r}; they must register first")
@@ -117,10 +150,21 @@ def add_member(tx: Tx, workspace_id: str, email: str, role: Role) -> MemberRecor
     )
 
 
-def change_role(tx: Tx, workspace_id: str, user_id: str, role: Role) -> None:
+def change_role(
+    tx: Tx,
+    workspace_id: str,
+    user_id: str,
+    role: Role,
+    *,
+    actor_id: str,
+    actor_cap: Role | None = None,
+) -> None:
+    _lock_workspace(tx, workspace_id)
+    actor = _actor_role(tx, workspace_id, actor_id, actor_cap)
     current = role_in(tx, workspace_id, user_id)
     if current is None:
         raise NotFound(f"user {user_id!r} is not a member of this workspace")
+    membership.check_change(actor, current, role, is_self=user_id == actor_id)
     if current == Role.OWNER and role != Role.OWNER:
         _keep_an_owner(tx, workspace_id)
     tx.conn.execute(
@@ -130,10 +174,23 @@ def change_role(tx: Tx, workspace_id: str, user_id: str, role: Role) -> None:
     )
 
 
-def remove_member(tx: Tx, workspace_id: str, user_id: str) -> None:
+def remove_member(
+    tx: Tx,
+    workspace_id: str,
+    user_id: str,
+    *,
+    actor_id: str,
+    actor_cap: Role | None = None,
+) -> None:
+    """Remove a member (or leave, for ``user_id == actor_id``); their API keys in this
+    workspace are revoked with the membership."""
+    _lock_workspace(tx, workspace_id)
+    is_self = user_id == actor_id
+    actor = None if is_self else _actor_role(tx, workspace_id, actor_id, actor_cap)
     current = role_in(tx, workspace_id, user_id)
     if current is None:
         raise NotFound(f"user {user_id!r} is not a member of this workspace")
+    membership.check_remove(actor, current, is_self=is_self)
     if current == Role.OWNER:
         _keep_an_owner(tx, workspace_id)
     tx.conn.execute(
@@ -141,14 +198,19 @@ def remove_member(tx: Tx, workspace_id: str, user_id: str) -> None:
             memberships.c.workspace_id == workspace_id, memberships.c.user_id == user_id
         )
     )
+    tx.conn.execute(
+        update(api_keys)
+        .where(
+            api_keys.c.workspace_id == workspace_id,
+            api_keys.c.created_by == user_id,
+            api_keys.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=tx.now)
+    )
 
 
 def _keep_an_owner(tx: Tx, workspace_id: str) -> None:
-    # Lock the workspace so two owners demoting each other at once cannot both pass the check.
-    if tx.is_postgres:
-        tx.conn.execute(
-            select(workspaces.c.id).where(workspaces.c.id == workspace_id).with_for_update()
-        )
+    # Counted after _lock_workspace: no concurrent demotion can slip between count and update.
     owners = tx.conn.scalar(
         select(func.count()).where(
             memberships.c.workspace_id == workspace_id, memberships.c.role == Role.OWNER

@@ -87,16 +87,24 @@ def _load(
     return parse_spec(data, positions, base_dir=base_dir, chain=chain)
 
 
+MAX_SUBWORKFLOW_DEPTH = 10  # inline sub-workflows inside sub-workflows, this many levels
+
+
 def parse_spec(
     data: Any,
     positions: Positions,
     *,
     base_dir: Path | None = None,
     chain: tuple[Path, ...] = (),
+    max_steps: int | None = None,
 ) -> WorkflowSpec:
-    """Validate a document already parsed to plain values. Raises SpecError with every problem."""
+    """Validate a document already parsed to plain values. Raises SpecError with every problem.
+
+    ``max_steps`` caps the steps of the whole workflow, its inline sub-workflows' included; it
+    is checked before anything costly, so an oversized document is refused at once."""
     if not isinstance(data, dict):
         raise SpecError([positions.problem((), "a workflow must be a mapping (name, steps, …)")])
+    _check_size(data, positions, max_steps)
     problems = list(_resolve_subworkflows(data, positions, base_dir, chain))
     try:
         spec = WorkflowSpec.model_validate(data)
@@ -107,6 +115,39 @@ def parse_spec(
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _check_size(data: dict[str, Any], positions: Positions, max_steps: int | None) -> None:
+    """Count steps and inline nesting without recursion; raise at the first limit passed."""
+    total = 0
+    pending: list[tuple[DocPath, dict[str, Any], int]] = [((), data, 0)]
+    while pending:
+        prefix, spec, depth = pending.pop()
+        for path, step in _step_dicts(spec):
+            total += 1
+            if max_steps is not None and total > max_steps:
+                raise SpecError(
+                    [
+                        positions.problem(
+                            (*prefix, *path),
+                            f"a workflow may have at most {max_steps:,} steps "
+                            "(AGENTMILL_MAX_WORKFLOW_STEPS), sub-workflows' steps included",
+                        )
+                    ]
+                )
+            inner = step.get("spec")
+            if step_kind(step) == "workflow" and isinstance(inner, dict):
+                if depth + 1 > MAX_SUBWORKFLOW_DEPTH:
+                    raise SpecError(
+                        [
+                            positions.problem(
+                                (*prefix, *path, "spec"),
+                                f"sub-workflows are nested more than {MAX_SUBWORKFLOW_DEPTH} "
+                                "levels deep",
+                            )
+                        ]
+                    )
+                pending.append(((*prefix, *path, "spec"), inner, depth + 1))
 
 
 # ---------------------------------------------------------------- sub-workflow files

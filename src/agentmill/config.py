@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest request body the API accepts."
     )
+    max_workflow_steps: int = Field(
+        default=5_000,
+        gt=0,
+        description="Most steps a workflow saved through the API may have, its inline "
+        "sub-workflows' steps included; past it the API answers 422.",
+    )
 
     @property
     def shared_redis_url(self) -> str | None:

@@ -23,6 +23,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 from agentmill.domain import template_limits as limits
+from agentmill.domain import template_work as work
 from agentmill.domain.template_limits import MAX_RENDERED_CHARS as MAX_RENDERED_CHARS
 
 _MARKERS = ("{{", "{%", "{#")
@@ -55,6 +56,13 @@ class _CheckedCodeGenerator(CodeGenerator):
     def buffer(self, frame: Frame) -> None:
         frame.buffer = self.temporary_identifier()
         self.writeline(f"{frame.buffer} = environment.output_buffer()")
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        # Every loop iterates through the render's work budget (template_work).
+        node.iter = nodes.Call(
+            nodes.EnvironmentAttribute("counted_iter"), [node.iter], [], None, None
+        )
+        super().visit_For(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         join = "(markup_join if context.eval_ctx.volatile else str_join)"
@@ -99,6 +107,9 @@ class _DataFirstEnvironment(ImmutableSandboxedEnvironment):
 
     def checked_concat(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         return limits.check_concat(parts)
+
+    def counted_iter(self, iterable: Any) -> Iterator[Any]:
+        return work.counted(iterable)
 
     def call(
         __self,  # Jinja's spelling: any keyword argument of the callee passes through
@@ -161,6 +172,8 @@ def _make_env() -> ImmutableSandboxedEnvironment:
     env.globals["lipsum"] = limits.bounded_lipsum()
     env.filters["tojson"] = _tojson
     env.filters["fromjson"] = _fromjson
+    for name, function in env.filters.items():
+        env.filters[name] = work.charged_filter(function)
     return env
 
 
@@ -182,13 +195,8 @@ class Template:
 
     def render(self, context: Mapping[str, Any]) -> Any:
         try:
-            if self.native:
-                value = self._render(**context)
-                if limits.size(value) > limits.limit():
-                    raise TemplateError(_too_long())
-                _reject_undefined(value)
-                return value
-            text = _render_bounded(self._render, context)
+            with work.render_budget():
+                return self._render_checked(context)
         except UndefinedError as exc:
             raise TemplateError(f"{exc.message} in {self.source!r}") from None
         except SecurityError as exc:
@@ -197,7 +205,15 @@ class Template:
             raise
         except Exception as exc:  # a filter or operator failed on the data
             raise TemplateError(f"{type(exc).__name__}: {exc} in {self.source!r}") from None
-        return text
+
+    def _render_checked(self, context: Mapping[str, Any]) -> Any:
+        if self.native:
+            value = self._render(**context)
+            if limits.size(value) > limits.limit():
+                raise TemplateError(_too_long())
+            _reject_undefined(value)
+            return value
+        return _render_bounded(self._render, context)
 
 
 def _too_long() -> str:
@@ -272,8 +288,30 @@ class References:
     internals: frozenset[str] = frozenset()
 
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PLACEHOLDER = re.compile(r"\{\{\s*(" + _NAME + r"(?:\." + _NAME + r")*)\s*\}\}")
+
+
+def _placeholder_references(source: str) -> References | None:
+    """The references of a template that is text with ``{{ a.b.c }}`` placeholders only (most
+    prompts), found without Jinja's parser (a thousand times cheaper: a 20,000-step workflow
+    validates in a fraction of a second); None for any other template."""
+    paths = [match.split(".") for match in _PLACEHOLDER.findall(source)]
+    if not paths or any(marker in _PLACEHOLDER.sub("", source) for marker in _MARKERS):
+        return None
+    return References(
+        names=frozenset(path[0] for path in paths) - GLOBAL_NAMES,
+        steps=frozenset(path[1] for path in paths if path[0] == "steps" and len(path) > 1),
+        inputs=frozenset(path[1] for path in paths if path[0] == "inputs" and len(path) > 1),
+        internals=frozenset(part for path in paths for part in path[1:] if _is_internal(part)),
+    )
+
+
 def references(source: str) -> References:
     """Static analysis of a template; raises TemplateError on a syntax error."""
+    simple = _placeholder_references(source)
+    if simple is not None:
+        return simple
     expression = _single_expression(source)
     text = source if expression is None else "{{ " + expression + " }}"
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 
 from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, object_access, require
@@ -16,10 +18,11 @@ from agentmill.api.schemas import (
     WorkflowPublic,
     WorkflowVersionPublic,
 )
+from agentmill.config import Settings
 from agentmill.domain.permissions import Permission
-from agentmill.domain.source import Positions
+from agentmill.domain.source import Positions, load_document
 from agentmill.domain.spec import WorkflowSpec
-from agentmill.domain.validation import load_workflow_text, parse_spec
+from agentmill.domain.validation import parse_spec
 from agentmill.engine.claims import RunCaller
 from agentmill.engine.engine import Engine
 from agentmill.errors import Conflict, Problem, SpecError
@@ -43,10 +46,21 @@ _SPEC_BODY = {
 }
 
 
+# Parsing and validating a big workflow is CPU work: it runs on worker threads, at most two
+# at once, so the event loop keeps answering (health checks, streams) meanwhile.
+_PARSERS = anyio.CapacityLimiter(2)
+
+
 async def _read_spec(request: Request) -> tuple[WorkflowSpec, str]:
     """A workflow from the body: YAML text, or a JSON object. Problems come back as 422."""
     raw = await request.body()
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    settings: Settings = request.app.state.settings
+    max_steps = settings.max_workflow_steps
+    return await anyio.to_thread.run_sync(_parse_body, raw, kind, max_steps, limiter=_PARSERS)
+
+
+def _parse_body(raw: bytes, kind: str, max_steps: int) -> tuple[WorkflowSpec, str]:
     if kind in ("application/json", ""):
         try:
             document = json.loads(raw or b"null")
@@ -64,10 +78,14 @@ async def _read_spec(request: Request) -> tuple[WorkflowSpec, str]:
             ) from None
         if isinstance(document, dict) and "source" in document and len(document) == 1:
             source = str(document["source"])
-            return load_workflow_text(source, source="<request>"), source
-        return parse_spec(document, Positions(source="<request>")), raw.decode()
+            data, positions = load_document(source, source="<request>")
+            return parse_spec(data, positions, max_steps=max_steps), source
+        return parse_spec(
+            document, Positions(source="<request>"), max_steps=max_steps
+        ), raw.decode()
     if kind in ("application/yaml", "application/x-yaml", "text/yaml", "text/plain"):
-        return load_workflow_text(raw, source="<request>"), raw.decode("utf-8", "replace")
+        data, positions = load_document(raw, source="<request>")
+        return parse_spec(data, positions, max_steps=max_steps), raw.decode("utf-8", "replace")
     raise SpecError(
         [
             Problem(

@@ -94,6 +94,7 @@ def test_run_of_a_scripted_workflow_loads_no_sdk_mcp_or_web_server(tmp_path: Pat
     assert result["status"] == "COMPLETED"
     assert result["outputs"] == {"out": "ok!"}
     assert heavy(modules) == []
+    assert "agentmill.tools.sandbox" not in modules  # no step runs `python`
     assert "agentmill.engine.engine" in modules  # the probe did run the workflow here
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -279,6 +280,11 @@ def main() -> None:
         reason = getattr(exc, "orig", None) or exc
         err.print(f"[red]error:[/] database unavailable: {escape(str(reason))}")
         sys.exit(1)
+    finally:
+        # The process ends here: without this, the interpreter's last garbage collection walks
+        # every object the engine's imports made (0.3-1 s for `agentmill run`). Frozen objects
+        # are skipped; atexit handlers and buffered output still run and flush as usual.
+        gc.freeze()
 
 
 def _is_database_error(exc: Exception) -> bool:

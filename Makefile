@@ -38,12 +38,13 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-bench: install ## Engine, API, distributed, gateway and memory-search benchmarks (SQLite, PostgreSQL, Redis)
+bench: install ## Engine, API, distributed, gateway, memory-search and CLI start-up benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) .agentmill .mypy_cache .ruff_cache .pytest_cache

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from agentmill.client import ApiError, Client
+from agentmill.client import ApiError
+
+if TYPE_CHECKING:
+    from agentmill.client import Client
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -47,6 +49,8 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
         for line in (headers, *rows):
             out.file.write("\t".join(line) + "\n")
         return
+    from rich.table import Table
+
     table = Table(*headers)
     table.columns[0].no_wrap = True
     table.columns[0].min_width = max((len(r[0]) for r in rows), default=0)
@@ -56,6 +60,8 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _client(server: str, api_key: str) -> Client:
+    from agentmill.client import Client  # loads httpx: only for a command that calls a server
+
     return Client(server, api_key=api_key)
 
 

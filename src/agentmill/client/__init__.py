@@ -13,7 +13,25 @@ stream). Answers are the server's JSON, as dicts and lists. Errors from the serv
 :class:`ApiError` with its status, code, message and details.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from agentmill.client._calls import ApiError
-from agentmill.client._clients import AsyncClient, Client
+
+if TYPE_CHECKING:
+    from agentmill.client._clients import AsyncClient, Client
 
 __all__ = ["ApiError", "AsyncClient", "Client"]
+
+
+def __getattr__(name: str) -> Any:
+    # The clients load httpx; the CLI imports ApiError at start-up and a client only when a
+    # command talks to a server (PEP 562).
+    if name in ("AsyncClient", "Client"):
+        from agentmill.client import _clients
+
+        value = getattr(_clients, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

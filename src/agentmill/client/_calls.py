@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
-import httpx
+if TYPE_CHECKING:  # annotations only: `agentmill.client.ApiError` must not load httpx (the CLI)
+    import httpx
 
 T = TypeVar("T")
 

@@ -22,18 +22,18 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
-
-import httpx2
-import mcp_types
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 
 from agentmill.domain.spec import McpServerSpec
 from agentmill.errors import ConfigError
 from agentmill.tools.base import Tool, ToolContext, ToolResult, ToolUnavailable
+
+# The SDK costs ~0.4 s to import: it is loaded when a step opens a session, not when the engine
+# (or the CLI) imports the policy and the ref helpers.
+if TYPE_CHECKING:
+    import mcp_types
+    from mcp import Client
 
 MCP_PREFIX = "mcp:"
 _LIST_PAGES = 100  # a server whose tool list never ends cannot hang the step
@@ -149,6 +149,8 @@ def as_tool_result(result: mcp_types.CallToolResult) -> ToolResult:
 
 
 def _part_text(part: mcp_types.ContentBlock) -> str:
+    import mcp_types
+
     if isinstance(part, mcp_types.TextContent):
         return part.text
     if isinstance(part, mcp_types.ImageContent | mcp_types.AudioContent):
@@ -233,6 +235,9 @@ async def _session(name: str, spec: McpServerSpec) -> AsyncIterator[Client]:
     """One connected, initialized client. The SDK's task groups wrap whatever the step raises
     while the session is open in ExceptionGroups; they are unwrapped here so the engine sees
     the step's own exception (StepFailed, cancellation) as if no session were involved."""
+    import mcp_types
+    from mcp import Client
+
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
         async with AsyncExitStack() as stack:
             client = Client(
@@ -262,9 +267,14 @@ async def _session(name: str, spec: McpServerSpec) -> AsyncIterator[Client]:
 
 async def _transport(stack: AsyncExitStack, spec: McpServerSpec, errlog: TextIO) -> Any:
     if spec.command is not None:
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+
         program, *args = spec.command
         params = StdioServerParameters(command=program, args=args, env=dict(spec.env) or None)
         return stdio_client(params, errlog=errlog)
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
     assert spec.url is not None
     http = await stack.enter_async_context(
         httpx2.AsyncClient(

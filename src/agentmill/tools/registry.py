@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmill.config import get_settings, read_config_file
 from agentmill.errors import ConfigError
@@ -28,7 +28,9 @@ from agentmill.tools.function import load_function_tool
 from agentmill.tools.http import WORKSPACE_EGRESS, EgressPolicy, HttpRequestTool, OperatorEgress
 from agentmill.tools.mcp import McpPolicy
 from agentmill.tools.memory import SETTINGS_SECTION, MemorySearchTool, MemoryStoreTool
-from agentmill.tools.sandbox import PythonTool
+
+if TYPE_CHECKING:  # the sandbox is imported when a workflow first uses `python`
+    from agentmill.tools.sandbox import PythonTool
 
 _PYTHON: PythonTool | None = None
 
@@ -37,6 +39,8 @@ def python_tool() -> PythonTool:
     """The process's one sandboxed ``python`` tool: its startup probe runs once."""
     global _PYTHON
     if _PYTHON is None:
+        from agentmill.tools.sandbox import PythonTool
+
         settings = get_settings()
         _PYTHON = PythonTool(
             allow_unsandboxed=settings.sandbox == "rlimit-only",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import socket
 from collections.abc import Iterator
@@ -18,31 +17,13 @@ from uvicorn.lifespan.on import LifespanOn
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
 from agentmill.api.closing import Closing
-from agentmill.config import DEFAULT_SECRET, Settings
+from agentmill.config import Settings
 from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
 from agentmill.engine.engine import Engine
-from agentmill.errors import ConfigError
+from agentmill.secret_key import with_secret
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_secret(settings: Settings, host: str) -> None:
-    """Refuse the built-in secret when the server is reachable from other machines."""
-    if settings.secret_key == DEFAULT_SECRET and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to serve on {host!r} with the built-in secret key: "
-            "set AGENTMILL_SECRET_KEY to a long random value"
-        )
 
 
 def _read_examples(folder: Path) -> list[tuple[WorkflowSpec, str]]:
@@ -81,7 +62,7 @@ async def serve(
     workers: bool = True,
 ) -> None:
     """Serve the API (and, with ``workers``, run steps in this process too)."""
-    check_secret(settings, host)
+    settings = with_secret(settings, embedded=workers)
     db = Database(database_url)
     await upgrade(db)
     await db.start()

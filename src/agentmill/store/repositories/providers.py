@@ -239,7 +239,7 @@ async def workspace_provider_configs(
     ``secret_key`` (default: the process's ``AGENTMILL_SECRET_KEY``) as each is looked up.
 
     The gateway's per-workspace hook: ``lambda ws: workspace_provider_configs(db, ws,
-    secret_key=settings.secret_key)``."""
+    secret_key=settings.secret())``."""
     rows = await db.read(
         lambda tx: _CONFIG_ROWS.rows(tx.conn, {"workspace_id": workspace_id}), point=True
     )

@@ -18,8 +18,12 @@ import yaml
 from agentmill.config import Settings, get_settings
 from agentmill.errors import ConfigError
 from agentmill.secret_key import LEGACY_DEFAULT_SECRET, local_secret_key, with_secret
+from agentmill.store.db import Database, Tx
+from agentmill.store.migrate import upgrade
+from agentmill.store.repositories import accounts, providers, workspaces
 from tests.cli.test_run import CLI
 from tests.cli.test_up import free_port, start_up, stop
+from tests.conftest import started
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REFUSED = "AGENTMILL_SECRET_KEY is refused"
@@ -179,3 +183,42 @@ def test_the_kubernetes_example_secret_is_refused() -> None:
     (secret,) = [d for d in docs if d and d["kind"] == "Secret"]
     with pytest.raises(ConfigError, match=REFUSED):
         Settings(secret_key=secret["stringData"]["AGENTMILL_SECRET_KEY"])
+
+
+async def test_up_moves_provider_keys_stored_under_the_old_built_in_key(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedded install upgraded from a release that ran on the built-in key keeps its
+    workspaces' provider keys: the first start re-encrypts them under the generated key."""
+    home = workdir / ".agentmill"
+    home.mkdir()
+    url = f"sqlite:///{home / 'agentmill.db'}"
+    await upgrade(Database(url))
+    async with started(url) as db:
+
+        def arrange(tx: Tx) -> str:
+            user = accounts.create_user(tx, email="old@example.com", name="O", password_hash="x")
+            ws = workspaces.create_workspace(tx, name="Old", owner_id=user.id).id
+            providers.create_provider(
+                tx,
+                ws,
+                name="mine",
+                kind="openai",
+                api_key="sk-old",
+                secret_key=LEGACY_DEFAULT_SECRET,
+            )
+            providers.create_provider(
+                tx, ws, name="other", kind="openai", api_key="sk-x", secret_key="some-other-key"
+            )
+            return ws
+
+        ws = await db.write(arrange)
+    monkeypatch.delenv("AGENTMILL_SECRET_KEY")
+    proc, _ = start_up(workdir, free_port())
+    assert "Traceback" not in stop(proc)
+    generated = (home / "secret_key").read_text().strip()
+    async with started(url) as db:
+        configs = await providers.workspace_provider_configs(db, ws, secret_key=generated)
+        assert configs["mine"].api_key == "sk-old"
+        with pytest.raises(ConfigError, match="cannot decrypt"):
+            configs["other"]  # under some other key: left alone

@@ -21,6 +21,11 @@ from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade, upgrade_sync
 from tests.pgvector_server import pgvector_server
 
+# A strong key for every Settings the tests make (and every server process they start), since
+# there is no built-in one; tests of the key itself unset or override it.
+TEST_SECRET_KEY = "test-key-5b0Qz7Yx1Vd9Lr3Kp8Ws2Nf6Hj4Tm0Uc"
+os.environ["AGENTMILL_SECRET_KEY"] = TEST_SECRET_KEY
+
 PG_ADMIN_URL = os.environ.get(
     "AGENTMILL_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

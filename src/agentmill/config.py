@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentmill.errors import ConfigError
-
-DEFAULT_SECRET = "agentmill-insecure-development-secret"
+from agentmill.secret_key import check_secret_key, missing_secret_key
 
 
 class Settings(BaseSettings):
@@ -114,9 +113,11 @@ class Settings(BaseSettings):
         description="PostgreSQL connections each process keeps open (and as many more at peaks). "
         "Mind the server's max_connections across all API and worker processes.",
     )
-    secret_key: str = Field(
-        default=DEFAULT_SECRET,
-        description="Signs access tokens. Set your own before serving beyond this machine.",
+    secret_key: str | None = Field(
+        default=None,
+        description="Signs access tokens and encrypts workspaces' provider keys: at least 32 "
+        "random characters; weak and example values are refused. Unset: `agentmill up` "
+        "generates one in `<home>/secret_key`; `api` and `worker` processes need it set.",
     )
     webhook_secret: str | None = Field(
         default=None,
@@ -131,6 +132,27 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(
         default=12 * 60, gt=0, description="How long a login's access token stays valid."
     )
+    login_failures_per_account: int = Field(
+        default=10,
+        gt=0,
+        description="Failed logins an account may have within the window; beyond them its "
+        "logins answer 429 (Retry-After) until the oldest failure leaves the window.",
+    )
+    login_failures_per_address: int = Field(
+        default=50,
+        gt=0,
+        description="Failed logins one client address may have within the window, over all "
+        "accounts. Counted in Redis when one is configured, so every API process shares them.",
+    )
+    login_failure_window_seconds: int = Field(
+        default=15 * 60, gt=0, description="The window failed logins are counted in."
+    )
+    password_hash_concurrency: int = Field(
+        default=4,
+        gt=0,
+        description="Password hashes (Argon2, tens of ms of CPU each) computed at once per "
+        "process; more wait, so a crowd of logins cannot starve other requests.",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest request body the API accepts."
     )
@@ -140,6 +162,18 @@ class Settings(BaseSettings):
         description="Most steps a workflow saved through the API may have, its inline "
         "sub-workflows' steps included; past it the API answers 422.",
     )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret_key(cls, value: str | None) -> str | None:
+        # A ConfigError (not a ValueError) passes through pydantic as it is.
+        return None if value is None else check_secret_key(value)
+
+    def secret(self) -> str:
+        """The secret key; ConfigError when none was configured (or generated)."""
+        if self.secret_key is None:
+            raise missing_secret_key("it signs access tokens and encrypts provider keys")
+        return self.secret_key
 
     @property
     def shared_redis_url(self) -> str | None:

@@ -16,9 +16,7 @@ from agentmill.config import Settings
 
 @pytest.fixture
 async def app(database_url: str) -> AsyncIterator[FastAPI]:
-    application = create_app(
-        Settings(secret_key="test-secret", max_body_bytes=64 * 1024), database_url=database_url
-    )
+    application = create_app(Settings(max_body_bytes=64 * 1024), database_url=database_url)
     async with application.router.lifespan_context(application):
         yield application
 
@@ -46,12 +44,14 @@ async def signup(client: httpx.AsyncClient, name: str = "Ana") -> Account:
     created = await client.post(
         "/api/v1/auth/register", json={"email": email, "name": name, "password": "correct horse"}
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     login = await client.post(
         "/api/v1/auth/login", json={"email": email, "password": "correct horse"}
     )
     assert login.status_code == 200, login.text
-    return Account(id=created.json()["id"], email=email, token=login.json()["access_token"])
+    token = login.json()["access_token"]
+    me = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    return Account(id=me.json()["id"], email=email, token=token)
 
 
 async def new_workspace(client: httpx.AsyncClient, owner: Account, name: str = "Acme") -> str:

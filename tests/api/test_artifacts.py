@@ -63,7 +63,7 @@ def artifacts_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def app(database_url: str, artifacts_dir: Path) -> AsyncIterator[FastAPI]:
-    settings = Settings(secret_key="test-secret", artifacts_dir=artifacts_dir)
+    settings = Settings(artifacts_dir=artifacts_dir)
     application = create_app(settings, database_url=database_url)
     async with application.router.lifespan_context(application):
         yield application

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 
+from agentmill.api.routes.auth import REGISTERED
 from tests.api.conftest import signup
+from tests.conftest import TEST_SECRET_KEY
 
 
 def error(response: httpx.Response) -> dict[str, object]:
@@ -46,18 +48,26 @@ async def test_a_second_login_is_a_separate_token(client: httpx.AsyncClient) -> 
     assert (await client.get("/api/v1/auth/me", headers=other)).status_code == 200
 
 
-async def test_duplicate_email_is_a_conflict(client: httpx.AsyncClient) -> None:
+async def test_a_duplicate_email_is_answered_like_a_new_one_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
     ana = await signup(client, "Ana")
     again = await client.post(
         "/api/v1/auth/register",
-        json={"email": ana.email.upper(), "name": "Other", "password": "12345678"},
+        json={"email": ana.email.upper(), "name": "Other", "password": "another passphrase"},
     )
-    assert again.status_code == 409
-    assert error(again) == {
-        "code": "conflict",
-        "message": f"an account with email {ana.email!r} already exists",
-        "details": None,
-    }
+    fresh = await client.post(
+        "/api/v1/auth/register",
+        json={"email": "fresh@example.com", "name": "Fresh", "password": "another passphrase"},
+    )
+    assert again.status_code == fresh.status_code == 202
+    assert again.json() == fresh.json() == {"message": REGISTERED}
+    taken = await client.post(
+        "/api/v1/auth/login", json={"email": ana.email, "password": "another passphrase"}
+    )
+    assert taken.status_code == 401  # the existing account kept its password
+    me = await client.get("/api/v1/auth/me", headers=ana.headers)
+    assert me.json()["name"] == "Ana"
 
 
 async def test_wrong_password_and_unknown_account_look_the_same(client: httpx.AsyncClient) -> None:
@@ -75,7 +85,7 @@ async def test_wrong_password_and_unknown_account_look_the_same(client: httpx.As
 async def test_expired_forged_and_missing_tokens_are_refused(client: httpx.AsyncClient) -> None:
     ana = await signup(client, "Ana")
     past = datetime.now(UTC) - timedelta(minutes=1)
-    right_key = hashlib.sha256(b"agentmill/access-token/v1\x00test-secret").digest()
+    right_key = hashlib.sha256(b"agentmill/access-token/v1\x00" + TEST_SECRET_KEY.encode()).digest()
     expired = jwt.encode({"sub": ana.id, "jti": "tok_x", "exp": past}, right_key, algorithm="HS256")
     forged = jwt.encode(
         {"sub": ana.id, "jti": "tok_y", "exp": past + timedelta(hours=2)},

@@ -33,9 +33,7 @@ async def open_app(database_url: str, tmp_path: Path) -> AsyncIterator[FastAPI]:
     """A server whose operator lets workspaces open loopback networks (and no others)."""
     config = tmp_path / "agentmill.yaml"
     config.write_text(OPERATOR_YAML)
-    application = create_app(
-        Settings(secret_key="test-secret", config=config), database_url=database_url
-    )
+    application = create_app(Settings(config=config), database_url=database_url)
     async with application.router.lifespan_context(application):
         yield application
 
@@ -325,7 +323,7 @@ async def test_a_provider_on_a_non_public_address_is_refused(
 
 
 async def test_the_operator_can_allow_providers_on_private_addresses(database_url: str) -> None:
-    settings = Settings(secret_key="test-secret", allow_private_provider_urls=True)
+    settings = Settings(allow_private_provider_urls=True)
     application = create_app(settings, database_url=database_url, workers=False)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)

@@ -30,9 +30,7 @@ def database_url(own_database_url: str) -> str:
 @asynccontextmanager
 async def api_only(database_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app that serves the API but runs no steps (like `agentmill api`)."""
-    app = create_app(
-        Settings(secret_key="test-secret", **settings), database_url=database_url, workers=False
-    )
+    app = create_app(Settings(**settings), database_url=database_url, workers=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

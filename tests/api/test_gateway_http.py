@@ -62,9 +62,7 @@ models:
         )
         os.environ["E2E_ANTHROPIC_KEY"] = ANTHROPIC_KEY
         # The workspaces' own providers here are wire fakes on loopback.
-        settings = Settings(
-            secret_key="test-secret", config=config, allow_private_provider_urls=True
-        )
+        settings = Settings(config=config, allow_private_provider_urls=True)
         try:
             with serve(f"sqlite:///{folder / 'agentmill.db'}", settings) as server:
                 yield Stack(server, new_tenant(server.url), oai, claude)

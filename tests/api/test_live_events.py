@@ -88,7 +88,7 @@ async def log_only(url: str, who: Account, run_id: str, waiting: asyncio.Event) 
 async def test_deltas_and_tool_notices_stream_live_over_sse(
     database_url: str, db: Database
 ) -> None:
-    app = create_app(Settings(secret_key="test-secret"), database_url=database_url)
+    app = create_app(Settings(), database_url=database_url)
     with serving(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             ana = await signup(client, "Ana")

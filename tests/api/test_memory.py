@@ -19,7 +19,7 @@ from tests.api.conftest import signup
 
 @pytest.fixture(params=["scripted/embed", None], ids=["semantic", "full-text"])
 async def app(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[FastAPI]:
-    settings = Settings(secret_key="test-secret", embedding_model=request.param)
+    settings = Settings(embedding_model=request.param)
     application = create_app(settings, database_url=database_url, workers=False)
     async with application.router.lifespan_context(application):
         yield application

@@ -155,7 +155,7 @@ class Tenant:
 def serve(database_url: str, settings: Settings | None = None) -> Iterator[Server]:
     """The API (no embedded worker) under uvicorn in a thread, on a free loopback port."""
     app = create_app(
-        settings or Settings(secret_key="test-secret", max_body_bytes=MAX_BODY),
+        settings or Settings(max_body_bytes=MAX_BODY),
         database_url=database_url,
         workers=False,
     )
@@ -169,13 +169,14 @@ def serve(database_url: str, settings: Settings | None = None) -> Iterator[Serve
 def new_tenant(url: str) -> Tenant:
     with httpx.Client(base_url=f"{url}/api/v1") as http:
         email = f"ana-{uuid.uuid4().hex[:10]}@example.com"
-        user = http.post(
+        http.post(
             "/auth/register", json={"email": email, "name": "Ana", "password": "correct horse"}
-        ).json()
+        )
         token = http.post("/auth/login", json={"email": email, "password": "correct horse"}).json()[
             "access_token"
         ]
         auth = {"Authorization": f"Bearer {token}"}
+        user = http.get("/auth/me", headers=auth).json()
         ws = http.post("/workspaces", json={"name": "Acme"}, headers=auth).json()["id"]
 
         def key(role: str) -> dict[str, Any]:

@@ -24,8 +24,10 @@ from agentmill.store.db import Database
 from agentmill.store.models import workspace_providers
 from agentmill.store.repositories.providers import workspace_provider_configs
 from tests.api.conftest import Account, new_workspace, signup
+from tests.conftest import TEST_SECRET_KEY
 
-SECRET = "test-secret"  # the app fixture's
+SECRET = TEST_SECRET_KEY  # the app fixture's
+NEW_SECRET = "another-key-Qm4Zr8Tx2Wb6Yn0Vc5Lp9Hs3Kd7Jf1G"
 
 
 @pytest.fixture
@@ -208,7 +210,7 @@ async def test_after_the_secret_key_changes_keys_fail_clearly_until_entered_agai
         )
     db: Database = app.state.db
 
-    configs = await workspace_provider_configs(db, ws, secret_key="a-new-secret")
+    configs = await workspace_provider_configs(db, ws, secret_key=NEW_SECRET)
     with pytest.raises(
         ConfigError,
         match="^"
@@ -221,7 +223,7 @@ async def test_after_the_secret_key_changes_keys_fail_clearly_until_entered_agai
         configs["first"]
 
     new_key = a_key()
-    async with app_with_secret(database_url, "a-new-secret") as other:
+    async with app_with_secret(database_url, NEW_SECRET) as other:
         login = await other.post(
             "/api/v1/auth/login", json={"email": owner.email, "password": "correct horse"}
         )
@@ -233,7 +235,7 @@ async def test_after_the_secret_key_changes_keys_fail_clearly_until_entered_agai
         )
         assert patched.status_code == 200, patched.text
 
-    configs = await workspace_provider_configs(db, ws, secret_key="a-new-secret")
+    configs = await workspace_provider_configs(db, ws, secret_key=NEW_SECRET)
     assert configs["first"].api_key == new_key
     with pytest.raises(ConfigError, match="workspace provider 'second': cannot decrypt"):
         configs["second"]

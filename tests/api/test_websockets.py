@@ -40,8 +40,8 @@ def server(
 def account(host: str) -> tuple[dict[str, str], str]:
     email = f"ws-{uuid.uuid4().hex[:8]}@example.com"
     with httpx.Client(base_url=f"http://{host}/api/v1") as http:
-        http.post("/auth/register", json={"email": email, "name": "W", "password": "password1"})
-        token = http.post("/auth/login", json={"email": email, "password": "password1"}).json()[
+        http.post("/auth/register", json={"email": email, "name": "W", "password": "correct horse"})
+        token = http.post("/auth/login", json={"email": email, "password": "correct horse"}).json()[
             "access_token"
         ]
         headers = {"Authorization": f"Bearer {token}"}

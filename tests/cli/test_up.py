@@ -218,9 +218,9 @@ def test_a_second_ctrl_c_stops_at_once_and_the_app_still_shuts_down(workdir: Pat
     assert all(at is not None for (at,) in stopped)
 
 
-def test_up_refuses_the_built_in_secret_beyond_loopback(workdir: Path) -> None:
-    env = {**os.environ}
-    env.pop("AGENTMILL_SECRET_KEY", None)
+def test_up_refuses_the_old_built_in_secret_beyond_loopback(workdir: Path) -> None:
+    # There is no built-in key any more; the old one is refused everywhere (tests/security).
+    env = {**os.environ, "AGENTMILL_SECRET_KEY": "agentmill-insecure-development-secret"}
     result = subprocess.run(
         [*CLI, "up", "--host", "0.0.0.0", "--port", str(free_port())],
         cwd=workdir,
@@ -230,7 +230,7 @@ def test_up_refuses_the_built_in_secret_beyond_loopback(workdir: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "refusing to serve on '0.0.0.0' with the built-in secret key" in result.stderr
+    assert "AGENTMILL_SECRET_KEY is refused: it is the development key" in result.stderr
     assert sys.executable  # the command ran through the same interpreter
 
 

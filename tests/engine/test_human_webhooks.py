@@ -131,10 +131,11 @@ async def test_waiting_posts_a_signed_payload_to_the_webhook(
 
 
 async def test_the_default_signing_key_is_derived_from_the_secret_key() -> None:
-    settings = Settings(secret_key="s3cret")
+    key = "webhook-test-key-Rk3Vn8Qz1Xb5Ty9Mw2Lc7Hd4Jp6F"
+    settings = Settings(secret_key=key)
     assert (
         signing_key(settings)
-        == hmac.new(b"s3cret", b"agentmill/webhooks/v1", hashlib.sha256).digest()
+        == hmac.new(key.encode(), b"agentmill/webhooks/v1", hashlib.sha256).digest()
     )
 
 

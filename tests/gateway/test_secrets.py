@@ -14,7 +14,7 @@ from agentmill.config import Settings, get_settings
 from agentmill.errors import ConfigError
 from agentmill.gateway.secrets import HKDF_INFO, HKDF_SALT, decrypt, encrypt
 
-SECRET = "a-long-random-secret-key"
+SECRET = "a-long-random-key-Zq7Wm3Xv9Bt1Ny5Kc8Lr2Hd6Jp"
 UNREADABLE = re.escape("cannot decrypt provider credentials: AGENTMILL_SECRET_KEY changed?")
 
 
@@ -92,7 +92,7 @@ def test_without_a_secret_key_the_process_settings_are_used(
         assert get_settings() == Settings(secret_key=SECRET)
         token = encrypt("sk-env")
         assert decrypt(token, SECRET) == "sk-env"
-        monkeypatch.setenv("AGENTMILL_SECRET_KEY", "changed")
+        monkeypatch.setenv("AGENTMILL_SECRET_KEY", "changed-key-Vb4Nq8Zm2Xt6Wr0Yc3Lk7Hj1Pd5F")
         get_settings.cache_clear()
         with pytest.raises(ConfigError, match=UNREADABLE):
             decrypt(token)

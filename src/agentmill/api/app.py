@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from agentmill import __version__
 from agentmill.api.closing import Closing
 from agentmill.api.errors import BodySizeLimit, install_error_handlers
+from agentmill.api.login_guard import LoginGuard
+from agentmill.api.passwords import PasswordHasher
 from agentmill.api.routes import (
     api_keys,
     artifacts,
@@ -81,6 +83,8 @@ def create_app(
             else None
         )
         app.state.redis = redis
+        app.state.login_guard = LoginGuard(settings)
+        app.state.passwords = PasswordHasher(settings.password_hash_concurrency)
         try:
             yield
         finally:
@@ -89,6 +93,7 @@ def create_app(
                 await worker
             if redis is not None:
                 await redis.aclose()
+            await app.state.login_guard.aclose()
             await engine.aclose()
             await db.close()
 

@@ -78,7 +78,7 @@ async def authenticate(db: Database, settings: Settings, secret: str) -> Princip
             key_id=key.id,
             user_id=key.created_by,
         )
-    token = read_token(secret, settings.secret_key)
+    token = read_token(secret, settings.secret())
     if token is None:
         raise NotAuthenticated("invalid or expired access token")
 

@@ -8,6 +8,7 @@ with a request id to quote; its traceback goes to the log, never to the client. 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from agentmill.errors import (
     NotAuthenticated,
     NotFound,
     PermissionDenied,
+    RateLimited,
     SpecError,
 )
 from agentmill.ids import new_id
@@ -43,6 +45,7 @@ _STATUS: list[tuple[type[AgentMillError], int, str]] = [
     (InvalidInputs, 422, "invalid_inputs"),
     (InvalidAnswer, 422, "invalid_answer"),
     (ConfigError, 400, "bad_request"),
+    (RateLimited, 429, "rate_limited"),
 ]
 _HTTP_CODES = {
     400: "bad_request",
@@ -83,6 +86,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 elif isinstance(exc, InvalidAnswer):
                     details = {"path": exc.path}
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                if isinstance(exc, RateLimited):
+                    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
                 message = str(exc).split("\n", 1)[0] if isinstance(exc, SpecError) else str(exc)
                 return error_response(status, code, message, details, headers)
         return error_response(400, "bad_request", str(exc))

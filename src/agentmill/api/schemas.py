@@ -15,9 +15,11 @@ from pydantic import (
     EmailStr,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
 )
 
+from agentmill.api.passwords import password_weakness
 from agentmill.domain.permissions import Role
 
 
@@ -28,7 +30,19 @@ class _In(BaseModel):
 class UserCreate(_In):
     email: EmailStr
     name: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=8, max_length=256)
+    password: str = Field(max_length=256)
+
+    @field_validator("password")
+    @classmethod
+    def _hard_to_guess(cls, value: str, info: ValidationInfo) -> str:
+        reason = password_weakness(value, email=str(info.data.get("email", "")))
+        if reason is not None:
+            raise ValueError(reason)
+        return value
+
+
+class RegistrationAccepted(BaseModel):
+    message: str
 
 
 class LoginRequest(_In):

@@ -30,6 +30,7 @@ from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.domain.validation import load_workflow_file
 from agentmill.engine.engine import Engine
 from agentmill.errors import NotFound, SpecError
+from agentmill.secret_key import with_secret
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 from agentmill.store.queries import RunView
@@ -67,10 +68,11 @@ async def run_command(options: RunOptions) -> int:
             err.print(f"[red]error:[/] {escape(str(exc))}")
             return EXIT_INVALID
 
-    db = Database.from_settings(get_settings(), options.database_url)
+    settings = with_secret(get_settings(), embedded=True)
+    db = Database.from_settings(settings, options.database_url)
     await upgrade(db)
     await db.start()
-    engine = Engine(db)
+    engine = Engine(db, settings=settings)
     try:
         if options.resume:
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import socket
 from collections.abc import Iterator
@@ -18,31 +17,24 @@ from uvicorn.lifespan.on import LifespanOn
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
 from agentmill.api.closing import Closing
-from agentmill.config import DEFAULT_SECRET, Settings
+from agentmill.config import Settings
 from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
 from agentmill.engine.engine import Engine
-from agentmill.errors import ConfigError
+from agentmill.secret_key import LEGACY_DEFAULT_SECRET, with_secret
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
+from agentmill.store.repositories import providers
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_secret(settings: Settings, host: str) -> None:
-    """Refuse the built-in secret when the server is reachable from other machines."""
-    if settings.secret_key == DEFAULT_SECRET and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to serve on {host!r} with the built-in secret key: "
-            "set AGENTMILL_SECRET_KEY to a long random value"
+async def _adopt_legacy_keys(db: Database, settings: Settings) -> int:
+    """Earlier releases ran without a key of their own on the built-in one: the provider keys
+    they stored move to the generated key, so upgrading does not lose them."""
+    return await db.write(
+        lambda tx: providers.reseal_keys(
+            tx, old_secret=LEGACY_DEFAULT_SECRET, new_secret=settings.secret()
         )
+    )
 
 
 def _read_examples(folder: Path) -> list[tuple[WorkflowSpec, str]]:
@@ -81,11 +73,13 @@ async def serve(
     workers: bool = True,
 ) -> None:
     """Serve the API (and, with ``workers``, run steps in this process too)."""
-    check_secret(settings, host)
+    own_key = settings.secret_key is None  # then the one in <home>/secret_key
+    settings = with_secret(settings, embedded=workers)
     db = Database(database_url)
     await upgrade(db)
     await db.start()
     try:
+        resealed = await _adopt_legacy_keys(db, settings) if own_key else 0
         first = await bootstrap(db)
         loaded = (
             await load_examples(db, settings, first.workspace_id, examples)
@@ -97,6 +91,11 @@ async def serve(
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     console.print(f"[bold]AgentMill[/] is running at [link={url}]{url}[/]  (API docs: {url}/docs)")
     console.print(f"database: {escape(database_url)}")
+    if resealed:
+        console.print(
+            f"{resealed} workspace provider key(s) stored under the old built-in secret key are "
+            f"now encrypted under this server's own key ({escape(str(settings.home))}/secret_key)"
+        )
     if first is not None:
         console.print("first start: an owner account, a workspace and an API key were created.")
         console.print("[yellow]They are shown this once; keep them somewhere safe.[/]")

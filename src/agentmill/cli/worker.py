@@ -32,6 +32,7 @@ async def work(
     """Run steps until SIGTERM or Ctrl-C; then stop taking work, let in-flight steps finish
     for up to ``grace_seconds``, and give the rest back so other workers take them at once.
     A second signal stops waiting."""
+    settings.secret()  # refuse to start without one: steps need it for providers and webhooks
     db = Database.from_settings(settings, database_url)
     await upgrade(db)
     await db.start()

@@ -88,7 +88,8 @@ def health() -> Call[dict[str, Any]]:
 
 
 def register(email: str, name: str, password: str) -> Call[dict[str, Any]]:
-    """Create an account; returns the user."""
+    """Create an account. The answer (``{"message": …}``) is the same whether the address had
+    an account already, so it tells no one who has one; log in next (``me()`` is the user)."""
     body = {"email": email, "name": name, "password": password}
     return Call(method="POST", path=f"{API}/auth/register", json=body, shape=_obj)
 

@@ -37,15 +37,17 @@ def build_gateway(db: Database, settings: Settings, config: GatewayConfig) -> Ga
             )
     return Gateway(
         config=config,
-        policies=DatabasePolicies(db, providers=_workspace_providers(settings.secret_key)),
+        policies=DatabasePolicies(db, providers=_workspace_providers(settings)),
         limiter=limiter,
         budgets=budgets,
         recorder=UsageRecorder(db),
     )
 
 
-def _workspace_providers(secret_key: str) -> ProviderLoader:
+def _workspace_providers(settings: Settings) -> ProviderLoader:
     async def load(db: Database, workspace_id: str) -> Mapping[str, ProviderConfig]:
-        return await workspace_provider_configs(db, workspace_id, secret_key=secret_key)
+        # The key is asked for here, not when the engine is made: engines that never load a
+        # workspace's providers (tests, `agentmill run` on scripted models) need none.
+        return await workspace_provider_configs(db, workspace_id, secret_key=settings.secret())
 
     return load

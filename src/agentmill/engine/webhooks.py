@@ -51,7 +51,7 @@ def signing_key(settings: Settings) -> bytes:
     "agentmill/webhooks/v1"), so the secret key itself never leaves the server."""
     if settings.webhook_secret:
         return settings.webhook_secret.encode()
-    return hmac.new(settings.secret_key.encode(), _KEY_INFO, hashlib.sha256).digest()
+    return hmac.new(settings.secret().encode(), _KEY_INFO, hashlib.sha256).digest()
 
 
 def sign(key: bytes, timestamp: str, body: bytes) -> str:

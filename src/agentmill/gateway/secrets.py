@@ -48,7 +48,7 @@ def _cipher(secret_key: str) -> AESGCM:
 
 
 def _secret(secret_key: str | None) -> str:
-    return get_settings().secret_key if secret_key is None else secret_key
+    return get_settings().secret() if secret_key is None else secret_key
 
 
 def encrypt(plain: str, secret_key: str | None = None, *, context: str = "") -> str:

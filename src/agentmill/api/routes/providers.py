@@ -102,7 +102,7 @@ async def create_provider(
             api_key=api_key,
             timeout=body.timeout,
             headers=body.headers,
-            secret_key=settings.secret_key,
+            secret_key=settings.secret(),
         )
     )
     return _public(record)
@@ -136,7 +136,7 @@ async def update_provider(
             changes["api_key"] is not None if "api_key" in changes else current.has_api_key,
         )
         return providers.update_provider(
-            tx, access.workspace_id, name, changes, secret_key=settings.secret_key
+            tx, access.workspace_id, name, changes, secret_key=settings.secret()
         )
 
     return _public(await db.write(update))

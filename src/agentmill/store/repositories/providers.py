@@ -159,6 +159,30 @@ def update_provider(
     return _find(tx, workspace_id, name)
 
 
+def reseal_keys(tx: Tx, *, old_secret: str, new_secret: str) -> int:
+    """Encrypt again under ``new_secret`` every key that ``old_secret`` opens; the number done.
+    Keys under any other secret are left as they are."""
+    rows = tx.conn.execute(
+        select(_t.id, _t.workspace_id, _t.name, _t.api_key_encrypted).where(
+            _t.api_key_encrypted.is_not(None)
+        )
+    ).all()
+    done = 0
+    for row in rows:
+        context = _context(row.workspace_id, row.name)
+        try:
+            plain = decrypt(row.api_key_encrypted, old_secret, context=context)
+        except ConfigError:
+            continue
+        tx.conn.execute(
+            update(workspace_providers)
+            .where(_t.id == row.id)
+            .values(api_key_encrypted=encrypt(plain, new_secret, context=context))
+        )
+        done += 1
+    return done
+
+
 def delete_provider(tx: Tx, workspace_id: str, name: str) -> None:
     """Remove a provider and its key; NotFound if this workspace has none by that name."""
     result = tx.conn.execute(
@@ -239,7 +263,7 @@ async def workspace_provider_configs(
     ``secret_key`` (default: the process's ``AGENTMILL_SECRET_KEY``) as each is looked up.
 
     The gateway's per-workspace hook: ``lambda ws: workspace_provider_configs(db, ws,
-    secret_key=settings.secret_key)``."""
+    secret_key=settings.secret())``."""
     rows = await db.read(
         lambda tx: _CONFIG_ROWS.rows(tx.conn, {"workspace_id": workspace_id}), point=True
     )

@@ -14,6 +14,7 @@ from agentmill import __version__
 from agentmill.api.body_guard import JsonBodyGuard
 from agentmill.api.closing import Closing
 from agentmill.api.errors import BodySizeLimit, ErrorBoundary, install_error_handlers
+from agentmill.api.headers import SecurityHeaders
 from agentmill.api.routes import (
     api_keys,
     artifacts,
@@ -107,6 +108,7 @@ def create_app(
     app.add_middleware(JsonBodyGuard)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(ErrorBoundary)
+    app.add_middleware(SecurityHeaders)  # on every answer, the boundary's 500 included
     modules = (
         auth,
         workspaces,

@@ -163,6 +163,33 @@ class Settings(BaseSettings):
         "sub-workflows' steps included; past it the API answers 422.",
     )
 
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers before the connection "
+        "is closed (against slow-header attacks; nginx's client_header_timeout in front does "
+        "the same).",
+    )
+    http_keep_alive: int = Field(
+        default=5, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    http_max_connections: int | None = Field(
+        default=None,
+        gt=0,
+        description="Open connections (event streams included) beyond which the API answers "
+        "503; unset: no limit.",
+    )
+    ops_networks: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description='Client networks (CIDR, as JSON: `["10.0.0.0/8"]`) that may read /metrics '
+        "and the details of /health; others get /health's bare status only.",
+    )
+    ops_token: str | None = Field(
+        default=None,
+        description="A bearer token that also lets a caller read /metrics and /health's details "
+        "(e.g. Prometheus' `authorization` credentials).",
+    )
+
     @field_validator("secret_key")
     @classmethod
     def _strong_secret_key(cls, value: str | None) -> str | None:

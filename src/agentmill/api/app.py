@@ -11,8 +11,10 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from agentmill import __version__
+from agentmill.api.body_guard import JsonBodyGuard
 from agentmill.api.closing import Closing
-from agentmill.api.errors import BodySizeLimit, install_error_handlers
+from agentmill.api.errors import BodySizeLimit, ErrorBoundary, install_error_handlers
+from agentmill.api.headers import SecurityHeaders
 from agentmill.api.login_guard import LoginGuard
 from agentmill.api.passwords import PasswordHasher
 from agentmill.api.routes import (
@@ -106,7 +108,12 @@ def create_app(
     )
     install_error_handlers(app)
     app.state.closing = Closing()  # set by the server on Ctrl-C/SIGTERM: event streams end
+    # Outermost last: the boundary answers any bug inside, the size limit bounds what the
+    # JSON guard reads.
+    app.add_middleware(JsonBodyGuard)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ErrorBoundary)
+    app.add_middleware(SecurityHeaders)  # on every answer, the boundary's 500 included
     modules = (
         auth,
         workspaces,

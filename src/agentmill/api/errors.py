@@ -191,3 +191,34 @@ class BodySizeLimit:
             )
         )
         await response(scope, receive, send)
+
+
+class ErrorBoundary:
+    """Answers a bug with the JSON 500 here, inside the app, so that no exception reaches the
+    server. Starlette's outermost middleware sends the 500 of the ``Exception`` handler and then
+    re-raises, and uvicorn closes the connection of any request whose exception escaped: the
+    client's next request on that keep-alive connection would fail. A response already started
+    (a stream that broke) cannot be answered again: then the exception goes on, and the
+    connection is closed, which is the only way left to tell the client."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            await unexpected_error(Request(scope))(scope, receive, send)

@@ -141,7 +141,10 @@ class WorkflowDetail(WorkflowPublic):
 
 class RunCreate(_In):
     inputs: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1, description="Default: the latest version.")
+    # le: versions are a 32-bit column; a larger number is a 422, not a database error.
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Default: the latest version."
+    )
 
 
 class RunPublic(BaseModel):

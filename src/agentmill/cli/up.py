@@ -17,6 +17,7 @@ from uvicorn.lifespan.on import LifespanOn
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
 from agentmill.api.closing import Closing
+from agentmill.cli.http_server import server_config
 from agentmill.config import Settings
 from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
@@ -119,13 +120,13 @@ async def serve(
     console.print("Press Ctrl-C to stop.")
     app = create_app(settings, database_url=database_url, workers=workers, bind_host=host)
     server = _Server(
-        uvicorn.Config(
+        server_config(
             app,
             host=host,
             port=port,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=10,
+            header_timeout=settings.http_header_timeout,
+            keep_alive=settings.http_keep_alive,
+            max_connections=settings.http_max_connections,
         )
     )
     closing: Closing = app.state.closing

@@ -133,7 +133,7 @@ class RedisRelay:
                 await task
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
         await self._redis.aclose()
 
     @staticmethod

@@ -79,7 +79,8 @@ async def run_events(
             "only the log's events.",
         ),
     ] = True,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    # le: event ids are 64-bit; a larger one would fail in the database mid-stream.
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**63 - 1)] = None,
 ) -> StreamingResponse:
     """The run's events (and its sub-runs'): what happened so far, then live, until it ends."""
     await run_access(db, principal, run_id, Permission.WORKFLOW_READ)

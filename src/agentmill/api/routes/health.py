@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 
 from agentmill.api.deps import DbDep
+from agentmill.api.ops import is_operator
+from agentmill.errors import PermissionDenied
 from agentmill.observability.metrics import CONTENT_TYPE, render
 from agentmill.queue import queue_backend
 from agentmill.store.db import Database
@@ -26,7 +28,16 @@ router = APIRouter(tags=["health"])
 async def health(request: Request, db: DbDep) -> JSONResponse:
     """``database``, ``queue`` (embedded mode queues steps in the database) and ``worker``
     (the embedded worker, or ``off`` when this process serves the API only). 503 when any is
-    down."""
+    down. Only ``status`` for callers who are not operators (see api/ops.py): probes need no
+    more."""
+    response = await _health(request, db)
+    if is_operator(request):
+        return response
+    status = "ok" if response.status_code == 200 else "unavailable"
+    return JSONResponse({"status": status}, status_code=response.status_code)
+
+
+async def _health(request: Request, db: Database) -> JSONResponse:
     worker = _worker_state(request.app.state.worker)
     try:
         stats, processes = await _snapshot(db)
@@ -93,7 +104,12 @@ def _worker_state(task: asyncio.Task[None] | None) -> str:
 
 @router.get("/metrics", response_model=None)
 async def metrics(request: Request, db: DbDep) -> Response:
-    """Prometheus metrics: queue depth, in flight, lag, and live workers (for autoscaling)."""
+    """Prometheus metrics: queue depth, in flight, lag, and live workers (for autoscaling).
+    Operators only (AGENTMILL_OPS_NETWORKS, AGENTMILL_OPS_TOKEN)."""
+    if not is_operator(request):
+        raise PermissionDenied(
+            "metrics are for operators: call from AGENTMILL_OPS_NETWORKS or with AGENTMILL_OPS_TOKEN"
+        )
     stats, processes = await _snapshot(db)
     lease = request.app.state.settings.lease_seconds
     return Response(render(stats, processes, lease), media_type=CONTENT_TYPE)

@@ -68,7 +68,8 @@ def _wire(event: dict[str, Any]) -> str:
 
 def _after(websocket: WebSocket) -> int | None:
     text = websocket.query_params.get("after")
-    return int(text) if text and text.isdigit() else None
+    # Beyond 64 bits no event id can follow it; the database would refuse the number.
+    return int(text) if text and text.isdigit() and int(text) < 2**63 else None
 
 
 async def _send(websocket: WebSocket, events: AsyncGenerator[dict[str, Any] | None]) -> None:

@@ -28,15 +28,17 @@ from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.claims import RunCaller
 from agentmill.engine.engine import Engine
-from agentmill.errors import BudgetExceeded, RetryableError
+from agentmill.errors import BudgetExceeded, RetryableError, StoreUnavailable
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway, Message
 from agentmill.gateway.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
 from agentmill.gateway.config import GatewayConfig, ModelConfig, ModelPrice
 from agentmill.gateway.policy import StaticPolicies, WorkspacePolicy
 from agentmill.gateway.types import CallReport
+from agentmill.redis_pool import redis_client
 from agentmill.store.db import Database
 from agentmill.store.gateway_policies import DatabasePolicies, as_budget, spent_this_period
 from agentmill.store.models import events, llm_calls, steps, users
+from agentmill.store.queries import RunView
 from agentmill.store.repositories import accounts, spending, workspaces
 from tests.api.conftest import new_workspace, signup
 from tests.cli.test_up import free_port
@@ -310,8 +312,8 @@ def private_redis(tmp_path: Path) -> Iterator[_PrivateRedis]:
 
 
 class _Outage:
-    """Scripted answers, and Redis going down during the ``at``-th call: the call that was made
-    must still be settled, the calls after it wait for Redis to come back."""
+    """Scripted answers, and Redis going down during the ``at``-th call (which must still be
+    settled once it is back)."""
 
     name = "outage"
 
@@ -319,7 +321,7 @@ class _Outage:
         self.redis = redis
         self.at = at
         self.calls = 0
-        self.restarted: asyncio.Task[None] | None = None
+        self.down = asyncio.Event()
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         from agentmill.gateway.types import Usage
@@ -327,15 +329,10 @@ class _Outage:
         self.calls += 1
         if self.calls == self.at:
             await self.redis.stop()
-            self.restarted = asyncio.create_task(self._restart())
+            self.down.set()
         return ChatResponse(
             content="ok", model=request.model, usage=Usage(input_tokens=2, output_tokens=20)
         )
-
-    async def _restart(self) -> None:
-        await asyncio.sleep(3)  # Redis is down this long: every step's call meets it down
-        self.redis.start()
-        await self.redis.ready()
 
     async def stream(self, request: ChatRequest):  # type: ignore[no-untyped-def]
         raise NotImplementedError
@@ -346,6 +343,19 @@ class _Outage:
 
     async def aclose(self) -> None:
         return None
+
+
+class _Watched(RedisBudgetStore):
+    """A Redis budget store that tells when it refused a reservation (Redis unreachable)."""
+
+    refused: asyncio.Event
+
+    async def reserve(self, lines, amount, load):  # type: ignore[no-untyped-def]
+        try:
+            return await super().reserve(lines, amount, load)
+        except StoreUnavailable:
+            self.refused.set()
+            raise
 
 
 OUTAGE_FLOW = """
@@ -373,22 +383,33 @@ async def test_a_redis_outage_in_mid_run_fails_no_run_and_overspends_no_budget(
             "outage/m": ModelConfig(name="outage/m", price=ModelPrice(input=1000, output=1000))
         },
     )
+    store = _Watched(redis_client(private_redis.url))
+    store.refused = asyncio.Event()
     gateway = Gateway(
         [provider],  # type: ignore[list-item]
         config=config,
         policies=DatabasePolicies(db),
-        budgets=RedisBudgetStore.from_url(private_redis.url),
+        budgets=store,
     )
     engine = Engine(db, gateway=gateway)
     version = await engine.register(
         load_workflow_text(textwrap.dedent(OUTAGE_FLOW)), workspace_id=ws
     )
-    runs = [
-        await engine.start_run(version, {}, caller=RunCaller(started_by=user)) for _ in range(8)
-    ]
-    settled = await asyncio.gather(*(engine.run_until_settled(r) for r in runs))
-    assert provider.restarted is not None
-    await provider.restarted
+
+    async def run() -> RunView:
+        run_id = await engine.start_run(version, {}, caller=RunCaller(started_by=user))
+        runs.append(run_id)
+        return await engine.run_until_settled(run_id)
+
+    runs: list[str] = []
+    first = [asyncio.create_task(run()) for _ in range(4)]
+    await asyncio.wait_for(provider.down.wait(), 60)
+    # Runs started while Redis is down: their first call is refused, and waits.
+    later = [asyncio.create_task(run()) for _ in range(4)]
+    await asyncio.wait_for(store.refused.wait(), 60)
+    private_redis.start()  # with what it saved on the way down
+    await private_redis.ready()
+    settled = await asyncio.gather(*first, *later)
 
     # Each call charges 0.022 and reserves 0.02 + 0.027 at most: 0.25 pays for some of the 24.
     statuses = [run.status for run in settled]

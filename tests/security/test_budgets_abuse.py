@@ -61,7 +61,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[BudgetStore]:
         return
     prefix = f"agentmill-test-{uuid.uuid4().hex[:8]}"
     redis = Redis.from_url(REDIS_URL)
-    yield RedisBudgetStore(Redis.from_url(REDIS_URL), prefix=prefix)
+    shared = RedisBudgetStore(Redis.from_url(REDIS_URL), prefix=prefix)
+    yield shared
+    await shared.aclose()  # every connection closed here, not left to the collector
     keys = [key async for key in redis.scan_iter(f"{prefix}*")]
     if keys:
         await redis.delete(*keys)

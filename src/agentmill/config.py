@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "internal services or a cloud metadata endpoint. The operator's own providers in "
         "agentmill.yaml are not affected.",
     )
+    operator_emails: str = Field(
+        default="",
+        description="Comma-separated emails of the server's operators (signed-in users): only "
+        "they see operator-wide provider health, every workspace's calls to the operator's "
+        "models. Everyone else sees a workspace's own calls.",
+    )
     db_pool_size: int = Field(
         default=10,
         gt=0,

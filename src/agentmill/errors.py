@@ -13,7 +13,8 @@
     ├── PermissionDenied       authenticated, but the role does not allow this
     └── StepError              raised while a step executes
         ├── RetryableError     transient: timeouts, 429, 5xx, lost connections; retried with backoff
-        │   └── RateLimited    our own rate limit is full; retry after ``retry_after`` seconds
+        │   ├── RateLimited    our own rate limit is full; retry after ``retry_after`` seconds
+        │   └── StoreUnavailable  the budget or rate-limit store cannot be reached; call refused
         └── StepFailed         terminal for the step (4xx, bad template, invalid output)
             └── BudgetExceeded a budget would be overspent; ends the run BUDGET_EXCEEDED
 
@@ -109,6 +110,12 @@ class RetryableError(StepError):
 
 class RateLimited(RetryableError):
     """A rate limit of ours is full: HTTP callers get 429, steps are retried after the wait."""
+
+
+class StoreUnavailable(RetryableError):
+    """The store that budgets or rate limits are checked in cannot be reached, so the call was
+    refused (fail closed). A step waits for it to come back rather than failing
+    (engine/context.py); an HTTP caller gets 503 and retries."""
 
 
 class StepFailed(StepError):

@@ -37,10 +37,10 @@ class Stack:
     def sdk(self) -> AsyncOpenAI:
         return AsyncOpenAI(base_url=self.server.base_url, api_key=self.tenant.key, max_retries=0)
 
-    def api(self) -> httpx.Client:
+    def api(self, tenant: Tenant | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=f"{self.server.url}/api/v1",
-            headers={"Authorization": f"Bearer {self.tenant.token}"},
+            headers={"Authorization": f"Bearer {(tenant or self.tenant).token}"},
         )
 
 
@@ -142,8 +142,8 @@ async def test_a_failing_server_fails_over_to_anthropic_and_every_try_is_account
     assert lines["claude/claude-haiku-4-5"]["input_tokens"] == 1200
     assert Decimal(lines["claude/claude-haiku-4-5"]["cost"]) == expected
     assert usage["total"]["calls"] == 3
-    with stack.api() as api:
-        health = api.get("/providers/health").json()
+    with stack.api(tenant) as api:  # the workspace's own calls
+        health = api.get("/providers/health", params={"workspace": tenant.workspace_id}).json()
     local = next(m for m in health["models"] if m["provider"] == "local")
     assert local["consecutive_failures"] == 2
     assert local["error_rate"] > 0

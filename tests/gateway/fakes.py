@@ -91,3 +91,51 @@ def workspace_budget(limit: str, *, scope: BudgetScope = BudgetScope.WORKSPACE) 
 
 
 SCRIPTED = ProviderConfig(name="scripted", kind="scripted")
+
+
+class Overrunning:
+    """A provider that ignores ``max_tokens``: it answers ``extra`` output tokens more than
+    asked, and reports ``input_tokens`` of input (as much as it likes)."""
+
+    def __init__(self, name: str, *, extra: int, input_tokens: int = 1, delay: float = 0) -> None:
+        self.name = name
+        self.extra = extra
+        self.input_tokens = input_tokens
+        self.delay = delay
+        self.calls = 0
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return ChatResponse(
+            content="more than asked",
+            model=request.model,
+            usage=Usage(
+                input_tokens=self.input_tokens,
+                output_tokens=(request.max_tokens or 0) + self.extra,
+            ),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        response = await self.chat(request)
+        yield ChatDelta(text=response.content)
+        yield ChatDelta(finish_reason="length", usage=response.usage)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        raise StepFailed(f"{self.name} has no embeddings")
+
+    async def aclose(self) -> None:
+        return None
+
+
+# Input priced too (1 USD per million input tokens, 10 per million output): a reservation that
+# left input out would be below what a call can cost.
+PRICED_INPUT = ModelPrice(input=Decimal(1), output=Decimal(10))
+
+
+def input_priced_config(*names: str) -> GatewayConfig:
+    return GatewayConfig(
+        providers={},
+        models={f"{n}/m": ModelConfig(name=f"{n}/m", price=PRICED_INPUT) for n in names},
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,6 +15,7 @@ from agentmill.engine.compiled import CompiledWorkflow
 from agentmill.engine.live import LiveBus, live_event
 from agentmill.engine.live_chat import DeltaPublisher, stream_chat
 from agentmill.engine.outcomes import LogLine
+from agentmill.errors import StoreUnavailable
 from agentmill.gateway import CallContext, ChatRequest, ChatResponse, Gateway
 from agentmill.gateway.types import CallReport
 from agentmill.store.db import Database
@@ -89,6 +92,28 @@ class StepContext:
         One try per model: the engine retries a step durably, with backoff, without holding a
         worker slot, so the gateway only fails over."""
         request = replace(request, tries_per_model=1)
+        # The budget or rate-limit store being unreachable refuses the call (fail closed); a
+        # short outage is waited out here, for up to the gateway's ``store_wait``, rather than
+        # spending the step's attempts (and failing a run that has none to spare). Nothing is
+        # held or sent while waiting: the refusal came before the reservation.
+        deadline = time.monotonic() + self.gateway.store_wait
+        delay = 0.25
+        while True:
+            try:
+                response = await self._chat(request)
+                break
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if delay == 0.25:
+                    self.log(f"waiting for the store: {exc}", level="warning", topic="budget")
+                await asyncio.sleep(delay)
+                delay = min(4.0, delay * 2)
+        for notice in response.notices:
+            self.log(notice, level="warning", topic="budget")
+        return response
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
         audience = await self._audience()
         if self.live is not None and audience:
             # Someone follows the run: stream, so they see the answer as it is written.
@@ -97,8 +122,6 @@ class StepContext:
             response = await stream_chat(self.gateway, request, self.calls.append, publisher)
         else:
             response = await self.gateway.chat(request, sink=self.calls.append)
-        for notice in response.notices:
-            self.log(notice, level="warning", topic="budget")
         return response
 
     async def notify(self, type: str, level: str = "info", **data: Any) -> None:

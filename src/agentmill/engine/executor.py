@@ -22,6 +22,7 @@ from agentmill.engine.nodes import NODES
 from agentmill.engine.outcomes import Failed, Outcome, Skipped, StepReport, Succeeded
 from agentmill.errors import BudgetExceeded, ConfigError, RetryableError, StepFailed
 from agentmill.gateway import Gateway
+from agentmill.gateway.types import CallReport
 from agentmill.store.db import Database
 from agentmill.store.repositories.artifacts import step_owner
 from agentmill.tools.registry import ToolRegistry
@@ -41,7 +42,10 @@ async def execute(
     db: Database | None = None,
     artifacts: ArtifactStore | None = None,
     live: LiveBus | None = None,
+    calls: list[CallReport] | None = None,
 ) -> StepReport:
+    """``calls``: the list the attempt's model calls are collected in, so that a caller whose
+    attempt is cancelled still knows what it spent."""
     started = time.perf_counter()
     spec = compiled.steps[claim.spec_id]
     step = spec.step if isinstance(spec, MapStep) and claim.map_index is not None else spec
@@ -54,6 +58,7 @@ async def execute(
         db=db,
         artifacts=artifacts,
         live=live,
+        calls=calls if calls is not None else [],
     )
     outcome: Outcome
     try:

@@ -23,6 +23,7 @@ from agentmill.engine.claims import Claim, StaleClaim, worker_identity
 from agentmill.engine.executor import execute
 from agentmill.engine.outcomes import Failed, StepReport, WaitForHuman
 from agentmill.engine.webhooks import announce
+from agentmill.gateway.types import CallReport
 from agentmill.queue import StepQueue, open_queue
 from agentmill.store.db import Tx
 from agentmill.store.notify import STEPS_CHANNEL
@@ -254,16 +255,23 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         engine = self.engine
         compiled = await engine.compiled(claim.version_id, claim.spec_path)
-        report = await execute(
-            claim,
-            compiled,
-            engine.gateway,
-            engine.tools,
-            engine.db,
-            engine.artifacts,
-            engine.live,
-        )
+        calls: list[CallReport] = []
+        try:
+            report = await execute(
+                claim,
+                compiled,
+                engine.gateway,
+                engine.tools,
+                engine.db,
+                engine.artifacts,
+                engine.live,
+                calls=calls,
+            )
+        except asyncio.CancelledError:  # lost, cancelled or shutting down: its calls were made
+            await asyncio.shield(self._record_dropped(claim, calls))
+            raise
         if claim.step_id in self._lost:
+            await self._record_dropped(claim, calls)
             await self.queue.done([claim.step_id])
             return
         self._finishing.add(claim.step_id)
@@ -276,11 +284,25 @@ class Worker:
                 claims = await self._record_then_notify(claim, report, capacity, notify)
         except StaleClaim as exc:
             log.info("result dropped", step=claim.step_key, run_id=claim.run_id, reason=str(exc))
+            await self._record_dropped(claim, calls)
             await self.queue.done([claim.step_id])
             return
         for next_claim in claims:  # before the acknowledgement, which a shutdown may cut short
             self._spawn(next_claim)
         await self.queue.done([claim.step_id])
+
+    async def _record_dropped(self, claim: Claim, calls: list[CallReport]) -> None:
+        """An attempt's result is dropped (its lease was lost, the step moved on), but its model
+        calls were made and paid for: record them, tagged with the attempt, so that usage and
+        budgets (which reload from these records) count them."""
+        if not calls:
+            return
+        engine = self.engine
+        made = tuple(calls)
+        try:
+            await engine.db.write(lambda tx: engine.transitions.record_calls(tx, claim, made))
+        except Exception:
+            log.exception("could not record a dropped attempt's calls", step=claim.step_key)
 
     async def _record_then_notify(
         self, claim: Claim, report: StepReport, capacity: int, notify: NotifySpec
@@ -354,6 +376,7 @@ class Worker:
                 error=f"internal error recording the result: {type(exc).__name__}: {exc}",
                 retryable=False,
             ),
+            calls=report.calls,  # spent whatever happened to the output
             duration_ms=report.duration_ms,
         )
         try:

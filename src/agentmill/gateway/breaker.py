@@ -8,18 +8,24 @@ a caller's bad request.
 
 Breakers live in each process: each process learns a provider's health from its own calls,
 which is what makes skipping a broken one immediate without a shared store on the call path.
+
+The circuit is shared by every caller of an operator's model, but the figures shown are kept per
+workspace as well: a workspace sees its own calls, latencies and errors (and the circuit's
+state, which decides where its calls go), never another's; operator-wide figures are for the
+operator (``health(None)``).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from statistics import quantiles
 
 _NEVER = 2**62  # failures in a row that a breaker which never opens would need
+_WORKSPACES_KEPT = 1000  # per breaker: the least recently calling workspace's figures go first
 
 
 class BreakerState(StrEnum):
@@ -52,6 +58,23 @@ class ModelHealth:
     retry_in_seconds: float | None  # while open: when the next probe is allowed
 
 
+class _Figures:
+    """Recent calls of one caller (or of all): latency and outcome, the run of failures."""
+
+    def __init__(self, window: int) -> None:
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=window)
+        self.failures_in_a_row = 0
+        self.last_error: str | None = None
+
+    def add(self, latency_ms: float, error: str | None) -> None:
+        self.recent.append((latency_ms, error is None))
+        if error is None:
+            self.failures_in_a_row = 0
+        else:
+            self.last_error = error
+            self.failures_in_a_row += 1
+
+
 class Breaker:
     def __init__(
         self,
@@ -70,6 +93,7 @@ class Breaker:
         self._probing = False
         self.last_error: str | None = None
         self._recent: deque[tuple[float, bool]] = deque(maxlen=policy.window)
+        self._by_workspace: OrderedDict[str | None, _Figures] = OrderedDict()
 
     def allow(self) -> bool:
         """May a call go to this model now? (In half-open state, only the one probe may.)"""
@@ -90,15 +114,34 @@ class Breaker:
             return None
         return max(0.0, self.policy.open_seconds - (self._clock() - self.opened_at))
 
-    def succeeded(self, latency_ms: float) -> None:
+    def _figures(self, workspace_id: str | None) -> _Figures:
+        figures = self._by_workspace.get(workspace_id)
+        if figures is None:
+            figures = self._by_workspace[workspace_id] = _Figures(self.policy.window)
+            if len(self._by_workspace) > _WORKSPACES_KEPT:
+                self._by_workspace.popitem(last=False)
+        else:
+            self._by_workspace.move_to_end(workspace_id)
+        return figures
+
+    def succeeded(self, latency_ms: float, *, workspace_id: str | None = None) -> None:
+        self._figures(workspace_id).add(latency_ms, None)
         self._recent.append((latency_ms, True))
         self.failures_in_a_row = 0
         self._probing = False
         self.state = BreakerState.CLOSED
 
-    def failed(self, error: str, latency_ms: float, *, counts: bool = True) -> None:
+    def failed(
+        self,
+        error: str,
+        latency_ms: float,
+        *,
+        counts: bool = True,
+        workspace_id: str | None = None,
+    ) -> None:
         """Record a failure; ``counts`` is False for failures that say nothing of the provider's
         health (a bad request), which are kept in the figures but never open the breaker."""
+        self._figures(workspace_id).add(latency_ms, error)
         self._recent.append((latency_ms, False))
         self.last_error = error
         if not counts:
@@ -119,9 +162,19 @@ class Breaker:
         if self.state is BreakerState.HALF_OPEN:
             self._probing = False
 
-    def health(self) -> ModelHealth:
-        latencies = sorted(latency for latency, _ in self._recent)
-        errors = sum(1 for _, ok in self._recent if not ok)
+    def called_by(self, workspace_id: str | None) -> bool:
+        return workspace_id in self._by_workspace
+
+    def health(self, workspace_id: str | None = None, *, everyone: bool = True) -> ModelHealth:
+        """The breaker's figures: of every call (``everyone``), else of ``workspace_id``'s own
+        calls only. The state is the circuit's, shared by all its callers."""
+        if everyone:
+            recent, in_a_row, last_error = self._recent, self.failures_in_a_row, self.last_error
+        else:
+            own = self._by_workspace.get(workspace_id) or _Figures(1)
+            recent, in_a_row, last_error = own.recent, own.failures_in_a_row, own.last_error
+        latencies = sorted(latency for latency, _ in recent)
+        errors = sum(1 for _, ok in recent if not ok)
         cuts = quantiles(latencies, n=100, method="inclusive") if len(latencies) >= 2 else None
 
         def percentile(p: int) -> float | None:
@@ -134,13 +187,13 @@ class Breaker:
             provider=self.provider,
             model=self.model,
             state=self.state,
-            calls=len(self._recent),
-            error_rate=round(errors / len(self._recent), 4) if self._recent else 0.0,
+            calls=len(recent),
+            error_rate=round(errors / len(recent), 4) if recent else 0.0,
             latency_p50_ms=percentile(50),
             latency_p95_ms=percentile(95),
             latency_p99_ms=percentile(99),
-            consecutive_failures=self.failures_in_a_row,
-            last_error=self.last_error,
+            consecutive_failures=in_a_row,
+            last_error=last_error,
             retry_in_seconds=round(allowed, 3) if allowed is not None else None,
         )
 
@@ -164,5 +217,5 @@ class Breakers:
             breaker = self._breakers[key] = Breaker(provider, model, policy, self._clock)
         return breaker
 
-    def health(self) -> list[ModelHealth]:
-        return [b.health() for _, b in sorted(self._breakers.items())]
+    def all(self) -> list[Breaker]:
+        return [b for _, b in sorted(self._breakers.items())]

@@ -25,7 +25,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agentmill.errors import BudgetExceeded, RetryableError
+from agentmill.errors import BudgetExceeded, StoreUnavailable
 from agentmill.redis_pool import redis_client
 
 _NANO = Decimal("0.000000001")  # the stores count nano-USD as integers
@@ -299,7 +299,7 @@ class RedisBudgetStore:
                 raise exceeded(line, _usd(result[2]), _usd(result[3]), amount)
         except RedisError as exc:
             raise _unreachable(exc) from None
-        raise RetryableError("budget store: could not initialize budgets", status=503)
+        raise StoreUnavailable("budget store: could not initialize budgets", status=503)
 
     async def _initialize(self, key: str, line: BudgetLine, spent: Decimal) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -345,6 +345,6 @@ def _usd(nanos: int | bytes) -> Decimal:
     return Decimal(int(nanos)) * _NANO
 
 
-def _unreachable(exc: Exception) -> RetryableError:
+def _unreachable(exc: Exception) -> StoreUnavailable:
     # Fail closed: a budget we cannot check is a budget we cannot promise.
-    return RetryableError(f"budget store unreachable, call refused: {exc}", status=503)
+    return StoreUnavailable(f"budget store unreachable, call refused: {exc}", status=503)

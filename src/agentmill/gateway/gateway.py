@@ -23,7 +23,13 @@ from typing import TypeVar
 
 import structlog
 
-from agentmill.errors import RateLimited, RetryableError, StepFailed, UnknownModel
+from agentmill.errors import (
+    RateLimited,
+    RetryableError,
+    StepFailed,
+    StoreUnavailable,
+    UnknownModel,
+)
 from agentmill.gateway.breaker import Breaker, BreakerPolicy, Breakers, ModelHealth
 from agentmill.gateway.budgets import (
     BudgetLine,
@@ -97,8 +103,9 @@ class Route:
 class _Plan:
     context: CallContext
     policy: WorkspacePolicy
-    in_tokens: int  # estimated, for limits and the worst case
-    out_tokens: int  # at most
+    in_tokens: int  # estimated, for rate limits (and usage a provider does not report)
+    max_in_tokens: int  # at most: the budgets' worst case must never be below the truth
+    out_tokens: int  # at most (as asked: a provider that answers more is charged the overage)
     lines: list[BudgetLine]  # the budgets the call is held to
     routes: list[Route]
     admission: Admission | None
@@ -119,6 +126,7 @@ class Gateway:
         breakers: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
         default_max_tokens: int = 4096,
+        store_wait: float = 60.0,
     ) -> None:
         self.config = config or parse_gateway_config({}, {})
         self.policies: PolicySource = policies or StaticPolicies()
@@ -129,6 +137,9 @@ class Gateway:
         self.retry = retry or RetryPolicy()
         self.pricing = Pricing(self.config.models)
         self.default_max_tokens = default_max_tokens
+        # How long a call that was made waits for the budget store to take its charge, and a
+        # step's call for the budget or rate-limit store to answer (engine/context.py).
+        self.store_wait = store_wait
         self._registered: dict[str, Provider] = {}
         self._built: dict[tuple[str | None, str], tuple[ProviderConfig, Provider]] = {}
         if providers is not None:
@@ -184,12 +195,17 @@ class Gateway:
         )
 
     def health(self, workspace_id: str | None = None) -> list[ModelHealth]:
-        """Breaker state and recent figures of the server's models (and one workspace's own)."""
-        own = f"{workspace_id}:" if workspace_id else None
+        """Breaker state and recent figures. ``None``: the operator's view, the server's models
+        with every caller's figures. A workspace: its own providers, and the server's models it
+        has called with its own figures only (another workspace's calls, latencies and errors
+        are that workspace's business)."""
+        if workspace_id is None:
+            return [b.health() for b in self.breakers.all() if ":" not in b.provider]
+        own = f"{workspace_id}:"
         return [
-            h
-            for h in self.breakers.health()
-            if ":" not in h.provider or (own is not None and h.provider.startswith(own))
+            b.health(workspace_id, everyone=False)
+            for b in self.breakers.all()
+            if (":" not in b.provider and b.called_by(workspace_id)) or b.provider.startswith(own)
         ]
 
     # ------------------------------------------------------------------ calls
@@ -302,10 +318,12 @@ class Gateway:
         routes = [self._route(name, context, policy) for name in dict.fromkeys(chain)]
         if request is not None:
             in_tokens = estimate_input_tokens(request)
+            max_in_tokens = max_input_tokens(request)
             out_tokens = request.max_tokens or self.default_max_tokens
         else:
             texts = embed.inputs if embed is not None else ()
             in_tokens, out_tokens = sum(len(t) for t in texts) // 3 + len(texts), 0
+            max_in_tokens = sum(_utf8(t) + _PER_MESSAGE for t in texts) + _PER_REQUEST
         limits = self._caller_limits(context, policy)
         admission = await self.limiter.admit(limits, in_tokens) if limits else None
         return _Plan(
@@ -314,6 +332,7 @@ class Gateway:
             routes=routes,
             admission=admission,
             in_tokens=in_tokens,
+            max_in_tokens=max_in_tokens,
             out_tokens=out_tokens,
             lines=self._lines(context, policy),
         )
@@ -378,7 +397,7 @@ class Gateway:
         worst = Decimal(0)
         if plan.lines:
             cost = self.pricing.worst_case(
-                route.model, self._pricing_config(route), plan.in_tokens, plan.out_tokens
+                route.model, self._pricing_config(route), plan.max_in_tokens, plan.out_tokens
             )
             worst = with_markup(cost, plan.policy.markup)
         try:
@@ -462,15 +481,24 @@ class Gateway:
         sink: Sink | None,
     ) -> tuple[Usage, tuple[str, ...]]:
         latency = (time.perf_counter() - started) * 1000
-        route.breaker.succeeded(latency)
+        route.breaker.succeeded(latency, workspace_id=plan.context.workspace_id)
         usage = self._price(plan, route, raw)
-        crossed = await self.budgets.settle(reservation, usage.price)
-        if plan.admission is not None:
-            await self.limiter.count_tokens(plan.admission, usage.total_tokens)
+        # Recorded first: what the provider did is charged even if what follows fails.
         self._report(
             sink,
             CallReport(context=plan.context, model=route.model, usage=usage, latency_ms=latency),
         )
+        if usage.price > reservation.amount and reservation.lines:
+            log.warning(
+                "call cost more than its worst case (the provider answered more than asked)",
+                model=route.model,
+                reserved=str(reservation.amount),
+                price=str(usage.price),
+                workspace=plan.context.workspace_id,
+            )
+        crossed = await self._settle(reservation, usage.price)
+        if plan.admission is not None:
+            await self.limiter.count_tokens(plan.admission, usage.total_tokens)
         notices = tuple(
             f"{line.label} passed {line.budget.soft_ratio:.0%} of its {line.budget.limit} USD"
             for line in crossed
@@ -478,6 +506,23 @@ class Gateway:
         for notice in notices:
             log.warning("budget soft limit", notice=notice, workspace=plan.context.workspace_id)
         return usage, notices
+
+    async def _settle(self, reservation: Reservation, price: Decimal) -> list[BudgetLine]:
+        """Charge a call that was made. The work is done, so a budget store that cannot be
+        reached is waited for (up to ``store_wait`` seconds) rather than the charge dropped;
+        past that the hold stays in the store until it expires, and the usage record (written
+        already) is what the store reloads from."""
+        deadline = time.monotonic() + self.store_wait
+        delay = 0.1
+        while True:
+            try:
+                return await self.budgets.settle(reservation, price)
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("could not settle a call's budgets", error=str(exc))
+                    return []
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _settle_partial(
         self,
@@ -488,7 +533,7 @@ class Gateway:
     ) -> None:
         """A stream ended early: charge what was produced (the provider did the work)."""
         usage = self._price(plan, route, estimated_usage(plan.in_tokens, collector))
-        await asyncio.shield(self.budgets.settle(reservation, usage.price))
+        await asyncio.shield(self._settle(reservation, usage.price))
 
     def _failed(
         self,
@@ -502,7 +547,9 @@ class Gateway:
     ) -> None:
         latency = (time.perf_counter() - started) * 1000
         # A 4xx says the request was wrong, not the provider: it never opens the breaker.
-        route.breaker.failed(str(exc), latency, counts=counts)
+        route.breaker.failed(
+            str(exc), latency, counts=counts, workspace_id=plan.context.workspace_id
+        )
         report = CallReport(
             context=plan.context,
             model=route.model,
@@ -555,6 +602,34 @@ def estimate_input_tokens(request: ChatRequest | None) -> int:
             for t in request.tools
         )
     return chars // 4 + 1
+
+
+# Byte-level tokenizers never make a token of less than one byte, so UTF-8 bytes bound the
+# tokens of a text; a message adds its role and separators, a request its framing.
+_PER_MESSAGE = 8
+_PER_REQUEST = 16
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def max_input_tokens(request: ChatRequest) -> int:
+    """The most input tokens ``request`` can be (one per UTF-8 byte, plus framing): what a
+    budget reserves, since a guess that undercounts would let calls pass a budget."""
+    tokens = _PER_REQUEST
+    for m in request.messages:
+        tokens += _PER_MESSAGE + _utf8(m.content) + _utf8(m.name or "")
+        tokens += sum(
+            _PER_MESSAGE + _utf8(c.name) + _utf8(json.dumps(dict(c.arguments)))
+            for c in m.tool_calls
+        )
+    for t in request.tools:
+        tokens += _PER_MESSAGE + _utf8(t.name) + _utf8(t.description)
+        tokens += _utf8(json.dumps(dict(t.parameters)))
+    if request.response_schema is not None:
+        tokens += _utf8(json.dumps(dict(request.response_schema)))
+    return tokens
 
 
 def estimated_usage(in_tokens: int, collector: StreamCollector) -> Usage:

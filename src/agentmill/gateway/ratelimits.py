@@ -27,7 +27,7 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
-from agentmill.errors import RateLimited, RetryableError
+from agentmill.errors import RateLimited, StoreUnavailable
 from agentmill.redis_pool import redis_pool
 
 LimitScope = Literal["workspace", "user", "api_key", "model"]
@@ -151,6 +151,6 @@ class RateLimiter:
         await self.storage.reset()
 
 
-def _unreachable(exc: Exception) -> RetryableError:
+def _unreachable(exc: Exception) -> StoreUnavailable:
     # Fail closed: a limit we cannot check is a limit we cannot promise.
-    return RetryableError(f"rate limit store unreachable: {exc}", status=503)
+    return StoreUnavailable(f"rate limit store unreachable: {exc}", status=503)

@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 
-from agentmill.api.deps import DbDep, PrincipalDep, WorkspaceAccess, require, workspace_role
+from agentmill.api.deps import (
+    DbDep,
+    Principal,
+    PrincipalDep,
+    SettingsDep,
+    WorkspaceAccess,
+    require,
+    workspace_role,
+)
 from agentmill.api.schemas import (
     BudgetCreate,
     BudgetPublic,
@@ -18,6 +26,7 @@ from agentmill.api.schemas import (
     RateLimitCreate,
     RateLimitPublic,
 )
+from agentmill.config import Settings
 from agentmill.domain.permissions import Permission
 from agentmill.gateway import Gateway
 from agentmill.store.db import Tx
@@ -160,15 +169,25 @@ async def set_markup(body: MarkupUpdate, access: Own, db: DbDep, request: Reques
 
 @router.get("/providers/health", response_model=ProvidersHealth)
 async def providers_health(
-    request: Request, principal: PrincipalDep, workspace: str | None = None
+    request: Request, principal: PrincipalDep, settings: SettingsDep, workspace: str | None = None
 ) -> ProvidersHealth:
     """Each model's circuit breaker, error rate and latency percentiles, as this process saw
-    them; with ``?workspace=`` also that workspace's own providers (its API keys and members)."""
+    them, for one workspace's own calls: ``?workspace=`` (its members), an API key's own
+    workspace. Its own providers, and the server's models it called (their circuit's state is
+    shared; the figures are its own). Operators (AGENTMILL_OPERATOR_EMAILS) asking without a
+    workspace see every caller's figures for the server's models; anyone else, none."""
     gateway: Gateway = request.app.state.gateway
+    if workspace is None:
+        workspace = principal.key_workspace_id
     if workspace is not None:
         await workspace_role(request.app.state.db, principal, workspace)  # 404 for strangers
-    models = [
-        ModelHealthPublic(**{**h.__dict__, "state": h.state.value})
-        for h in gateway.health(workspace)
-    ]
+        health = gateway.health(workspace)
+    else:
+        health = gateway.health() if _is_operator(principal, settings) else []
+    models = [ModelHealthPublic(**{**h.__dict__, "state": h.state.value}) for h in health]
     return ProvidersHealth(providers=gateway.provider_names(), models=models)
+
+
+def _is_operator(principal: Principal, settings: Settings) -> bool:
+    operators = {e.strip().lower() for e in settings.operator_emails.split(",") if e.strip()}
+    return principal.user is not None and principal.user.email.lower() in operators

@@ -30,10 +30,12 @@ from agentmill.engine.transitions._base import (
     usage_data,
     workflow_id_of,
 )
+from agentmill.gateway.types import CallReport
 from agentmill.ids import new_id
 from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import steps
+from agentmill.store.repositories.usage import usage_row
 
 
 class ResultTransitions(TransitionsBase):
@@ -142,6 +144,13 @@ class ResultTransitions(TransitionsBase):
         self._flush(tx, state)
         self._write_events(tx)
         return claims
+
+    def record_calls(self, tx: Tx, claim: Claim, calls: tuple[CallReport, ...]) -> None:
+        """The usage records of an attempt whose result is not written (stale, cancelled):
+        what it spent is charged even though what it produced is dropped."""
+        rows = [usage_row(c, claim.run_id, claim.step_id, claim.attempt, tx.now) for c in calls]
+        if rows:
+            sql.INSERT_LLM_CALLS.run_many(tx.conn, rows)
 
     def _finish_attempt(
         self,

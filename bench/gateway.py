@@ -99,7 +99,11 @@ def start_api(folder: Path, config: Path) -> tuple[subprocess.Popen[str], str]:
 def tenant_with_limits(base: str) -> str:
     """An account, a workspace with a budget and a rate limit far above the load, an API key."""
     with httpx.Client(base_url=f"{base}/api/v1") as http:
-        account = {"email": "bench@example.com", "name": "Bench", "password": "gateway load test 2026"}
+        account = {
+            "email": "bench@example.com",
+            "name": "Bench",
+            "password": "gateway load test 2026",
+        }
         http.post("/auth/register", json=account)
         login = {"email": account["email"], "password": account["password"]}
         token = http.post("/auth/login", json=login).json()["access_token"]

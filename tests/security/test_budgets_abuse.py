@@ -520,7 +520,7 @@ async def test_a_workspace_sees_only_its_own_calls_to_an_operator_model(
     database_url: str,
 ) -> None:
     operator_email = f"op-{uuid.uuid4().hex[:8]}@example.com"
-    settings = Settings(secret_key="test-secret", operator_emails=operator_email.upper())
+    settings = Settings(operator_emails=operator_email.upper())
     app = create_app(settings, database_url=database_url)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -28,7 +28,7 @@ async def _client(
     database_url: str, client: tuple[str, int] = ("127.0.0.1", 1234), **settings: object
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     app = create_app(
-        Settings(secret_key="test-secret", **settings),  # type: ignore[arg-type]
+        Settings(**settings),  # type: ignore[arg-type]
         database_url=database_url,
         workers=False,
     )

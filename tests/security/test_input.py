@@ -142,7 +142,7 @@ async def test_a_body_that_is_not_utf8_is_refused_on_workflow_create_and_update(
 
 async def test_json_nested_100000_deep_is_refused(database_url: str) -> None:
     # 200 kB: the default body limit (1 MiB) lets it through to the JSON parser.
-    app = create_app(Settings(secret_key="test-secret"), database_url=database_url)
+    app = create_app(Settings(), database_url=database_url)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

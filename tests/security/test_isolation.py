@@ -297,7 +297,7 @@ def _uncovered(app: FastAPI) -> list[tuple[str, str]]:
 
 
 def test_every_route_has_isolation_cases() -> None:
-    app = create_app(Settings(secret_key="test-secret"), database_url="sqlite://")
+    app = create_app(Settings(), database_url="sqlite://")
     routes = _app_routes(app)
     missing = _uncovered(app)
     assert not missing, (
@@ -317,7 +317,7 @@ def test_every_route_has_isolation_cases() -> None:
 
 def test_a_new_route_without_cases_is_named() -> None:
     """The check above can fail: an HTTP and a WebSocket route added to the app are reported."""
-    app = create_app(Settings(secret_key="test-secret"), database_url="sqlite://")
+    app = create_app(Settings(), database_url="sqlite://")
     router = APIRouter()
 
     @router.post("/workspaces/{ws}/gadgets/{gadget_id}/polish")
@@ -520,7 +520,7 @@ async def world(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
     """Built once per module and backend: two tenants and everything in them."""
     tmp: Path = tmp_path_factory.mktemp("isolation")
     url = backend_url  # the app's lifespan migrates it
-    settings = Settings(secret_key="test-secret", artifacts_dir=tmp / "artifacts")
+    settings = Settings(artifacts_dir=tmp / "artifacts")
     app = create_app(settings, database_url=url)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -721,9 +721,11 @@ WRITES: dict[str, Callable[[Tx, SimpleNamespace, SimpleNamespace], object]] = {
     ),
     "providers.delete_provider": lambda tx, a, b: providers.delete_provider(tx, a.ws, b.provider),
     "workspaces.change_role": lambda tx, a, b: workspaces.change_role(
-        tx, a.ws, b.member, Role.OWNER
+        tx, a.ws, b.member, Role.OWNER, actor_id=a.owner
     ),
-    "workspaces.remove_member": lambda tx, a, b: workspaces.remove_member(tx, a.ws, b.member),
+    "workspaces.remove_member": lambda tx, a, b: workspaces.remove_member(
+        tx, a.ws, b.member, actor_id=a.owner
+    ),
     "workflows.delete_workflow": lambda tx, a, b: workflows.delete_workflow(tx, a.ws, b.workflow),
 }
 

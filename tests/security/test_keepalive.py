@@ -16,7 +16,7 @@ from tests.security.serving import serving
 
 
 def _app(database_url: str) -> FastAPI:
-    app = create_app(Settings(secret_key="test-secret"), database_url=database_url, workers=False)
+    app = create_app(Settings(), database_url=database_url, workers=False)
 
     @app.get("/test-only/fail")
     async def fail() -> None:  # a bug, as any route might have one

@@ -25,7 +25,7 @@ TIMEOUT = 0.5
 
 @pytest.fixture
 def app(database_url: str) -> FastAPI:
-    return create_app(Settings(secret_key="test-secret"), database_url=database_url, workers=False)
+    return create_app(Settings(), database_url=database_url, workers=False)
 
 
 def _config(app: FastAPI) -> uvicorn.Config:

@@ -137,9 +137,15 @@ class AnthropicProvider:
                         yield delta
                     if fold.finished:
                         return
+        except APIConnectionError as exc:  # anthropic >= 2.17 wraps a cut body's error too
+            if isinstance(exc, APITimeoutError) or not isinstance(
+                exc.__cause__, httpx2.TransportError
+            ):
+                raise self._error(request, exc) from exc
+            raise self._transport_error(request, exc.__cause__) from exc
         except APIError as exc:
             raise self._error(request, exc) from exc
-        except httpx2.TransportError as exc:  # the SDK wraps these only before the body
+        except httpx2.TransportError as exc:  # older SDKs wrap these only before the body
             raise self._transport_error(request, exc) from exc
         raise RetryableError(f"{request.model}: the stream ended before message_stop")
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from agentmill import __version__
 from agentmill.api.body_guard import JsonBodyGuard
 from agentmill.api.closing import Closing
+from agentmill.api.documented_errors import API_ERRORS
 from agentmill.api.errors import BodySizeLimit, ErrorBoundary, install_error_handlers
 from agentmill.api.headers import SecurityHeaders
 from agentmill.api.login_guard import LoginGuard
@@ -134,7 +135,9 @@ def create_app(
     # calls are the ones where a fraction of a millisecond counts.
     app.include_router(openai_compat.router)
     for module in modules:
-        app.include_router(module.router, prefix="/api/v1")  # flat: each nesting costs per request
+        app.include_router(
+            module.router, prefix="/api/v1", responses=API_ERRORS
+        )  # flat: each nesting costs per request
     app.include_router(health.router)
     app.include_router(home.router)
     app.state.bind_host = bind_host

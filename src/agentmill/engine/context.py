@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentmill.artifacts import ArtifactStore
+from agentmill.domain.events import event_level
 from agentmill.domain.spec import AgentSpec, AnyStep
 from agentmill.domain.templates import render_value
 from agentmill.engine.claims import Claim
@@ -69,7 +70,7 @@ class StepContext:
         return self.compiled.spec.agents[name]
 
     def log(self, message: str, level: str = "info", **data: Any) -> None:
-        self.logs.append(LogLine(message=message, level=level, data=data))
+        self.logs.append(LogLine(message=message, level=event_level(level), data=data))
 
     def call_context(self, turn: int, agent: str | None = None) -> CallContext:
         caller = self.claim.caller

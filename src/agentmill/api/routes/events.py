@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from agentmill.api.deps import DbDep, LiveDep, PrincipalDep
 from agentmill.api.follow import POLL_SECONDS, follow
 from agentmill.api.routes.runs import run_access
+from agentmill.domain.events import EventLevel, EventSource
 from agentmill.domain.permissions import Permission
 from agentmill.store import queries
 
@@ -65,11 +66,10 @@ async def run_events(
     db: DbDep,
     live: LiveDep,
     principal: PrincipalDep,
-    level: Annotated[
-        list[str] | None, Query(description="Only these levels (info, warning, error).")
-    ] = None,
+    level: Annotated[list[EventLevel] | None, Query(description="Only these levels.")] = None,
     source: Annotated[
-        list[str] | None, Query(description="Only these sources (engine, llm, step).")
+        list[EventSource] | None,
+        Query(description="Only these sources: the engine, model calls (llm), step code (step)."),
     ] = None,
     live_events: Annotated[
         bool,

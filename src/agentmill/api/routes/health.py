@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from redis.asyncio import Redis
 
 from agentmill.api.deps import DbDep
+from agentmill.api.documented_errors import OPS_ERRORS
 from agentmill.api.ops import is_operator
 from agentmill.errors import PermissionDenied
 from agentmill.observability.metrics import CONTENT_TYPE, render
@@ -24,7 +25,25 @@ from agentmill.tools.registry import python_tool
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=None)
+_HEALTH_BODY = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+            "required": ["status"],
+        }
+    }
+}
+
+
+@router.get(
+    "/health",
+    response_model=None,
+    responses={
+        200: {"description": "Everything is up.", "content": _HEALTH_BODY},
+        503: {"description": "The database, queue or worker is down.", "content": _HEALTH_BODY},
+    },
+)
 async def health(request: Request, db: DbDep) -> JSONResponse:
     """``database``, ``queue`` (embedded mode queues steps in the database) and ``worker``
     (the embedded worker, or ``off`` when this process serves the API only). 503 when any is
@@ -102,7 +121,14 @@ def _worker_state(task: asyncio.Task[None] | None) -> str:
     return "stopped" if task.done() else "running"
 
 
-@router.get("/metrics", response_model=None)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "Prometheus' text format.", "content": {CONTENT_TYPE: {}}},
+        **OPS_ERRORS,
+    },
+)
 async def metrics(request: Request, db: DbDep) -> Response:
     """Prometheus metrics: queue depth, in flight, lag, and live workers (for autoscaling).
     Operators only (AGENTMILL_OPS_NETWORKS, AGENTMILL_OPS_TOKEN)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -15,6 +14,7 @@ from agentmill.api.deps import (
     require,
     role_of,
 )
+from agentmill.api.params import Timestamp
 from agentmill.api.runs_view import run_public, step_public
 from agentmill.api.schemas import (
     Decision,
@@ -61,8 +61,8 @@ async def list_runs(
     db: DbDep,
     status: RunStatus | None = None,
     workflow_id: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> RunPage:

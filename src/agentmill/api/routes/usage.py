@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
 from agentmill.api.deps import DbDep, WorkspaceAccess, require
+from agentmill.api.params import Timestamp
 from agentmill.api.schemas import UsageLinePublic, UsagePublic
 from agentmill.domain.permissions import Permission
 from agentmill.store.repositories.usage import UsageLine, usage_report
@@ -28,8 +29,8 @@ def _line(line: UsageLine) -> UsageLinePublic:
 async def get_usage(
     access: ReadUsage,
     db: DbDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
 ) -> UsagePublic:
     """Model calls, tokens and cost in ``[since, until)`` (default: the last 30 days), in total,
     per model and per workflow. Times without a zone are UTC."""

@@ -1,5 +1,6 @@
 """Property-based fuzzing of the whole API from its OpenAPI schema (schemathesis): no input a
-client can send makes the server answer 5xx. Runs against a real `agentmill up` process."""
+client can send makes the server answer 5xx, and every answer is one the schema documents (its
+status, content type and body). Runs against a real `agentmill up` process with a real account."""
 
 from __future__ import annotations
 
@@ -11,10 +12,22 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.cli.test_up import free_port, start_up, stop
 
 EXAMPLES_PER_OPERATION = 30
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +62,12 @@ def test_no_request_makes_the_server_fail(server: tuple[str, dict[str, str]]) ->
             )
             def probe(case: schemathesis.Case) -> None:
                 response = case.call(base_url=base, session=session, headers=headers, timeout=10)
-                if response.status_code >= 500:
+                try:
+                    case.validate_response(response, checks=CHECKS)
+                except BaseException as failure:  # schemathesis raises a FailureGroup
                     failures.append(
-                        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+                        f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                        f"{response.text[:300]}\n{str(failure)[:500]}"
                     )
 
             probe()

@@ -54,6 +54,9 @@ def commands(folder: Path) -> list[tuple[str, list[str], float | None]]:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("AGENTMILL_DATABASE_URL", None)
+    # A user's Python caches bytecode; with this set (as in some CI images) every start would
+    # compile our sources again and time the compiler, not the command.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

@@ -8,7 +8,10 @@ were down (a budget or rate limit store that cannot be reached refuses the call)
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # redis loads in the processes that use it, not in every command
+    from redis.asyncio import BlockingConnectionPool, Redis
 
 # Enough for round trips to overlap well; each process holds up to this many per pool.
 MAX_CONNECTIONS = 64
@@ -21,6 +24,8 @@ SOCKET_TIMEOUT = 5.0
 
 def redis_pool(url: str) -> BlockingConnectionPool:
     """A pool of up to :data:`MAX_CONNECTIONS` connections to ``url``; callers beyond them wait."""
+    from redis.asyncio import BlockingConnectionPool
+
     return BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
@@ -32,4 +37,6 @@ def redis_pool(url: str) -> BlockingConnectionPool:
 
 def redis_client(url: str) -> Redis:
     """A client on its own :func:`redis_pool`, closed with the client."""
+    from redis.asyncio import Redis
+
     return Redis.from_pool(redis_pool(url))

@@ -98,6 +98,22 @@ def test_run_of_a_scripted_workflow_loads_no_sdk_mcp_or_web_server(tmp_path: Pat
     assert "agentmill.engine.engine" in modules  # the probe did run the workflow here
 
 
+# What a local run on SQLite never needs: the Redis client, the PostgreSQL driver, the price
+# tables (a scripted model has no price), provider-secret crypto, form schemas, and alembic once
+# the database is at the newest migration.
+NOT_FOR_A_LOCAL_RUN = ("redis", "asyncpg", "genai_prices", "cryptography", "jsonschema", "alembic")
+
+
+def test_second_run_on_sqlite_loads_no_redis_driver_prices_or_alembic(tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(FLOW)
+    db = f"sqlite:///{tmp_path}/run.db"
+    loaded_modules("run", "flow.yaml", "--json", "--db", db, cwd=tmp_path)  # creates the schema
+    done, modules = loaded_modules("run", "flow.yaml", "--json", "--db", db, cwd=tmp_path)
+    assert json.loads(done.stdout.rpartition(MARKER)[0])["status"] == "COMPLETED"
+    loaded = {name.partition(".")[0] for name in modules}
+    assert sorted(loaded & set(NOT_FOR_A_LOCAL_RUN)) == []
+
+
 @pytest.mark.parametrize("name", ["Engine", "Database", "upgrade", "__version__"])
 def test_the_library_names_load_on_first_use_without_mcp(name: str) -> None:
     code = f"import agentmill, sys; agentmill.{name}; print('mcp' in sys.modules)"

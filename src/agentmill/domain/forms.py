@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
-
 from agentmill.errors import AgentMillError
 
 RESERVED_FIELDS = ("approved", "by", "comment", "timed_out")
@@ -28,6 +26,8 @@ class InvalidAnswer(AgentMillError):
 def answer_problem(form: Mapping[str, Any], answer: Any) -> tuple[str, str] | None:
     """``(json_path, message)`` of the most relevant way ``answer`` misses ``form``; None if
     it matches."""
+    import jsonschema  # only human steps with a form need it; it costs 75 ms at start
+
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(form).iter_errors(answer)
     )

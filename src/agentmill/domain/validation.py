@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from pydantic import ValidationError as PydanticValidationError
 
 from agentmill.domain.forms import RESERVED_FIELDS, answer_problem
@@ -517,6 +516,8 @@ class _Checker:
             )
 
     def _schema(self, path: DocPath, schema: dict[str, Any]) -> bool:
+        import jsonschema  # only forms have schemas; loading it costs a run without one 30 ms
+
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:

@@ -17,11 +17,12 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agentmill.engine.live_redis import RedisRelay
+if TYPE_CHECKING:  # Redis loads only when live events cross processes
+    from agentmill.engine.live_redis import RedisRelay
 
 log = structlog.get_logger("agentmill.live")
 
@@ -63,7 +64,11 @@ class LiveBus:
     def __init__(self, redis_url: str | None = None) -> None:
         self.id = os.urandom(8).hex()  # a bus ignores what it published itself via Redis
         self._listeners: dict[str, list[LiveListener]] = {}
-        self._relay = RedisRelay(redis_url, self.id, self._deliver) if redis_url else None
+        self._relay: RedisRelay | None = None
+        if redis_url:
+            from agentmill.engine.live_redis import RedisRelay
+
+            self._relay = RedisRelay(redis_url, self.id, self._deliver)
         self._remote_cache: dict[str, tuple[float, bool]] = {}
 
     async def subscribe(self, root_run_id: str, listener: LiveListener) -> Callable[[], None]:

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Protocol
 
 from agentmill.errors import BudgetExceeded, StoreUnavailable
 from agentmill.redis_pool import redis_client
+
+if TYPE_CHECKING:  # redis loads only when a process shares budgets through it
+    from redis.asyncio import Redis
 
 _NANO = Decimal("0.000000001")  # the stores count nano-USD as integers
 
@@ -297,7 +297,7 @@ class RedisBudgetStore:
                     await self._initialize(self.prefix + line.key, line, await load(line))
                     continue
                 raise exceeded(line, _usd(result[2]), _usd(result[3]), amount)
-        except RedisError as exc:
+        except redis_errors() as exc:
             raise _unreachable(exc) from None
         raise StoreUnavailable("budget store: could not initialize budgets", status=503)
 
@@ -318,7 +318,7 @@ class RedisBudgetStore:
             crossed = await self._settle(
                 keys=self._keys(reservation.lines), args=[reservation.id, _nanos(actual), *soft]
             )
-        except RedisError as exc:
+        except redis_errors() as exc:
             raise _unreachable(exc) from None
         return [reservation.lines[int(i) - 1] for i in crossed]
 
@@ -330,7 +330,7 @@ class RedisBudgetStore:
                 for key in self._keys(reservation.lines):
                     pipe.hdel(key, "h:" + reservation.id)
                 await pipe.execute()
-        except RedisError as exc:
+        except redis_errors() as exc:
             raise _unreachable(exc) from None
 
     async def aclose(self) -> None:
@@ -348,3 +348,10 @@ def _usd(nanos: int | bytes) -> Decimal:
 def _unreachable(exc: Exception) -> StoreUnavailable:
     # Fail closed: a budget we cannot check is a budget we cannot promise.
     return StoreUnavailable(f"budget store unreachable, call refused: {exc}", status=503)
+
+
+def redis_errors() -> type[Exception]:
+    """Redis's error class, imported only by the processes that talk to Redis."""
+    from redis.exceptions import RedisError
+
+    return RedisError

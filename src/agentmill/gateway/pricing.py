@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-
-import genai_prices
-from genai_prices.types import ModelPrice as GenaiModelPrice
-from genai_prices.types import PriceCalculation
+from typing import TYPE_CHECKING
 
 from agentmill.errors import ConfigError
 from agentmill.gateway.config import ModelConfig, ModelPrice, ProviderConfig
 from agentmill.gateway.types import Usage
+
+if TYPE_CHECKING:  # the price tables load on the first priced call, not at start
+    import genai_prices
+    from genai_prices.types import ModelPrice as GenaiModelPrice
+    from genai_prices.types import PriceCalculation
 
 _MILLION = Decimal(1_000_000)
 _CENT_FRACTION = Decimal("0.0000000001")  # costs are kept to 1e-10 USD
@@ -136,6 +138,8 @@ def _quantize(amount: Decimal) -> Decimal:
 
 
 def _calculate(usage: genai_prices.Usage, name: str, provider: ProviderConfig) -> PriceCalculation:
+    import genai_prices
+
     provider_id = _PROVIDER_IDS.get(provider.kind)
     if provider_id is None and provider.base_url:
         return genai_prices.calc_price(usage, name, provider_api_url=provider.base_url)
@@ -143,6 +147,8 @@ def _calculate(usage: genai_prices.Usage, name: str, provider: ProviderConfig) -
 
 
 def _genai_usage(usage: Usage) -> genai_prices.Usage:
+    import genai_prices
+
     return genai_prices.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -152,6 +158,8 @@ def _genai_usage(usage: Usage) -> genai_prices.Usage:
 
 
 def _lookup_genai_prices(name: str, provider: ProviderConfig) -> GenaiModelPrice:
+    import genai_prices
+
     unit = genai_prices.Usage(input_tokens=1, output_tokens=1)
     return _calculate(unit, name, provider).model_price
 

@@ -19,16 +19,18 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
-from redis.asyncio import ConnectionPool
 
 from agentmill.errors import RateLimited, StoreUnavailable
 from agentmill.redis_pool import redis_pool
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 LimitScope = Literal["workspace", "user", "api_key", "model"]
 

@@ -22,14 +22,13 @@ import base64
 import binascii
 import os
 from functools import lru_cache
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING
 
 from agentmill.config import get_settings
 from agentmill.errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography loads with the first provider secret, not at every start
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 HKDF_SALT = b"agentmill/secrets/v1"
 HKDF_INFO = b"agentmill provider credentials"
@@ -41,6 +40,10 @@ _UNREADABLE = "cannot decrypt provider credentials: AGENTMILL_SECRET_KEY changed
 @lru_cache(maxsize=8)
 def _cipher(secret_key: str) -> AESGCM:
     # Cached: HKDF is cheap, but the gateway reads a workspace's providers on many calls.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=HKDF_INFO).derive(
         secret_key.encode()
     )
@@ -72,6 +75,8 @@ def decrypt(token: str, secret_key: str | None = None, *, context: str = "") -> 
     if len(raw) < _NONCE_BYTES + 16:
         raise ConfigError(f"{_UNREADABLE} (token is truncated)")
     nonce, sealed = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
+    from cryptography.exceptions import InvalidTag
+
     try:
         plain = _cipher(_secret(secret_key)).decrypt(nonce, sealed, context.encode())
     except InvalidTag:

@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
@@ -63,6 +62,8 @@ class PgListener:
                 log.exception("notification listener failed", channel=channel)
 
     async def _run(self) -> None:
+        import asyncpg  # PostgreSQL only: SQLite runs never load it
+
         failures = 0
         while True:
             try:

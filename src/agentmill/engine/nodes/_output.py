@@ -7,8 +7,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
-
 from agentmill.errors import RetryableError
 
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n(?P<body>.*?)\n[ \t]*```", re.DOTALL)
@@ -28,6 +26,8 @@ def parse_output(text: str, schema: Mapping[str, Any] | None) -> Any:
         raise RetryableError(
             f"output is not JSON ({exc.msg} at line {exc.lineno}): {text[:200]!r}"
         ) from None
+    import jsonschema  # only steps with an output schema check one; not loaded at start
+
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(value)
     )

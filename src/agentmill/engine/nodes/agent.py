@@ -18,8 +18,6 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
-import jsonschema
-
 from agentmill.domain.spec import AgentSpec, AgentStep, MapAgent
 from agentmill.domain.validation import AGENT_PREFIX
 from agentmill.engine.context import StepContext
@@ -217,6 +215,8 @@ async def _result(
             content=f"arguments are not a JSON object: {call.arguments['_raw'][:200]!r}",
             is_error=True,
         )
+    import jsonschema  # only agents that call tools check arguments; not loaded at start
+
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(tool.parameters).iter_errors(dict(call.arguments))
     )

@@ -19,6 +19,7 @@ import structlog
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from agentmill.domain.backoff import backoff_delay
 from agentmill.redis_pool import redis_client
 
 log = structlog.get_logger("agentmill.live")
@@ -150,7 +151,7 @@ class RedisRelay:
                 message = await pubsub.get_message(timeout=_READ_SECONDS)
             except (RedisError, OSError) as exc:  # it reconnects and resubscribes on next read
                 failures += 1
-                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                delay = backoff_delay(failures + 1, base=0.1, cap=5.0)
                 log.warning("live relay lost Redis", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 continue

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agentmill.config import Settings
+from agentmill.domain.backoff import backoff_delay
 from agentmill.domain.spec import NotifySpec
 from agentmill.engine.claims import Claim
 from agentmill.engine.outcomes import WaitForHuman
@@ -156,7 +157,7 @@ class WebhookNotifier:
                 if 400 <= status < 500 and status not in (408, 429):
                     break
             if attempt < self.attempts:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff_delay(attempt, base=self.backoff))
         return Delivery(delivery_id=delivery_id, attempts=attempt, status=status, error=error)
 
 

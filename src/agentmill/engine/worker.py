@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
+from agentmill.domain.backoff import backoff_delay
 from agentmill.domain.spec import DEFAULT_QUEUE, HumanStep, NotifySpec
 from agentmill.engine.alarm import Alarm
 from agentmill.engine.claims import Claim, StaleClaim, worker_identity
@@ -141,7 +142,7 @@ class Worker:
                     failures = 0
                 except Exception as exc:  # the database is unreachable or busy: back off, retry
                     failures += 1
-                    delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                    delay = backoff_delay(failures + 1, base=0.1, cap=5.0)
                     log.warning("worker loop failed; retrying", error=str(exc), retry_in=delay)
                     await _sleep_or_stop(stop, delay)
                     continue

@@ -19,107 +19,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from agentmill.errors import BudgetExceeded, StoreUnavailable
+from agentmill.domain.budgets import Budget as Budget
+from agentmill.domain.budgets import BudgetLine as BudgetLine
+from agentmill.domain.budgets import BudgetPeriod as BudgetPeriod
+from agentmill.domain.budgets import BudgetScope as BudgetScope
+from agentmill.domain.budgets import exceeded as exceeded
+from agentmill.domain.budgets import lines_for as lines_for
+from agentmill.domain.budgets import period_bounds as period_bounds
+from agentmill.errors import StoreUnavailable
 from agentmill.redis_pool import redis_client
 
 if TYPE_CHECKING:  # redis loads only when a process shares budgets through it
     from redis.asyncio import Redis
 
 _NANO = Decimal("0.000000001")  # the stores count nano-USD as integers
-
-
-class BudgetScope(StrEnum):
-    WORKSPACE = "workspace"
-    API_KEY = "api_key"
-    USER = "user"
-    RUN = "run"
-
-
-class BudgetPeriod(StrEnum):
-    TOTAL = "total"
-    MONTHLY = "monthly"
-    DAILY = "daily"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Budget:
-    """A spending limit in USD (of price, what the workspace is charged).
-
-    ``subject_id`` names the one API key, user or run it limits; ``None`` means *each* of them
-    (every API key gets this budget of its own). Workspace budgets have no subject.
-    """
-
-    id: str
-    workspace_id: str
-    scope: BudgetScope
-    subject_id: str | None
-    period: BudgetPeriod
-    limit: Decimal
-    soft_ratio: Decimal = Decimal("0.8")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BudgetLine:
-    """One budget as it applies to one subject in one period."""
-
-    budget: Budget
-    subject: str  # the workspace, key, user or run id
-    period_start: datetime | None  # None: since the beginning (a total budget)
-    period_end: datetime | None
-
-    @property
-    def key(self) -> str:
-        start = self.period_start.strftime("%Y%m%d") if self.period_start else "total"
-        return f"{self.budget.id}:{self.subject}:{start}"
-
-    @property
-    def label(self) -> str:
-        period = "" if self.budget.period is BudgetPeriod.TOTAL else f" {self.budget.period}"
-        if self.budget.scope is BudgetScope.WORKSPACE:
-            return f"workspace{period} budget {self.budget.id!r}"
-        return f"{self.budget.scope}{period} budget {self.budget.id!r} for {self.subject!r}"
-
-
-def period_bounds(period: BudgetPeriod, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """The UTC period ``now`` falls in."""
-    now = now.astimezone(UTC)
-    if period is BudgetPeriod.DAILY:
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start, start + timedelta(days=1)
-    if period is BudgetPeriod.MONTHLY:
-        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = (start + timedelta(days=32)).replace(day=1)
-        return start, end
-    return None, None
-
-
-def lines_for(
-    budgets: Sequence[Budget],
-    *,
-    workspace_id: str,
-    api_key_id: str | None,
-    user_id: str | None,
-    run_id: str | None,
-    now: datetime,
-) -> list[BudgetLine]:
-    """The budget lines a call by this caller is held to."""
-    subjects = {
-        BudgetScope.WORKSPACE: workspace_id,
-        BudgetScope.API_KEY: api_key_id,
-        BudgetScope.USER: user_id,
-        BudgetScope.RUN: run_id,
-    }
-    lines = []
-    for budget in budgets:
-        subject = subjects[budget.scope]
-        if subject is None or (budget.subject_id is not None and budget.subject_id != subject):
-            continue
-        start, end = period_bounds(budget.period, now)
-        lines.append(BudgetLine(budget=budget, subject=subject, period_start=start, period_end=end))
-    return lines
 
 
 # Loads what a budget line has spent so far, from the usage records.
@@ -148,16 +63,6 @@ class BudgetStore(Protocol):
     async def release(self, reservation: Reservation) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-def exceeded(
-    line: BudgetLine, spent: Decimal, reserved: Decimal, amount: Decimal
-) -> BudgetExceeded:
-    held = f", {reserved:.6f} held by calls in flight" if reserved else ""
-    return BudgetExceeded(
-        f"{line.label} exhausted: {spent:.6f} of {line.budget.limit} USD spent{held}, "
-        f"call needs up to {amount:.6f}"
-    )
 
 
 class MemoryBudgetStore:

@@ -30,34 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from agentmill.config import read_config_file
+from agentmill.domain.providers import PROVIDER_KINDS as PROVIDER_KINDS
+from agentmill.domain.providers import ProviderConfig as ProviderConfig
+from agentmill.domain.providers import ProviderKind as ProviderKind
 from agentmill.errors import ConfigError
-
-ProviderKind = Literal["openai", "openai_compatible", "anthropic", "gemini", "ollama", "scripted"]
-PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProviderConfig:
-    """One configured provider; ``name`` is the prefix of its models' names."""
-
-    name: str
-    kind: ProviderKind
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    timeout: float = 60.0  # seconds for one request to the provider
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in PROVIDER_KINDS:
-            raise ConfigError(
-                f"provider {self.name!r}: unknown kind {self.kind!r} "
-                f"(use one of {', '.join(PROVIDER_KINDS)})"
-            )
-        if self.kind == "openai_compatible" and not self.base_url:
-            raise ConfigError(f"provider {self.name!r}: kind openai_compatible needs a base_url")
 
 
 @dataclass(frozen=True, kw_only=True)

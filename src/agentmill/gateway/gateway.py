@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ from typing import TypeVar
 
 import structlog
 
+from agentmill.domain.backoff import backoff_delay
 from agentmill.errors import (
     RateLimited,
     RetryableError,
@@ -85,8 +85,7 @@ class RetryPolicy:
         """Seconds to wait before try ``attempt + 1``, or None to fail over now."""
         if retry_after is not None:
             return float(retry_after) if retry_after <= self.max_retry_after else None
-        backoff: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
-        return backoff * random.uniform(0.5, 1.0)
+        return backoff_delay(attempt, base=self.base_delay, cap=self.max_delay, jitter=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -513,16 +512,17 @@ class Gateway:
         past that the hold stays in the store until it expires, and the usage record (written
         already) is what the store reloads from."""
         deadline = time.monotonic() + self.store_wait
-        delay = 0.1
+        attempt = 1
         while True:
             try:
                 return await self.budgets.settle(reservation, price)
             except StoreUnavailable as exc:
+                delay = backoff_delay(attempt, base=0.1, cap=2.0)
                 if time.monotonic() + delay > deadline:
                     log.error("could not settle a call's budgets", error=str(exc))
                     return []
                 await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                attempt += 1
 
     async def _settle_partial(
         self,

@@ -7,37 +7,15 @@ process that builds it passes a :class:`PolicySource` and a :class:`UsageSink` t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Protocol
 
-from agentmill.gateway.budgets import Budget, BudgetLine
-from agentmill.gateway.config import ProviderConfig
-from agentmill.gateway.types import CallReport
-
-CallerScope = Literal["workspace", "user", "api_key"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CallerLimit:
-    """A workspace's rate limit: for the whole workspace, or for one (``subject_id``) or each
-    (``None``) user or API key in it."""
-
-    scope: CallerScope
-    subject_id: str | None = None
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkspacePolicy:
-    markup: Decimal = Decimal(0)  # price = cost × (1 + markup)
-    budgets: tuple[Budget, ...] = ()
-    limits: tuple[CallerLimit, ...] = ()
-    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
-
-
-NO_POLICY = WorkspacePolicy()
+from agentmill.domain.budgets import BudgetLine
+from agentmill.domain.policy import NO_POLICY as NO_POLICY
+from agentmill.domain.policy import CallerLimit as CallerLimit
+from agentmill.domain.policy import CallerScope as CallerScope
+from agentmill.domain.policy import WorkspacePolicy as WorkspacePolicy
+from agentmill.domain.usage import CallReport
 
 
 class PolicySource(Protocol):

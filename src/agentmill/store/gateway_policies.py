@@ -14,16 +14,16 @@ from decimal import Decimal
 import structlog
 from sqlalchemy import func, select
 
-from agentmill.gateway.budgets import (
+from agentmill.domain.budgets import (
     Budget,
     BudgetLine,
     BudgetPeriod,
     BudgetScope,
     period_bounds,
 )
-from agentmill.gateway.config import ProviderConfig
-from agentmill.gateway.policy import CallerLimit, WorkspacePolicy
-from agentmill.gateway.types import CallReport
+from agentmill.domain.policy import CallerLimit, WorkspacePolicy
+from agentmill.domain.providers import ProviderConfig
+from agentmill.domain.usage import CallReport
 from agentmill.store import statements as sql
 from agentmill.store.db import Database, Tx
 from agentmill.store.models import llm_calls, workspaces

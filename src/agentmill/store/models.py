@@ -83,7 +83,7 @@ class ApiKey(Base):
 
 class WorkspaceProvider(Base):
     """A model provider a workspace configured for itself. The API key is stored encrypted
-    (gateway/secrets.py) and never returned; headers are not secret and stored as they are."""
+    (agentmill/crypto.py) and never returned; headers are not secret and stored as they are."""
 
     __tablename__ = "workspace_providers"
     __table_args__ = (

@@ -17,6 +17,8 @@ from typing import Any
 import structlog
 from sqlalchemy.engine import make_url
 
+from agentmill.domain.backoff import backoff_delay
+
 log = structlog.get_logger("agentmill.notify")
 
 EVENTS_CHANNEL = "agentmill_events"  # payload: the root run id whose log grew
@@ -70,7 +72,7 @@ class PgListener:
                 conn = await asyncpg.connect(self._dsn)
             except (OSError, asyncpg.PostgresError) as exc:
                 failures += 1
-                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                delay = backoff_delay(failures + 1, base=0.1, cap=5.0)
                 log.warning("cannot listen for notifications", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 continue

@@ -20,9 +20,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from agentmill.api import sse
 from agentmill.api.deps import DbDep, LiveDep, PrincipalDep
 from agentmill.api.follow import POLL_SECONDS, follow
 from agentmill.api.routes.runs import run_access
+from agentmill.api.sse import sse_comment, sse_message
 from agentmill.domain.events import EventLevel, EventSource
 from agentmill.domain.permissions import Permission
 from agentmill.store import queries
@@ -36,7 +38,7 @@ def _source(event: dict[str, Any]) -> str:
     return str(event["data"].get("source", "engine"))
 
 
-def _message(event: dict[str, Any]) -> str:
+def _message(event: dict[str, Any]) -> bytes:
     ephemeral = bool(event.get("ephemeral"))
     payload = {
         **({"ephemeral": True} if ephemeral else {"id": event["id"]}),
@@ -48,17 +50,18 @@ def _message(event: dict[str, Any]) -> str:
         "ts": event["ts"] if isinstance(event["ts"], str) else event["ts"].isoformat(),
         "data": event["data"],
     }
-    body = f"event: {event['type']}\ndata: {json.dumps(payload, default=str)}\n\n"
-    if ephemeral:
-        # No id: a live event is not in the log, and must not move the client's Last-Event-ID.
-        return body
-    return f"id: {event['id']}\n" + body
+    # No id for a live event: it is not in the log, and must not move the client's Last-Event-ID.
+    return sse_message(
+        json.dumps(payload, default=str),
+        event=event["type"],
+        id=None if ephemeral else event["id"],
+    )
 
 
 @router.get(
     "/runs/{run_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}},
+    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "An event stream."}},
 )
 async def run_events(
     run_id: str,
@@ -85,8 +88,8 @@ async def run_events(
     """The run's events (and its sub-runs'): what happened so far, then live, until it ends."""
     await run_access(db, principal, run_id, Permission.WORKFLOW_READ)
 
-    async def stream() -> AsyncIterator[str]:
-        yield ": stream of run events\n\n"
+    async def stream() -> AsyncIterator[bytes]:
+        yield sse_comment("stream of run events")
         idle = 0
         events = follow(
             db,
@@ -104,7 +107,7 @@ async def run_events(
                     idle += 1
                     if idle * POLL_SECONDS >= _KEEPALIVE_SECONDS:
                         idle = 0
-                        yield ": keep-alive\n\n"
+                        yield sse_comment("keep-alive")
                     continue
                 idle = 0
                 if level and event["level"] not in level:
@@ -113,8 +116,4 @@ async def run_events(
                     continue
                 yield _message(event)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

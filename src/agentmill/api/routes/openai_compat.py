@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from agentmill.api import sse
 from agentmill.api.deps import DbDep, SettingsDep, authenticate
 from agentmill.api.errors import unexpected_error
 from agentmill.api.openai_errors import InvalidParam, error_for, validation_error
@@ -40,6 +41,7 @@ from agentmill.api.openai_schemas import (
     embed_request,
 )
 from agentmill.api.security import api_key_prefix
+from agentmill.api.sse import sse_message
 from agentmill.domain.permissions import Permission, allows
 from agentmill.errors import AgentMillError, NotAuthenticated, PermissionDenied
 from agentmill.gateway import CallContext, ChatDelta, ChatResponse, Gateway, Usage
@@ -258,9 +260,7 @@ def _usage(usage: Usage) -> dict[str, Any]:
 
 
 def _event(data: dict[str, Any]) -> bytes:
-    return (
-        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-    )
+    return sse_message(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
 
 
 def _delta(delta: ChatDelta) -> dict[str, Any] | None:
@@ -315,7 +315,7 @@ async def _events(
         yield chunk({}, finish_reason=finish_reason or "stop")
         if include_usage:
             yield chunk(None, usage=usage)
-        yield b"data: [DONE]\n\n"
+        yield sse_message("[DONE]")
     except Exception as exc:
         if not isinstance(exc, AgentMillError):
             log.exception("chat completion stream failed", model=model)
@@ -333,10 +333,10 @@ class _EventStream(StreamingResponse):
     the garbage collector; closing it here ends the upstream call (and settles its budget
     reservation) right away."""
 
-    media_type = "text/event-stream"
+    media_type = sse.MEDIA_TYPE
 
     def __init__(self, events: AsyncGenerator[bytes]) -> None:
-        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(events, headers=sse.HEADERS)
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,6 +1,6 @@
 """A workspace's own model providers: its own keys, its own OpenAI-compatible servers.
 
-Keys are write-only: stored encrypted (gateway/secrets.py), answered as ``has_api_key``.
+Keys are write-only: stored encrypted (agentmill/crypto.py), answered as ``has_api_key``.
 Anyone who can read the workspace's workflows sees which providers exist (the names their
 models use); admins and owners change them.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, select, update
 
+from agentmill.domain.backoff import backoff_delay
 from agentmill.domain.spec import (
     MapStep,
     RetrySpec,
@@ -297,9 +297,13 @@ class TransitionsBase:
     ) -> float:
         step = compiled.steps[claim.spec_id]
         policy = (step.step.retry if isinstance(step, MapStep) else step.retry) or RetrySpec()
-        delay = min(policy.max_backoff, policy.backoff * policy.multiplier ** (failures - 1))
-        if policy.jitter:
-            delay = delay / 2 + random.uniform(0, delay / 2)
+        delay = backoff_delay(
+            failures,
+            base=policy.backoff,
+            multiplier=policy.multiplier,
+            cap=policy.max_backoff,
+            jitter=policy.jitter,
+        )
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay

@@ -1,6 +1,6 @@
 """Providers a workspace configured for itself (its own OpenAI key, its own compatible server).
 
-API keys are encrypted before they reach a row (gateway/secrets.py) and bound to their
+API keys are encrypted before they reach a row (agentmill/crypto.py) and bound to their
 workspace and name, so a ciphertext copied into another row does not decrypt. Records never
 carry a key or its ciphertext: only whether there is one. :func:`workspace_provider_configs`
 is the one way back to usable, decrypted :class:`ProviderConfig` values, for the gateway.
@@ -16,9 +16,9 @@ from typing import Any, TypeVar, cast, overload
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from agentmill.crypto import decrypt, encrypt
+from agentmill.domain.providers import ProviderConfig, ProviderKind
 from agentmill.errors import ConfigError, Conflict, NotFound
-from agentmill.gateway.config import ProviderConfig, ProviderKind
-from agentmill.gateway.secrets import decrypt, encrypt
 from agentmill.ids import new_id
 from agentmill.store.db import Database, Tx
 from agentmill.store.models import workspace_providers

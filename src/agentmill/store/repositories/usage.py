@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, case, func, select
 
-from agentmill.gateway.types import CallReport
+from agentmill.domain.usage import CallReport
 from agentmill.store.db import Tx
 from agentmill.store.models import llm_calls, runs, workflows
 

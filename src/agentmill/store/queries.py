@@ -156,15 +156,6 @@ def list_events(
     return [dict(row._mapping) for row in tx.conn.execute(query)]
 
 
-def unfinished_runs(tx: Tx) -> list[str]:
-    """Top-level runs that have not ended (to resume after a restart)."""
-    query = select(runs.c.id).where(
-        runs.c.parent_run_id.is_(None),
-        runs.c.status.in_((RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)),
-    )
-    return list(tx.conn.scalars(query))
-
-
 def run_workspace(tx: Tx, run_id: str) -> str | None:
     value = tx.conn.scalar(select(runs.c.workspace_id).where(runs.c.id == run_id))
     return None if value is None else str(value)

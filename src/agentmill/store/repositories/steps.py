@@ -3,12 +3,16 @@ joins (a step that waits for several others)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmill.domain.states import StepStatus
+from agentmill.store.db import Tx
 from agentmill.store.models import step_joins, steps
 from agentmill.store.prepared import Prepared
 
@@ -69,3 +73,50 @@ JOIN_READY = Prepared(
         step_joins.c.run_id == bindparam("b_run"), step_joins.c.step_key == bindparam("b_key")
     )
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepView:
+    id: str
+    run_id: str
+    key: str
+    kind: str
+    status: StepStatus
+    attempt: int
+    max_attempts: int
+    output: Any
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    duration_ms: float | None
+    child_run_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def list_steps(tx: Tx, run_id: str) -> list[StepView]:
+    # Creation order; map items created together sort by their index.
+    order = (steps.c.created_at, steps.c.map_index.nulls_first(), steps.c.id)
+    rows = tx.conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(*order))
+    return [
+        StepView(
+            id=r.id,
+            run_id=r.run_id,
+            key=r.step_key,
+            kind=r.kind,
+            status=StepStatus(r.status),
+            attempt=r.attempt,
+            max_attempts=r.max_attempts,
+            output=r.output,
+            error=r.error,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            cost=r.cost,
+            duration_ms=r.duration_ms,
+            child_run_id=r.child_run_id,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+        )
+        for r in rows
+    ]

@@ -539,9 +539,6 @@ class _SqliteWriter:
         self._thread = threading.Thread(target=self._main, name="agentmill-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
-        self._queue.put((fn, future, future.get_loop()))
-
     def coalesce(self, fn: Callable[[Tx], Any], future: asyncio.Future[Any]) -> None:
         """Queue ``fn`` for one transaction with every other write asked for in this turn of the
         event loop; the batch then runs on the loop thread if the writer thread is idle (no GIL

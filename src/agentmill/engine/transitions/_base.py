@@ -27,6 +27,8 @@ from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps, workflow_versions
 from agentmill.store.notify import EVENTS_CHANNEL, STEPS_CHANNEL
+from agentmill.store.repositories import runs as run_sql
+from agentmill.store.repositories import steps as step_sql
 from agentmill.store.repositories.usage import usage_row
 
 LOST_LEASES_ALLOWED = 3
@@ -164,7 +166,7 @@ class TransitionsBase:
                     "b_output_tokens": 0,
                     "b_cost": Decimal(0),
                 }
-                tx.insert_later(sql.RUN_ADD_PROGRESS, [progress])
+                tx.insert_later(run_sql.RUN_ADD_PROGRESS, [progress])
             assert state.written_pending is not None
             progress["b_pending"] += state.pending_steps - state.written_pending
             progress["b_input_tokens"] += state.input_tokens
@@ -182,7 +184,7 @@ class TransitionsBase:
                 params["b_input_tokens"] = state.input_tokens
                 params["b_output_tokens"] = state.output_tokens
                 params["b_cost"] = state.cost
-            sql.update_run(columns, add_usage=add_usage).run(tx.conn, params)
+            run_sql.update_run(columns, add_usage=add_usage).run(tx.conn, params)
             note_run_row(
                 tx,
                 state.id,
@@ -200,7 +202,7 @@ class TransitionsBase:
         commit (its prelude: see ``Database.write``): one statement instead of one each.
         Returns the runs it did not lock: held by another transaction (or gone)."""
         held = set(run_ids)
-        for row in sql.LOCK_FREE_RUNS_STATUS.rows(tx.conn, {"b_ids": run_ids}):
+        for row in run_sql.LOCK_FREE_RUNS_STATUS.rows(tx.conn, {"b_ids": run_ids}):
             tx.accumulators[_ROW + row.id] = _run_row(row, locked=True)
             held.discard(row.id)
         return held
@@ -222,7 +224,7 @@ class TransitionsBase:
         )
         if not missing:
             return
-        for row in tx.conn.execute(sql.LOAD_RUNS.where(runs.c.id.in_(missing))):
+        for row in tx.conn.execute(run_sql.LOAD_RUNS.where(runs.c.id.in_(missing))):
             if row.id not in self._run_cache:
                 self._cache_run(tx, row.id, row)
             tx.accumulators.setdefault(_ROW + row.id, _run_row(row, locked=False))
@@ -250,14 +252,14 @@ class TransitionsBase:
     def _load_run(self, tx: Tx, run_id: str, *, lock: bool = False) -> RunState:
         fixed = self._run_cache.get(run_id)
         if fixed is None:
-            row = next(iter(sql.LOAD_RUN.rows(tx.conn, {"b_id": run_id})), None)
+            row = next(iter(run_sql.LOAD_RUN.rows(tx.conn, {"b_id": run_id})), None)
             if row is None:
                 raise NotFound(f"run {run_id!r} not found")
             fixed = self._cache_run(tx, run_id, row)
         lock = lock and tx.is_postgres
         row = tx.accumulators.get(_ROW + run_id)  # read earlier in this commit
         if row is None or (lock and not row["locked"]):
-            query = sql.LOCK_RUN_STATUS if lock else sql.RUN_STATUS
+            query = run_sql.LOCK_RUN_STATUS if lock else run_sql.RUN_STATUS
             current = next(iter(query.rows(tx.conn, {"b_id": run_id})), None)
             if current is None:
                 raise NotFound(f"run {run_id!r} not found")
@@ -287,7 +289,7 @@ class TransitionsBase:
     def _upstream(self, tx: Tx, run_id: str, keys: frozenset[str]) -> dict[str, dict[str, Any]]:
         if not keys:
             return {}
-        rows = tx.conn.execute(sql.UPSTREAM, {"b_run": run_id, "b_keys": list(keys)})
+        rows = tx.conn.execute(step_sql.UPSTREAM, {"b_run": run_id, "b_keys": list(keys)})
         return {
             r.step_key: {"output": r.output, "status": r.status, "error": r.error} for r in rows
         }

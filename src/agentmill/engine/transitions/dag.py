@@ -19,9 +19,9 @@ from agentmill.engine.transitions._base import (
     max_attempts_of,
 )
 from agentmill.ids import new_id
-from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import steps
+from agentmill.store.repositories import steps as step_sql
 
 
 class DagTransitions(TransitionsBase):
@@ -50,7 +50,7 @@ class DagTransitions(TransitionsBase):
             needs = compiled.steps[dependent].needs
             ran = 0 if status == StepStatus.SKIPPED else 1
             if len(needs) > 1:
-                remaining, ran = sql.JOIN_NEED_DONE[tx.dialect].rows(
+                remaining, ran = step_sql.JOIN_NEED_DONE[tx.dialect].rows(
                     tx.conn,
                     {
                         "b_run": state.id,
@@ -61,7 +61,7 @@ class DagTransitions(TransitionsBase):
                 )[0]
                 if remaining > 0:
                     continue
-                sql.JOIN_READY.run(tx.conn, {"b_run": state.id, "b_key": dependent})
+                step_sql.JOIN_READY.run(tx.conn, {"b_run": state.id, "b_key": dependent})
             if ran == 0:  # every step it needs was skipped
                 self._skip(tx, state, dependent, owner, budget, claims)
             else:
@@ -150,7 +150,7 @@ class DagTransitions(TransitionsBase):
         # Claimed at once for the worker finishing its predecessor, if it serves the queue.
         claim_now = owner is not None and budget.takes(queue)
         max_attempts = max_attempts_of(retry)
-        sql.INSERT_STEP.run(
+        step_sql.INSERT_STEP.run(
             tx.conn,
             {
                 "id": step_id,

@@ -35,6 +35,7 @@ from agentmill.ids import new_id
 from agentmill.store import statements as sql
 from agentmill.store.db import Tx
 from agentmill.store.models import steps
+from agentmill.store.repositories import steps as step_sql
 from agentmill.store.repositories.usage import usage_row
 
 
@@ -167,7 +168,7 @@ class ResultTransitions(TransitionsBase):
     ) -> None:
         """Record an attempt's end: only if that attempt still holds a running step."""
         usage = report.usage
-        count = sql.FINISH_ATTEMPT.run(
+        count = step_sql.FINISH_ATTEMPT.run(
             tx.conn,
             {
                 "b_id": claim.step_id,

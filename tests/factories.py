@@ -10,6 +10,7 @@ from typing import Any
 from agentmill.domain.states import RunStatus
 from agentmill.domain.validation import load_workflow_text
 from agentmill.engine.engine import Engine
+from agentmill.engine.worker import Worker
 from agentmill.gateway import ChatRequest, ChatResponse
 from agentmill.gateway.providers.scripted import ScriptedProvider
 from agentmill.store.queries import RunView, StepView
@@ -82,3 +83,18 @@ class RecordingProvider(ScriptedProvider):
             return await super().chat(request)
         finally:
             self.spans.append((request, started, time.monotonic()))
+
+
+def count_claims(worker: Worker) -> list[int]:
+    """How many steps each of ``worker``'s claims took, appended as it makes them: a test
+    waits for its claims rather than for time to pass."""
+    made: list[int] = []
+    take = worker.queue.take
+
+    async def counted(limit: int) -> Any:
+        claims = await take(limit)
+        made.append(len(claims))
+        return claims
+
+    worker.queue.take = counted  # type: ignore[method-assign]
+    return made

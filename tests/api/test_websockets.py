@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,8 +95,15 @@ def test_the_workspace_feed_shows_run_status_changes(server: str) -> None:
     with connect(
         f"ws://{server}/api/v1/workspaces/{ws}/runs/ws", additional_headers=headers
     ) as connection:
-        time.sleep(0.2)  # the feed starts from "now"
-        run_id = start_run(server, headers, ws, SLOW.replace("latency: 0.15", "latency: 0"))
+        # The feed starts from "now", a moment the client cannot see: a first run, followed
+        # through to its end, shows the feed is live before the run under test starts.
+        quick = SLOW.replace("latency: 0.15", "latency: 0")
+        probe = start_run(server, headers, ws, quick.replace("name: slow", "name: probe", 1))
+        while True:
+            message = json.loads(connection.recv(timeout=20))
+            if message["run_id"] == probe and message["type"] == "run.completed":
+                break
+        run_id = start_run(server, headers, ws, quick)
         seen: list[str] = []
         while "run.completed" not in seen:
             message = json.loads(connection.recv(timeout=20))

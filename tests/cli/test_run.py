@@ -21,6 +21,7 @@ import pytest
 from agentmill.domain.states import RunStatus, StepStatus
 from agentmill.engine.engine import Engine
 from agentmill.store.db import Database
+from tests.waiting import until_sync
 
 T = TypeVar("T")
 CLI = [sys.executable, "-m", "agentmill"]
@@ -270,7 +271,12 @@ def test_a_killed_run_resumes_without_redoing_finished_steps(
     )
     run_id = _wait_for_run_id(proc)
     _wait_for_line(proc, "✓ s2 succeeded")
-    time.sleep(0.1)  # s3 is now running
+
+    def s3_started() -> bool:
+        events = with_engine(database_url, lambda engine: engine.events(run_id=run_id))
+        return any(e["type"] == "step.started" and e["step_key"] == "s3" for e in events)
+
+    until_sync(s3_started, message="s3 never started")  # kill it mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.stderr is not None

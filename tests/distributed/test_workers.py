@@ -27,6 +27,7 @@ from agentmill.store.queries import list_events
 from tests.cli.test_up import free_port
 from tests.distributed.conftest import Workers
 from tests.factories import wait_final
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 REDIS_URL = "redis://127.0.0.1:6379/0"  # each test's stream is named after its own database
@@ -105,6 +106,12 @@ async def _completed_once(
     return logged, succeeded
 
 
+# Longer than the waits for the load to end below (the suite's timeout is 120 s), so a load that
+# never ends fails on the runs' statuses rather than being cut off.
+LONG_LOAD = pytest.mark.timeout(300)
+
+
+@LONG_LOAD
 @pytest.mark.parametrize("queue", ["sql", "redis"])
 async def test_runs_survive_a_worker_killed_mid_run(
     starter: Engine, workers: Workers, queue: str
@@ -162,23 +169,24 @@ async def test_runs_survive_a_worker_killed_mid_run(
 async def test_sigterm_finishes_in_flight_steps_within_the_grace_period(
     starter: Engine, workers: Workers
 ) -> None:
-    proc = workers.start("w1", "--grace", "20")
+    # A grace period far longer than the test may last: a worker that sat it out would never
+    # exit within the test, so exiting at all shows it left once its steps were done.
+    proc = workers.start("w1", "--grace", "3600")
     run_ids = await _start_many(starter, SLOW_ONE % 1.5, 5)
-    for _ in range(200):  # every step is running on w1
-        started = [e for e in await _all_events(starter) if e["type"] == "step.started"]
-        if len(started) == len(run_ids):
-            break
-        await asyncio.sleep(0.05)
 
-    sent = time.monotonic()
+    async def all_started() -> bool:  # every step is running on w1
+        started = [e for e in await _all_events(starter) if e["type"] == "step.started"]
+        return len(started) == len(run_ids)
+
+    await until(all_started, message="w1 never started every step")
+
     proc.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(proc.wait, 30)
-    waited = time.monotonic() - sent
+    code = await asyncio.to_thread(proc.wait, 60)
 
     assert code == 0, workers.log("w1")
     statuses = await wait_final(starter, run_ids, within=1)
     assert set(statuses.values()) == {RunStatus.COMPLETED}  # finished by w1 before it left
-    assert waited < 20  # it left as soon as its steps were done, not at the end of the grace
+    assert "grace period over" not in workers.log("w1")  # none was given back
     assert "stopping: no new work" in workers.log("w1")
 
 
@@ -208,6 +216,7 @@ async def test_steps_left_at_the_end_of_the_grace_period_go_to_another_worker_at
     assert any(e["type"] == "step.released" for e in log)
 
 
+@LONG_LOAD
 async def test_workers_recover_when_their_database_connections_are_dropped(
     starter: Engine, workers: Workers, fresh_pg: str
 ) -> None:
@@ -264,6 +273,7 @@ def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     raise AssertionError("redis-server did not start")
 
 
+@LONG_LOAD
 async def test_workers_carry_on_when_redis_restarts_and_loses_its_data(
     starter: Engine, workers: Workers, tmp_path: Path
 ) -> None:
@@ -274,10 +284,20 @@ async def test_workers_carry_on_when_redis_restarts_and_loses_its_data(
         for name in ("w1", "w2"):
             workers.start(name, "--concurrency", "30", **queue)
         run_ids = await _start_many(starter, LOAD, 120)
-        await asyncio.sleep(1.0)  # mid-load
+        done: list[int] = []
+
+        async def some_done() -> bool:
+            done.append(await _completed(starter, run_ids))
+            return done[-1] > 0
+
+        await until(some_done, message="no run completed")
+        assert done[-1] < len(run_ids)  # mid-load
         server.kill()
         server.wait(timeout=10)
-        await asyncio.sleep(1.0)
+        await until(  # both workers have met the outage
+            lambda: all("failed; retrying" in workers.log(n) for n in ("w1", "w2")),
+            message="the workers never noticed redis was gone",
+        )
         server = _start_redis(port, tmp_path)  # empty: every message in it is gone
 
         statuses = await wait_final(starter, run_ids, within=120)

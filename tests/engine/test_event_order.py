@@ -15,6 +15,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Database, Tx
 from agentmill.store.queries import list_events
 from tests.factories import start
+from tests.waiting import until
 
 WIDE = """
 name: wide
@@ -125,9 +126,16 @@ async def test_a_transaction_cannot_commit_a_later_event_id_before_an_earlier_on
             return fast_engine.transitions.claim(tx, owner="fast", limit=1, root_run_id=run_id)
 
         slow = asyncio.create_task(slow_engine.db.write(claim_slowly))
-        await asyncio.sleep(0.1)  # the slow claim holds its step and stalls at COMMIT
+
+        async def stalled_at_commit() -> bool:  # the slow claim holds its step, in pg_sleep
+            found = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            )
+            return bool(found)
+
+        await until(stalled_at_commit, message="the slow claim never stalled at COMMIT")
         fast = asyncio.create_task(fast_engine.db.write(claim))
-        await asyncio.sleep(0.1)
         # A reader that resumes from the last id it saw, as SSE does with Last-Event-ID.
         after = created[-1]
         seen: list[int] = []

@@ -14,6 +14,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Tx
 from agentmill.store.models import steps
 from agentmill.store.repositories.workers import list_workers
+from tests.factories import count_claims
 
 ROUTED = """
 name: routed
@@ -54,6 +55,7 @@ async def test_a_worker_runs_only_the_queues_it_serves(engine: Engine) -> None:
     stop_cpu = asyncio.Event()
     cpu = engine.worker(name="cpu")  # serves "default" only
     assert cpu.queues == ("default",)
+    claims = count_claims(cpu)
     cpu_task = asyncio.create_task(cpu.run(stop_cpu))
 
     async def a_done_and_map_fanned_out() -> bool:
@@ -61,7 +63,12 @@ async def test_a_worker_runs_only_the_queues_it_serves(engine: Engine) -> None:
         return rows["a"].status == StepStatus.SUCCEEDED and "m[2]" in rows
 
     await wait_for(a_done_and_map_fanned_out)
-    await asyncio.sleep(0.3)  # a few more polls: still nobody takes the gpu steps
+    polled = len(claims)
+
+    async def polled_thrice_more() -> bool:
+        return len(claims) >= polled + 3
+
+    await wait_for(polled_thrice_more)  # three more claims: still nobody takes the gpu steps
     rows = await step_rows(engine, run_id)
     for key in ("b", "m[0]", "m[1]", "m[2]"):
         assert rows[key].queue == "gpu"

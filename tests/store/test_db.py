@@ -22,6 +22,7 @@ from agentmill.store.db import Database, Tx, normalize_url
 from agentmill.store.migrate import alembic_config, upgrade
 from agentmill.store.models import Base, described_by_models, llm_calls
 from tests.conftest import started
+from tests.waiting import until
 
 TABLES = {
     "workflows",
@@ -194,11 +195,12 @@ async def test_a_write_lock_held_elsewhere_never_blocks_the_event_loop(sqlite_ur
         batched = asyncio.create_task(
             db.write(lambda tx: tx.conn.execute(llm_calls.insert(), [row]))
         )
-        await asyncio.sleep(0.5)
+        # The loop keeps running (20 ticks) while the writes wait for the lock: a write that
+        # blocked the loop would stop the ticks until the lock is released, which it never is.
+        await until(lambda: ticks >= 20, message="the event loop stopped while writes waited")
 
         assert not lone.done()
         assert not batched.done()
-        assert ticks >= 20  # the loop kept running while the writes waited for the lock
         other.execute("ROLLBACK")
         await asyncio.wait_for(asyncio.gather(lone, batched), timeout=5)
         ticking.cancel()
@@ -225,6 +227,25 @@ async def held_by_another_connection(url: str, lock: str, *args: object) -> Asyn
             yield
     finally:
         await holder.close()
+
+
+async def waiting_for_a_lock(url: str, *, for_seconds: float = 0.0) -> None:
+    """Return once a session of ``url``'s database has waited for a lock ``for_seconds``."""
+    admin = await asyncpg.connect(url)
+    try:
+
+        async def waiting() -> bool:
+            found = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+                " AND now() - query_start >= make_interval(secs => $1)",
+                for_seconds,
+            )
+            return bool(found)
+
+        await until(waiting, message="no write ever waited for the lock")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
@@ -292,7 +313,7 @@ async def test_a_postgresql_commit_waits_for_the_commit_order_lock_of_each_key(
     lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
     async with held_by_another_connection(pg_database, lock, held):
         write = asyncio.ensure_future(pg_db.write(ordered, alone=True))
-        await asyncio.sleep(0.3)
+        await waiting_for_a_lock(pg_database)
         assert not write.done()  # one key of three is held elsewhere: the commit waits for it
     await asyncio.wait_for(write, timeout=10)
 
@@ -327,7 +348,7 @@ async def test_a_postgresql_group_member_whose_row_is_held_elsewhere_sits_the_gr
             for key in [held_run, *free_runs]
         ]
         free = await asyncio.wait_for(asyncio.gather(*writes[1:]), timeout=10)
-        await asyncio.sleep(0.3)  # past the retry together: alone, it waits for the lock
+        await waiting_for_a_lock(pg_database)  # past the retry together: alone, it waits
         assert not writes[0].done()
     late = await asyncio.wait_for(writes[0], timeout=10)
 
@@ -351,7 +372,8 @@ async def test_a_postgresql_group_stuck_on_a_lock_falls_back_to_one_transaction_
     lock = "SELECT 1 FROM llm_calls WHERE run_id = $1 FOR UPDATE"
     async with held_by_another_connection(pg_database, lock, run_id):
         group = asyncio.gather(pg_db.write(_txid), pg_db.write(update), pg_db.write(_txid))
-        await asyncio.sleep(0.3)  # far past the group's 50 ms lock timeout
+        # Waiting far past the group's 50 ms lock timeout: alone, with no timeout.
+        await waiting_for_a_lock(pg_database, for_seconds=0.3)
         assert not group.done()  # the updating member waits (alone, with no timeout)
     txids = await asyncio.wait_for(group, timeout=10)
     query = select(llm_calls.c.cost).where(llm_calls.c.run_id == run_id)

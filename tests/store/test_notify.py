@@ -18,6 +18,7 @@ from agentmill.engine.engine import Engine
 from agentmill.store.db import Database, Tx
 from agentmill.store.queries import list_events
 from tests.factories import start
+from tests.waiting import until
 
 ONE_STEP = """
 name: one
@@ -41,9 +42,11 @@ async def two_processes(pg_database: str) -> AsyncIterator[tuple[Engine, Engine]
         await db.close()
 
 
-async def _first_event(db: Database, run_id: str, after: int) -> dict[str, Any]:
+async def _first_event(db: Database, run_id: str, after: int, reads: list[int]) -> dict[str, Any]:
     def fetch(tx: Tx, since: int) -> list[dict[str, Any]]:
-        return list_events(tx, root_run_id=run_id, after=since)
+        found = list_events(tx, root_run_id=run_id, after=since)
+        reads.append(len(found))  # a read that found nothing: the follower now waits
+        return found
 
     async for event in follow(db, fetch, after=after):
         if event is not None:
@@ -58,8 +61,9 @@ async def test_a_stream_wakes_on_another_process_commit(
     reader, writer = two_processes
     run_id = await start(writer, ONE_STEP)
     last = (await writer.events(run_id=run_id))[-1]["id"]
-    following = asyncio.create_task(_first_event(reader.db, run_id, last))
-    await asyncio.sleep(0.2)  # the follower has read everything and waits
+    reads: list[int] = []
+    following = asyncio.create_task(_first_event(reader.db, run_id, last, reads))
+    await until(lambda: bool(reads) and not any(reads), message="the follower never read the log")
     await reader.db.remote_ready()
 
     await writer.cancel(run_id)
@@ -73,17 +77,30 @@ async def test_an_idle_worker_wakes_when_another_process_queues_a_step(
 ) -> None:
     worker_side, api_side = two_processes
     stop = asyncio.Event()
-    worker = asyncio.create_task(worker_side.worker(name="w").run(stop))
-    await asyncio.sleep(0.2)  # its first claim found nothing; now it waits (for a minute)
+    idle = worker_side.worker(name="w")
+    takes: list[int] = []
+    take = idle.queue.take
+
+    async def counted(limit: int) -> Any:
+        claims = await take(limit)
+        takes.append(len(claims))
+        return claims
+
+    idle.queue.take = counted  # type: ignore[method-assign]
+    worker = asyncio.create_task(idle.run(stop))
+    # Its first claim found nothing; from then on it waits (for a minute) unless woken.
+    await until(lambda: bool(takes) and not any(takes), message="the worker never claimed")
     await worker_side.db.remote_ready()
     try:
         run_id = await start(api_side, ONE_STEP)
-        for _ in range(200):
-            run = await api_side.get_run(run_id)
-            if run.status.is_final:
-                break
-            await asyncio.sleep(0.05)
-        assert run.status == RunStatus.COMPLETED
+        statuses: list[RunStatus] = []
+
+        async def ended() -> bool:
+            statuses.append((await api_side.get_run(run_id)).status)
+            return statuses[-1].is_final
+
+        await until(ended, message="the run never ended")
+        assert statuses[-1] == RunStatus.COMPLETED
     finally:
         stop.set()
         await worker
@@ -96,20 +113,28 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
     reader, writer = two_processes
     run_id = await start(writer, ONE_STEP)
     last = (await writer.events(run_id=run_id))[-1]["id"]
-    following = asyncio.create_task(_first_event(reader.db, run_id, last))
-    await asyncio.sleep(0.2)
+    reads: list[int] = []
+    following = asyncio.create_task(_first_event(reader.db, run_id, last, reads))
+    await until(lambda: bool(reads) and not any(reads), message="the follower never read the log")
     await reader.db.remote_ready()
+    listeners = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+    )
     admin = await asyncpg.connect(pg_database)
     try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE query LIKE 'LISTEN%' AND datname = current_database()"
-        )
+        killed = {row["pid"] for row in await admin.fetch(listeners)}
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", killed)
+        assert len(killed) >= 1
+
+        async def listening_again() -> bool:  # both engines, on connections of their own
+            pids = {row["pid"] for row in await admin.fetch(listeners)}
+            return len(pids - killed) >= len(killed)
+
+        await until(listening_again, message="the listeners never came back")
     finally:
         await admin.close()
-    assert killed >= 1
-    await asyncio.sleep(0.3)
-    await reader.db.remote_ready()  # listening again on a new connection
+    await reader.db.remote_ready()
 
     await writer.cancel(run_id)
 

@@ -47,10 +47,13 @@ def whoami(ctx: Context) -> dict[str, str | None]:
 
 
 @server.tool()
-async def nap(seconds: float) -> str:
-    """Sleep, then say so."""
+async def nap(seconds: float, marker: str = "") -> str:
+    """Sleep, then say so (first creating the file ``marker``, if named, so a test can wait
+    until the nap has begun)."""
     import anyio
 
+    if marker:
+        await anyio.Path(marker).touch()
     await anyio.sleep(seconds)
     return "rested"
 

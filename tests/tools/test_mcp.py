@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from agentmill.tools.base import Tool, ToolContext, ToolUnavailable
 from agentmill.tools.mcp import McpPolicy, mcp_tools
 from agentmill.tools.registry import load_tool_settings
 from tests.tools._mcp_helpers import ALLOW_PYTHON, STDIO_COMMAND, http_server, is_running
+from tests.waiting import until
 
 CONTEXT = ToolContext()
 
@@ -230,23 +232,24 @@ def test_bad_operator_settings_fail_at_start(tmp_path: Any, value: Any, problem:
         load_tool_settings(config)
 
 
-async def test_a_cancelled_step_stops_the_server() -> None:
+async def test_a_cancelled_step_stops_the_server(tmp_path: Path) -> None:
     """The engine enforces a step's timeout by cancelling it, mid-call here."""
     import asyncio
 
     pids: list[int] = []
     started = asyncio.Event()
+    napping = tmp_path / "napping"
 
     async def step() -> None:
         async with mcp_tools(["mcp:calc"], {"calc": stdio()}, ALLOW_PYTHON) as listed:
             tools = by_name(listed)
             pids.append(int((await tools["calc__whoami"].run({}, CONTEXT)).content["pid"]))
             started.set()
-            await tools["calc__nap"].run({"seconds": 60}, CONTEXT)
+            await tools["calc__nap"].run({"seconds": 60, "marker": str(napping)}, CONTEXT)
 
     task = asyncio.create_task(step())
     await started.wait()
-    await asyncio.sleep(0.2)  # into the nap
+    await until(napping.exists, message="the server never began its nap")  # mid-call
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

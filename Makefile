@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# Two stamps: `make up` needs the runtime only; `make test` also the dev tools (pytest, ruff, mypy).
+RUN_STAMP := $(VENV)/.installed-runtime-stamp
+DEV_STAMP := $(VENV)/.installed-dev-stamp
 EXAMPLES := examples/research-brief.yaml examples/planner-map.yaml examples/supervisor.yaml examples/approval.yaml examples/form-approval.yaml examples/sub-workflow.yaml
 
-.PHONY: install up demo test lint typecheck pytest bench clean
+.PHONY: install install-dev up demo test lint typecheck pytest bench clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+# The dev extra includes the runtime, so it satisfies `make up` too.
+$(DEV_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(DEV_STAMP) $(RUN_STAMP)
 
-install: $(STAMP) ## Create .venv and install AgentMill with its dev tools
+install: $(RUN_STAMP) ## Create .venv and install AgentMill (runtime only)
 
-up: install ## Start AgentMill (API + workers, SQLite) with the examples loaded; Ctrl-C stops it
-	$(BIN)/agentmill up --examples examples
+install-dev: $(DEV_STAMP) ## Create .venv and install AgentMill with its dev tools
+
+up: install ## Start AgentMill (API + workers, SQLite) with the examples loaded; PORT=8123 HOST=0.0.0.0 to change where it listens; Ctrl-C stops it
+	$(BIN)/agentmill up --host $(HOST) --port $(PORT) --examples examples
 
 demo: install ## Run every example once in the terminal, offline, without the server
 	@for f in $(EXAMPLES); do \
@@ -24,7 +37,7 @@ demo: install ## Run every example once in the terminal, offline, without the se
 		$(BIN)/agentmill run $$f --auto-approve || exit $$?; \
 	done
 
-test: install lint typecheck pytest ## ruff, mypy and the whole test suite (needs PostgreSQL)
+test: install-dev lint typecheck pytest ## ruff, mypy and the whole test suite (needs PostgreSQL)
 
 lint:
 	$(BIN)/ruff check src tests bench
@@ -39,7 +52,7 @@ typecheck:
 pytest:
 	$(BIN)/pytest -n 2
 
-bench: install ## Engine, API, distributed, gateway, memory-search and CLI start-up benchmarks (SQLite, PostgreSQL, Redis)
+bench: install-dev ## Engine, API, distributed, gateway, memory-search and CLI start-up benchmarks (SQLite, PostgreSQL, Redis)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/distributed.py

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from agentmill.errors import ConfigError
 from agentmill.secret_key import check_secret_key, missing_secret_key
@@ -227,8 +228,31 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (tests replace them with ``get_settings.cache_clear()``)."""
-    return Settings()
+    """The process-wide settings (tests replace them with ``get_settings.cache_clear()``).
+    A bad ``AGENTMILL_*`` value is a ConfigError naming the variable, not pydantic's report."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(settings_problems(exc)) from None
+    except SettingsError as exc:  # a list or mapping setting that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1).upper() if found else "a setting"
+        raise ConfigError(
+            f'AGENTMILL_{name}: not valid JSON (lists are given as JSON, e.g. ["10.0.0.0/8"])'
+        ) from None
+
+
+_SECRET_FIELDS = frozenset({"secret_key", "webhook_secret", "ops_token", "database_url"})
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """One line per bad setting: its variable, what is wrong and (unless secret) the value."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        shown = "" if name in _SECRET_FIELDS else f" (got {error.get('input')!r})"
+        lines.append(f"AGENTMILL_{name.upper()}: {error['msg']}{shown}")
+    return "; ".join(lines)
 
 
 def read_config_file(path: Path | None) -> tuple[Mapping[str, Any], str]:
@@ -245,7 +269,19 @@ def read_config_file(path: Path | None) -> tuple[Mapping[str, Any], str]:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top")
     return data, str(path)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line with its position (its own text spans several lines and
+    quotes the source)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"{context}: {problem}" if context else problem
+    if mark is None:
+        return text
+    return f"line {mark.line + 1}, column {mark.column + 1}: {text}"

@@ -428,3 +428,38 @@ def test_on_a_terminal_a_running_agent_step_shows_its_model_writing(workdir: Pat
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_an_in_memory_run_completes_and_keeps_nothing(workdir: Path, examples_dir: Path) -> None:
+    flow = str(examples_dir / "research-brief.yaml")
+    result = agentmill("run", flow, "--json", cwd=workdir, db="sqlite:///:memory:")
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "COMPLETED"
+    assert "urban beekeeping" in outcome["outputs"]["brief"]
+    assert not (workdir / ".agentmill" / "agentmill.db").exists()  # nothing stored here
+
+    # ... nor anywhere: a later command cannot find the run
+    again = agentmill("run", "--resume", outcome["run_id"], cwd=workdir, db="sqlite:///:memory:")
+    assert again.returncode == 2
+    assert "in-memory database keeps nothing" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_an_in_memory_run_that_waits_says_it_cannot_be_resumed(
+    workdir: Path, examples_dir: Path
+) -> None:
+    result = agentmill("run", str(examples_dir / "approval.yaml"), cwd=workdir, db="sqlite://")
+    assert result.returncode == 3, result.stderr
+    assert "an in-memory run cannot be resumed" in result.stderr
+    assert "--resume" not in result.stderr
+    approved = agentmill(
+        "run", str(examples_dir / "approval.yaml"), "--auto-approve", cwd=workdir, db="sqlite://"
+    )
+    assert approved.returncode == 0, approved.stderr
+
+
+def test_run_help_documents_in_memory_runs(workdir: Path) -> None:
+    result = agentmill("run", "--help", cwd=workdir)
+    assert "sqlite:///:memory:" in result.stdout
+    assert "cannot be resumed" in " ".join(result.stdout.split())

@@ -87,6 +87,10 @@ def test_up_serves_the_api_runs_workflows_and_restarts_cleanly(
     base = f"http://127.0.0.1:{port}"
     try:
         assert set(first) == {"email", "password", "workspace", "API key"}
+        saved = workdir / ".agentmill" / "first-start-credentials.txt"
+        assert saved.stat().st_mode & 0o777 == 0o600  # the owner's only
+        for name, value in first.items():
+            assert f"{name}:".ljust(11) + value in saved.read_text()
         key = {"Authorization": f"Bearer {first['API key']}"}
         with httpx.Client(base_url=base, timeout=10) as http:
             login = http.post(

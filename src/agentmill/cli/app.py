@@ -94,13 +94,25 @@ def run(
         str | None,
         typer.Option("--resume", help="Continue an unfinished run by its id.", show_default=False),
     ] = None,
-    db: DbOption = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="AGENTMILL_DATABASE_URL",
+            help="Database URL (default: .agentmill/agentmill.db). [bold]sqlite:///:memory:[/] "
+            "keeps nothing: the run and its artifacts go when the command ends, and it cannot "
+            "be resumed.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
 ) -> None:
     """Run a workflow in this process and show its progress; exit 0 when it completes.
 
-    Exit codes: 0 completed, 1 failed or cancelled, 2 invalid workflow or inputs,
-    3 waiting for a human decision, 130 interrupted (the run is cancelled).
+    The run is stored in the database (so [bold]--resume[/] can continue it), unless --db is
+    sqlite:///:memory: (an in-memory run, not resumable).
+
+    Exit codes: 0 completed, 1 failed or cancelled, 2 invalid workflow, inputs or
+    configuration, 3 waiting for a human decision, 130 interrupted (the run is cancelled).
     """
     from agentmill.cli.runner import RunOptions, run_command
     from agentmill.observability.logging import configure_logging

@@ -7,10 +7,11 @@ import contextlib
 import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -47,9 +48,38 @@ class RunOptions:
     auto_approve: bool
     resume: str | None
     database_url: str | None
+    in_memory: bool = False  # the database goes when the command ends: nothing to resume
+
+
+def is_in_memory(url: str | None) -> bool:
+    """``sqlite:///:memory:`` (or ``sqlite://``): a run kept only while the command lasts."""
+    if url is None:
+        return False
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 async def run_command(options: RunOptions) -> int:
+    if not is_in_memory(options.database_url):
+        return await _run_command(options)
+    if options.resume:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(
+            "[red]error:[/] an in-memory database keeps nothing between commands, so there is "
+            "no run to resume; give the --db the run was started with"
+        )
+        return EXIT_INVALID
+    # The engine reads and writes on several connections (a writer, readers, the event loop's):
+    # one SQLite memory database cannot be shared by them, so a throwaway file stands in for
+    # it, deleted with everything the run stored (artifacts included) when the command ends.
+    with tempfile.TemporaryDirectory(prefix="agentmill-run-") as folder:
+        url = f"sqlite:///{Path(folder) / 'run.db'}"
+        return await _run_command(replace(options, database_url=url, in_memory=True))
+
+
+async def _run_command(options: RunOptions) -> int:
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     spec: WorkflowSpec | None = None
@@ -300,7 +330,12 @@ async def _report(
     err.print(f"[{style}]{run.status.lower()}[/] in {elapsed:.2f}s · {usage} · run {run.id}")
     if run.error:
         err.print(f"[red]error:[/] {escape(run.error)}")
-    if run.status == RunStatus.WAITING:
+    if run.status == RunStatus.WAITING and options.in_memory:
+        err.print(
+            "waiting for a decision: an in-memory run cannot be resumed; run it again with "
+            "--auto-approve, or on a terminal, or with a database file (--db)"
+        )
+    elif run.status == RunStatus.WAITING:
         err.print(
             f"waiting for a decision: approve on a terminal with "
             f"[bold]agentmill run --resume {run.id}[/], or pass --auto-approve"

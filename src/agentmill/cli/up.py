@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -17,15 +18,26 @@ from uvicorn.lifespan.on import LifespanOn
 from agentmill.api.app import create_app
 from agentmill.api.bootstrap import bootstrap
 from agentmill.api.closing import Closing
+from agentmill.cli.credentials import save_credentials
 from agentmill.cli.http_server import server_config
-from agentmill.config import Settings
+from agentmill.config import Settings, read_config_file
 from agentmill.domain.spec import HumanStep, WorkflowSpec
 from agentmill.domain.validation import load_workflow_file
 from agentmill.engine.engine import Engine
+from agentmill.gateway.config import parse_gateway_config
 from agentmill.secret_key import LEGACY_DEFAULT_SECRET, with_secret
 from agentmill.store.db import Database
 from agentmill.store.migrate import upgrade
 from agentmill.store.repositories import providers
+from agentmill.tools.registry import parse_tool_settings
+
+
+def check_config(settings: Settings) -> None:
+    """Read ``agentmill.yaml`` as the server will, so a mistake in it stops the start before
+    anything is created (a ConfigError naming the file and field)."""
+    data, source = read_config_file(settings.config)
+    parse_gateway_config(data, os.environ, source=source)
+    parse_tool_settings(data, source)
 
 
 async def _adopt_legacy_keys(db: Database, settings: Settings) -> int:
@@ -74,6 +86,7 @@ async def serve(
     workers: bool = True,
 ) -> None:
     """Serve the API (and, with ``workers``, run steps in this process too)."""
+    check_config(settings)
     own_key = settings.secret_key is None  # then the one in <home>/secret_key
     settings = with_secret(settings, embedded=workers)
     db = Database(database_url)
@@ -99,7 +112,11 @@ async def serve(
         )
     if first is not None:
         console.print("first start: an owner account, a workspace and an API key were created.")
-        console.print("[yellow]They are shown this once; keep them somewhere safe.[/]")
+        saved = save_credentials(settings.home, first, url)
+        console.print(
+            "[yellow]They are shown this once and saved in "
+            f"{escape(str(saved.resolve()))} (readable by you only); keep them somewhere safe.[/]"
+        )
         console.print(f"  email:     {first.email}")
         console.print(f"  password:  {escape(first.password)}")
         console.print(f"  workspace: {first.workspace_id}")

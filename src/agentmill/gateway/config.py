@@ -139,14 +139,21 @@ def _provider(name: str, spec: Any, environ: Mapping[str, str], where: str) -> P
     kind = spec.get("kind", name)
     default_env = _DEFAULT_KEY_ENV.get(kind)
     key_env = spec.get("api_key_env", default_env)
-    return ProviderConfig(
-        name=name,
-        kind=kind,
-        base_url=spec.get("base_url") or _default_base_url(kind, environ),
-        api_key=environ.get(key_env) if key_env else None,
-        timeout=float(spec.get("timeout", 60.0)),
-        headers=dict(_mapping(spec.get("headers") or {}, f"{where}.headers")),
-    )
+    timeout = spec.get("timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{where}.timeout: must be a positive number of seconds, not {timeout!r}")
+    try:
+        return ProviderConfig(
+            name=name,
+            kind=kind,
+            base_url=spec.get("base_url") or _default_base_url(kind, environ),
+            api_key=environ.get(key_env) if key_env else None,
+            timeout=float(timeout),
+            headers=dict(_mapping(spec.get("headers") or {}, f"{where}.headers")),
+        )
+    except ConfigError as exc:  # say which file (the provider's own check names only itself)
+        source = where.partition(": ")[0] if ": " in where else where
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _model(name: str, spec: Any, where: str) -> ModelConfig:

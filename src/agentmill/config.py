@@ -136,6 +136,16 @@ class Settings(BaseSettings):
         description="The API's address as people reach it (e.g. https://agentmill.example.com); "
         "webhooks link to it. Unset: their links are paths.",
     )
+    registration: Literal["open", "invite", "closed"] | None = Field(
+        default=None,
+        description="Who may create an account through POST /api/v1/auth/register: `open` "
+        "(anyone who reaches the server), `invite` (only with an invitation from a workspace's "
+        "owner or admin; the account joins that workspace) or `closed` (nobody: 403). Unset: "
+        "`open` when the server listens on a loopback address only, `invite` otherwise.",
+    )
+    invitation_days: int = Field(
+        default=7, gt=0, description="How long an invitation to a workspace can be used."
+    )
     access_token_minutes: int = Field(
         default=12 * 60, gt=0, description="How long a login's access token stays valid."
     )

@@ -39,7 +39,14 @@ from agentmill.domain.permissions import Role
 from agentmill.errors import NotFound
 from agentmill.store import queries, workflows
 from agentmill.store.db import Database, Tx
-from agentmill.store.repositories import api_keys, memories, providers, spending, workspaces
+from agentmill.store.repositories import (
+    api_keys,
+    invitations,
+    memories,
+    providers,
+    spending,
+    workspaces,
+)
 from tests.api.conftest import Account, new_workspace, signup
 from tests.api.test_workspaces import GATE, _dead_letter, _waiting_run
 from tests.conftest import BACKENDS
@@ -91,6 +98,15 @@ CASES: dict[tuple[str, str], list[Probe]] = {
         theirs(WS_B + "/members/{B.member}"),
         mine(WS_A + "/members/{B.member}"),
         mine(WS_A + "/members/{B.owner}"),
+    ],
+    # invitations
+    ("POST", "/api/v1/workspaces/{ws}/invitations"): [
+        theirs(WS_B + "/invitations", {"email": "{A.helper_email}", "role": "owner"})
+    ],
+    ("GET", "/api/v1/workspaces/{ws}/invitations"): [theirs(WS_B + "/invitations")],
+    ("DELETE", "/api/v1/workspaces/{ws}/invitations/{invitation_id}"): [
+        theirs(WS_B + "/invitations/{B.invitation}"),
+        mine(WS_A + "/invitations/{B.invitation}"),
     ],
     # API keys (the workspace is a query parameter or in the body)
     ("POST", "/api/v1/api-keys"): [
@@ -385,6 +401,14 @@ async def _tenant(app: FastAPI, client: httpx.AsyncClient, label: str) -> Tenant
             headers=h,
         )
     )
+    invitee = f"invitee-{label.lower()}@example.com"
+    invitation = await _ok(
+        await client.post(
+            f"/api/v1/workspaces/{ws}/invitations",
+            json={"email": invitee, "role": "member"},
+            headers=h,
+        )
+    )
     key = await _ok(
         await client.post(
             "/api/v1/api-keys",
@@ -444,6 +468,7 @@ async def _tenant(app: FastAPI, client: httpx.AsyncClient, label: str) -> Tenant
             "member": member.id,
             "helper_email": helper.email,
             "key": key["id"],
+            "invitation": invitation["id"],
             "budget": budget["id"],
             "limit": limit["id"],
             "provider": provider["name"],
@@ -462,6 +487,8 @@ async def _tenant(app: FastAPI, client: httpx.AsyncClient, label: str) -> Tenant
             f"{label.lower()}-only.example.com",
             member.email,
             owner.email,
+            invitee,
+            invitation["token"],
             f"{label}-key",
             provider["name"],
         ],
@@ -482,6 +509,7 @@ async def _state(client: httpx.AsyncClient, t: Tenant) -> dict[str, Any]:
     urls = {
         "workspace": ws,
         "members": ws + "/members",
+        "invitations": ws + "/invitations",
         "keys": f"/api/v1/api-keys?workspace_id={t.ws}",
         "budgets": ws + "/budgets",
         "rate_limits": ws + "/rate-limits",
@@ -715,6 +743,9 @@ WRITES: dict[str, Callable[[Tx, SimpleNamespace, SimpleNamespace], object]] = {
     "spending.delete_budget": lambda tx, a, b: spending.delete_budget(tx, a.ws, b.budget),
     "spending.delete_rate_limit": lambda tx, a, b: spending.delete_rate_limit(tx, a.ws, b.limit),
     "api_keys.revoke_api_key": lambda tx, a, b: api_keys.revoke_api_key(tx, a.ws, b.key),
+    "invitations.revoke_invitation": lambda tx, a, b: invitations.revoke_invitation(
+        tx, a.ws, b.invitation
+    ),
     "memories.delete_memory": lambda tx, a, b: memories.delete_memory(tx, a.ws, b.memory),
     "providers.update_provider": lambda tx, a, b: providers.update_provider(
         tx, a.ws, b.provider, {"timeout": 5}, secret_key="test-secret"

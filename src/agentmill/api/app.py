@@ -27,6 +27,7 @@ from agentmill.api.routes import (
     events,
     health,
     home,
+    invitations,
     memory,
     openai_compat,
     providers,
@@ -118,6 +119,7 @@ def create_app(
     modules = (
         auth,
         workspaces,
+        invitations,
         api_keys,
         providers,
         workflows,

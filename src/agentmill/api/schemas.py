@@ -31,6 +31,12 @@ class UserCreate(_In):
     email: EmailStr
     name: str = Field(min_length=1, max_length=200)
     password: str = Field(max_length=256)
+    invitation: str | None = Field(
+        default=None,
+        max_length=200,
+        description="An invitation's token: the account joins its workspace with its role. "
+        "Required when the server registers by invitation only.",
+    )
 
     @field_validator("password")
     @classmethod
@@ -81,6 +87,28 @@ class WorkspacePublic(BaseModel):
 class MemberCreate(_In):
     email: EmailStr
     role: Role = Role.MEMBER
+
+
+class InvitationCreate(_In):
+    email: EmailStr
+    role: Role = Role.MEMBER
+
+
+class InvitationPublic(BaseModel):
+    id: str
+    workspace_id: str
+    email: str
+    role: Role
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationCreated(InvitationPublic):
+    token: str = Field(
+        description="Shown once: the invited person registers with it "
+        "(POST /api/v1/auth/register, `invitation`)."
+    )
 
 
 class MemberUpdate(_In):

@@ -63,6 +63,25 @@ class Membership(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Invitation(Base):
+    """An invitation to join a workspace with a role. The token is shown once (to the inviter,
+    who passes it on) and stored as a SHA-256 hash, like API keys; registering with it creates
+    the account and its membership. Revoked invitations are deleted; so are accepted ones (the
+    membership is their record)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (Index("ix_invitations_workspace", "workspace_id"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, ForeignKey("workspaces.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class ApiKey(Base):
     """An API key: shown once, stored as a SHA-256 hash (keys are random, 256 bits), found by
     its visible prefix."""
@@ -474,3 +493,4 @@ budgets = cast(Table, BudgetRow.__table__)
 rate_limits = cast(Table, RateLimitRow.__table__)
 memories = cast(Table, Memory.__table__)
 artifacts = cast(Table, Artifact.__table__)
+invitations = cast(Table, Invitation.__table__)

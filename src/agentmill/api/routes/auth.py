@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from agentmill.api.deps import CurrentUser, DbDep, SettingsDep
 from agentmill.api.login_guard import LoginGuard
 from agentmill.api.passwords import PasswordHasher
+from agentmill.api.registration import registration_mode
+from agentmill.api.routes.invitations import hash_token
 from agentmill.api.schemas import (
     LoginRequest,
     RegistrationAccepted,
@@ -17,8 +19,9 @@ from agentmill.api.schemas import (
     UserPublic,
 )
 from agentmill.api.security import hash_password, issue_token
-from agentmill.errors import Conflict, NotAuthenticated
-from agentmill.store.repositories import accounts
+from agentmill.errors import Conflict, NotAuthenticated, PermissionDenied
+from agentmill.store.db import Tx
+from agentmill.store.repositories import accounts, invitations
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -44,17 +47,41 @@ def _client_address(request: Request) -> str:
 
 
 @router.post("/register", status_code=202, response_model=RegistrationAccepted)
-async def register(body: UserCreate, db: DbDep, request: Request) -> RegistrationAccepted:
-    """Create an account. The answer is the same when the email address already has one (that
-    account is left as it is), so it does not tell who has an account; log in next."""
+async def register(
+    body: UserCreate, db: DbDep, settings: SettingsDep, request: Request
+) -> RegistrationAccepted:
+    """Create an account; with an invitation's token it joins that workspace with its role.
+    The answer is the same when the email address already has one (that account is left as it
+    is, and the invitation stays unused), so it does not tell who has an account; log in next.
+    Whether an invitation is required, or registration closed (403), is the operator's
+    setting (AGENTMILL_REGISTRATION)."""
+    mode = registration_mode(settings, request.app.state.bind_host)
+    if mode == "closed":
+        raise PermissionDenied("registration is closed on this server: ask its operator")
+    if mode == "invite" and body.invitation is None:
+        raise PermissionDenied(
+            "registration on this server is by invitation: ask a workspace's owner or admin "
+            "for one and send its token as `invitation`"
+        )
+    token_hash = hash_token(body.invitation) if body.invitation is not None else None
+    if token_hash is not None and not await db.read(
+        lambda tx: invitations.is_valid(tx, token_hash=token_hash, email=body.email)
+    ):  # before Argon2: a wrong token costs no CPU
+        raise PermissionDenied(invitations.INVALID)
     # Hashed either way, so both cases take the same time.
     password_hash = await _passwords(request).hash(body.password)
-    with contextlib.suppress(Conflict):  # the address has an account: leave it be
-        await db.write(
-            lambda tx: accounts.create_user(
-                tx, email=body.email, name=body.name, password_hash=password_hash
-            )
+
+    def create(tx: Tx) -> None:
+        user = accounts.create_user(
+            tx, email=body.email, name=body.name, password_hash=password_hash
         )
+        if token_hash is not None:  # in the same transaction: both or neither
+            invitations.accept_invitation(
+                tx, token_hash=token_hash, email=body.email, user_id=user.id
+            )
+
+    with contextlib.suppress(Conflict):  # the address has an account: leave it be
+        await db.write(create)
     return RegistrationAccepted(message=REGISTERED)
 
 

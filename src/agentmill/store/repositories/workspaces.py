@@ -13,7 +13,15 @@ from agentmill.domain.permissions import Role
 from agentmill.errors import Conflict, NotFound, PermissionDenied
 from agentmill.ids import new_id
 from agentmill.store.db import Tx
-from agentmill.store.models import api_keys, artifacts, memberships, memories, users, workspaces
+from agentmill.store.models import (
+    api_keys,
+    artifacts,
+    invitations,
+    memberships,
+    memories,
+    users,
+    workspaces,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +87,7 @@ def rename_workspace(tx: Tx, workspace_id: str, name: str) -> None:
 
 def delete_workspace(tx: Tx, workspace_id: str) -> None:
     tx.conn.execute(delete(memberships).where(memberships.c.workspace_id == workspace_id))
+    tx.conn.execute(delete(invitations).where(invitations.c.workspace_id == workspace_id))
     # No foreign key cascades to memories (see models.Memory).
     tx.conn.execute(delete(memories).where(memories.c.workspace_id == workspace_id))
     # Artifact rows too; their files go after the commit (api/routes/workspaces.py).
@@ -103,7 +112,7 @@ def list_members(tx: Tx, workspace_id: str) -> list[MemberRecord]:
     ]
 
 
-def _lock_workspace(tx: Tx, workspace_id: str) -> None:
+def lock_workspace(tx: Tx, workspace_id: str) -> None:
     """Serialize membership changes in one workspace: on PostgreSQL a row lock taken first, so
     every read after it (the caller's role, the target's, the owner count) sees the changes
     committed before; two owners demoting each other at once cannot both pass. SQLite
@@ -114,7 +123,7 @@ def _lock_workspace(tx: Tx, workspace_id: str) -> None:
         )
 
 
-def _actor_role(tx: Tx, workspace_id: str, actor_id: str, cap: Role | None) -> Role:
+def actor_role(tx: Tx, workspace_id: str, actor_id: str, cap: Role | None) -> Role:
     """The acting user's role now, capped by the API key's role when it acts through one."""
     role = role_in(tx, workspace_id, actor_id)
     if role is None:
@@ -133,8 +142,8 @@ def add_member(
 ) -> MemberRecord:
     """Add a registered user; ``actor_id`` (capped by ``actor_cap``, a key's role) must be
     allowed to grant ``role`` (domain/membership.py)."""
-    _lock_workspace(tx, workspace_id)
-    membership.check_add(_actor_role(tx, workspace_id, actor_id, actor_cap), role)
+    lock_workspace(tx, workspace_id)
+    membership.check_add(actor_role(tx, workspace_id, actor_id, actor_cap), role)
     user = tx.conn.execute(select(users).where(users.c.email == email.strip().lower())).first()
     if user is None:
         raise NotFound(f"no account with email {email!r}; they must register first")
@@ -159,8 +168,8 @@ def change_role(
     actor_id: str,
     actor_cap: Role | None = None,
 ) -> None:
-    _lock_workspace(tx, workspace_id)
-    actor = _actor_role(tx, workspace_id, actor_id, actor_cap)
+    lock_workspace(tx, workspace_id)
+    actor = actor_role(tx, workspace_id, actor_id, actor_cap)
     current = role_in(tx, workspace_id, user_id)
     if current is None:
         raise NotFound(f"user {user_id!r} is not a member of this workspace")
@@ -184,9 +193,9 @@ def remove_member(
 ) -> None:
     """Remove a member (or leave, for ``user_id == actor_id``); their API keys in this
     workspace are revoked with the membership."""
-    _lock_workspace(tx, workspace_id)
+    lock_workspace(tx, workspace_id)
     is_self = user_id == actor_id
-    actor = None if is_self else _actor_role(tx, workspace_id, actor_id, actor_cap)
+    actor = None if is_self else actor_role(tx, workspace_id, actor_id, actor_cap)
     current = role_in(tx, workspace_id, user_id)
     if current is None:
         raise NotFound(f"user {user_id!r} is not a member of this workspace")
@@ -210,7 +219,7 @@ def remove_member(
 
 
 def _keep_an_owner(tx: Tx, workspace_id: str) -> None:
-    # Counted after _lock_workspace: no concurrent demotion can slip between count and update.
+    # Counted after lock_workspace: no concurrent demotion can slip between count and update.
     owners = tx.conn.scalar(
         select(func.count()).where(
             memberships.c.workspace_id == workspace_id, memberships.c.role == Role.OWNER

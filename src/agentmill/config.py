@@ -40,6 +40,18 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a worker's claim on a step lasts without a heartbeat.",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a worker process reports itself alive (the workers table).",
+    )
+    worker_liveness_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="A worker silent this long is declared lost by another live worker, and "
+        "the steps it held are taken over at once instead of after their leases expire. "
+        "Keep it several heartbeats long (and above the clock skew between hosts).",
+    )
     worker_concurrency: int = Field(
         default=1000, gt=0, description="Steps one worker process runs at once."
     )

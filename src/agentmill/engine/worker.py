@@ -4,6 +4,13 @@ One worker runs up to ``concurrency`` steps at once. It wakes when a transaction
 made a step ready, when one of its steps finishes, when a retry falls due, and otherwise every
 ``poll_interval`` (for work made ready by other processes and for expired leases). A heartbeat
 extends its leases and cancels steps that were cancelled or taken over elsewhere.
+
+Liveness: a shared worker reports itself in ``workers`` every ``worker_heartbeat_seconds``. One
+silent for ``worker_liveness_seconds`` (SIGKILLed, its host gone) is declared lost by another
+live worker, in one transaction that also expires the leases of the steps it held, so they run
+again within seconds instead of a lease later. Only a worker that has itself reported without a
+gap for a whole window declares others: after a database outage (when every worker went
+silent) or a pause of its own, it first gives the others a window to report again.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -113,6 +121,7 @@ class Worker:
         unsubscribe_remote = self.engine.db.subscribe_remote(self._on_remote)
         self._unsubscribe = lambda: (unsubscribe_local(), unsubscribe_remote())
         heartbeat = asyncio.create_task(self._heartbeat())
+        liveness = asyncio.create_task(self._liveness()) if self.root_run_id is None else None
         transitions = self.engine.transitions
         root = self.root_run_id
         try:
@@ -161,6 +170,8 @@ class Worker:
                 self._unsubscribe()
             await self._drain()  # heartbeats go on meanwhile: long steps keep their leases
             heartbeat.cancel()
+            if liveness is not None:
+                liveness.cancel()
             await self._shutdown()
             await self._finish_deliveries()
             await self.queue.close()
@@ -199,7 +210,7 @@ class Worker:
             for task in list(self._deliveries):
                 task.cancel()
 
-    async def _report(self, *, register: bool = False, stopped: bool = False) -> None:
+    async def _report(self, *, register: bool = False, stopped: bool = False) -> bool:
         """Keep this worker's row in ``workers`` current (liveness for /health)."""
 
         def write(tx: Tx) -> None:
@@ -224,6 +235,43 @@ class Worker:
             await self.engine.db.write(write)
         except Exception as exc:  # liveness is best effort; the next heartbeat tries again
             log.warning("could not report worker liveness", error=str(exc))
+            return False
+        return True
+
+    async def _liveness(self) -> None:
+        """Report in every heartbeat; declare lost the workers silent past the window."""
+        settings = self.engine.settings
+        every = settings.worker_heartbeat_seconds
+        window = settings.worker_liveness_seconds
+        silent_for = timedelta(seconds=window)
+        transitions = self.engine.transitions
+        reported_since: float | None = None  # start of our own unbroken run of reports
+        last_report = 0.0
+        while True:
+            await asyncio.sleep(every)
+            ok = await self._report()
+            now = time.monotonic()
+            if not ok:
+                reported_since = None
+                continue
+            if reported_since is None or now - last_report > window / 2:
+                reported_since = now  # we were silent ourselves (outage, pause): wait a window
+            last_report = now
+            if now - reported_since < window:
+                continue
+            try:
+                lost = await self.engine.db.write(
+                    lambda tx: transitions.take_over_silent(
+                        tx, me=self.owner, silent_for=silent_for
+                    )
+                )
+            except Exception as exc:  # the next heartbeat looks again
+                log.warning("could not look for lost workers", error=str(exc))
+                continue
+            if lost:
+                log.warning("workers lost; taking their steps over", workers=lost)
+                await self.queue.take_over(lost)
+                self._wake.set()
 
     async def _shutdown(self) -> None:
         running = list(self._tasks.items())
@@ -412,8 +460,6 @@ class Worker:
         interval = self.engine.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if self.root_run_id is None:
-                await self._report()
             ids = list(self._tasks)  # finishing ones too: recording may be retried for a while
             if not ids:
                 continue

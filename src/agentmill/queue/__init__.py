@@ -39,6 +39,10 @@ class StepQueue(Protocol):
     async def keep_alive(self, step_ids: Iterable[str]) -> None:
         """These steps are still running here (with each lease heartbeat)."""
 
+    async def take_over(self, owners: Iterable[str]) -> None:
+        """These workers were declared lost (their steps' leases expired): have what the queue
+        still holds for them delivered again now."""
+
     async def close(self) -> None: ...
 
 

@@ -21,6 +21,10 @@ from before named queues), any other queue's is ``agentmill:<database>:steps:<qu
   is acknowledged and dropped; one whose step's row another transaction held for a moment
   (claims skip locked rows) is offered again; a claimed one stays pending until the step's
   result is recorded, and its idle time is reset with every lease heartbeat.
+* **Lost workers.** A worker declared lost (silent past the liveness window, see
+  ``engine/worker.py``) has its pending messages claimed by the worker that declared it,
+  sent again as new messages and acknowledged, and its consumer deleted: its steps, whose
+  leases that declaration expired, are read and claimed by any worker at once.
 * **Dead workers.** ``XAUTOCLAIM`` (per stream) takes over messages idle for longer than a lease: their
   worker stopped heartbeating, so their steps' leases have expired and the claim takes them
   over. A step whose message is gone (trimmed, or Redis restarted without its data) and whose
@@ -197,6 +201,38 @@ class RedisQueue:
             with contextlib.suppress(RedisError, OSError):  # the next heartbeat tries again
                 # Resets their idle time: no one takes them over while we run them.
                 await self._redis.xclaim(stream, GROUP, self._owner, 0, list[Any](ids), justid=True)
+
+    async def take_over(self, owners: Iterable[str]) -> None:
+        """Send again, as new messages, what the lost consumers had pending (the steps they
+        ran, and what they had read but not taken), acknowledge the old ones and drop those
+        consumers: any worker with a free slot reads them now. If this fails, XAUTOCLAIM takes
+        the old messages over once they have been idle for a lease."""
+        for stream in list(self._streams):
+            for owner in owners:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._resend_pending(stream, owner)
+
+    async def _resend_pending(self, stream: str, owner: str) -> None:
+        while True:
+            pending: Any = await self._redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=PUBLISH_BATCH, consumername=owner
+            )
+            if not pending:
+                break
+            ids: list[Any] = [entry["message_id"] for entry in pending]
+            # Claimed first: of two workers doing this at once, only one gets each message.
+            claimed: Any = await self._redis.xclaim(stream, GROUP, self._owner, 0, ids)
+            if claimed:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for _, fields in claimed:
+                        if fields and "step" in fields:
+                            pipe.xadd(stream, {"step": fields["step"]}, maxlen=MAX_LENGTH)
+                    pipe.xack(stream, GROUP, *[mid for mid, _ in claimed])
+                    await pipe.execute()
+            log.info("sent again the messages of a lost worker", messages=len(ids), owner=owner)
+            if not claimed or len(pending) < PUBLISH_BATCH:
+                break
+        await self._redis.xgroup_delconsumer(stream, GROUP, owner)
 
     async def close(self) -> None:
         for unsubscribe in self._unsubscribe:

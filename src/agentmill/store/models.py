@@ -382,6 +382,8 @@ class WorkerProcess(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When a live worker found it silent past the liveness window and took its steps over.
+    lost_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 # The tables themselves, for Core statements (the engine's hot path uses Core, not the ORM).

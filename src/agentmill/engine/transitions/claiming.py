@@ -20,6 +20,7 @@ from agentmill.engine.transitions._base import (
 from agentmill.store.db import Tx
 from agentmill.store.models import runs, steps
 from agentmill.store.notify import STEPS_CHANNEL
+from agentmill.store.repositories.workers import declare_silent_lost
 
 
 def _claimable(
@@ -198,6 +199,54 @@ class ClaimTransitions(TransitionsBase):
             .values(lease_expires_at=tx.now - timedelta(seconds=1))
         )
         return int(result.rowcount)
+
+    def take_over_silent(self, tx: Tx, *, me: str, silent_for: timedelta) -> list[str]:
+        """Declare lost the workers silent for ``silent_for`` (see ``declare_silent_lost``) and
+        expire the leases of the steps they were running, so that any worker claims them now
+        rather than when the leases run out. The claim is the usual one: a new attempt, so the
+        lost one cannot record a result (the attempt fences it), and a step that keeps losing
+        its worker is given up. Returns the workers declared lost."""
+        lost = declare_silent_lost(tx, me=me, silent_for=silent_for)
+        if not lost:
+            return []
+        held = select(
+            steps.c.id,
+            steps.c.run_id,
+            steps.c.step_key,
+            steps.c.attempt,
+            steps.c.lease_owner,
+            steps.c.lease_expires_at,
+        ).where(steps.c.status == StepStatus.RUNNING, steps.c.lease_owner.in_(lost))
+        if tx.is_postgres:  # a row locked is being recorded or claimed right now: left be
+            held = held.with_for_update(skip_locked=True)
+        rows = tx.conn.execute(held).all()
+        if rows:
+            tx.conn.execute(
+                update(steps)
+                .where(steps.c.id.in_([row.id for row in rows]))
+                .values(lease_expires_at=tx.now - timedelta(microseconds=1))
+            )
+        states: dict[str, RunState] = {}
+        for row in rows:
+            state = states.get(row.run_id)
+            if state is None:
+                state = states[row.run_id] = self._load_run(tx, row.run_id)
+            self._event(
+                tx,
+                state,
+                "step.worker_lost",
+                row.step_key,
+                row.attempt,
+                level="warning",
+                owner=row.lease_owner,
+                declared_by=me,
+                # When the lease would have run out: the takeover is this much earlier.
+                lease_expires_at=row.lease_expires_at.isoformat() if row.lease_expires_at else None,
+            )
+        if rows and tx.is_postgres:
+            tx.notify.add((STEPS_CHANNEL, "0"))  # other workers: take them now
+        self._write_events(tx)
+        return lost
 
     def release(self, tx: Tx, *, owner: str, step_ids: Iterable[str]) -> None:
         """Give steps back (a worker stopping) so another worker takes them at once. The

@@ -26,6 +26,7 @@ class WorkerRecord:
     started_at: datetime
     heartbeat_at: datetime
     stopped_at: datetime | None
+    lost_at: datetime | None = None  # declared lost by another worker (it stopped reporting)
 
     def silent_for(self, now: datetime) -> float:
         """Seconds since it last reported."""
@@ -36,6 +37,8 @@ class WorkerRecord:
         ``stopped`` if it said goodbye, else ``lost``."""
         if self.stopped_at:
             return "stopped"
+        if self.lost_at and self.heartbeat_at <= self.lost_at:
+            return "lost"
         return "alive" if self.silent_for(now) <= lease_seconds else "lost"
 
 
@@ -73,10 +76,43 @@ def register_worker(
 
 
 def worker_heartbeat(tx: Tx, worker_id: str, *, in_flight: int, stopped: bool = False) -> None:
-    values: dict[str, object] = {"heartbeat_at": tx.now, "in_flight": in_flight}
+    # A worker declared lost that reports again was only slow: it is alive again (the steps
+    # taken over from it stay taken; their attempt numbers fence its results out).
+    values: dict[str, object] = {"heartbeat_at": tx.now, "in_flight": in_flight, "lost_at": None}
     if stopped:
         values["stopped_at"] = tx.now
     tx.conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+
+
+def declare_silent_lost(tx: Tx, *, me: str, silent_for: timedelta) -> list[str]:
+    """Mark lost the workers (other than ``me``) that neither stopped nor reported for
+    ``silent_for``; their ids. Conditional on the row as read, so of several workers looking at
+    once exactly one declares each (on PostgreSQL the others skip the locked rows)."""
+    cutoff = tx.now - silent_for
+    silent = select(workers.c.id).where(
+        workers.c.id != me,
+        workers.c.stopped_at.is_(None),
+        workers.c.lost_at.is_(None),
+        workers.c.heartbeat_at < cutoff,
+    )
+    if tx.is_postgres:
+        silent = silent.with_for_update(skip_locked=True)
+    found = list(tx.conn.scalars(silent))
+    if not found:
+        return []
+    return list(
+        tx.conn.scalars(
+            update(workers)
+            .where(
+                workers.c.id.in_(found),
+                workers.c.lost_at.is_(None),
+                workers.c.stopped_at.is_(None),
+                workers.c.heartbeat_at < cutoff,
+            )
+            .values(lost_at=tx.now)
+            .returning(workers.c.id)
+        )
+    )
 
 
 def list_workers(tx: Tx) -> list[WorkerRecord]:
